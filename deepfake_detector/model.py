@@ -1,0 +1,242 @@
+"""Architectures, and saving/loading models that describe themselves.
+
+A saved model is one ``.keras`` file. Beside Keras's own entries the zip holds
+``deepfake_detector.json``: class order, preprocessing, decision threshold, training
+config, metrics, library versions and date, so ``inference.py --model PATH`` needs nothing
+else (nanoGPT keeps ``model_args`` in its checkpoint for the same reason).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+from deepfake_detector import __version__, labels
+from deepfake_detector.preprocessing import PreprocessingConfig
+
+METADATA_ENTRY = "deepfake_detector.json"
+METADATA_FORMAT = "deepfake-detector-model/1"
+ARCHITECTURES = ("seed", "mobilenet_v2")
+
+
+class ModelFileError(RuntimeError):
+    """A model file that is missing, unreadable, or whose metadata does not fit it."""
+
+
+@dataclass
+class ModelMetadata:
+    """Everything a model needs to be used correctly, saved inside the ``.keras`` file."""
+
+    arch: str
+    class_names: list[str] = field(default_factory=lambda: list(labels.TRAINING_CLASS_ORDER))
+    preprocessing: dict = field(default_factory=lambda: PreprocessingConfig().to_dict())
+    threshold: float = 0.5  # decision threshold on fake_probability
+    threshold_rule: str = "fixed 0.5"
+    name: str = "deepfake-detector"
+    train_config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    created: str = ""
+    format: str = METADATA_FORMAT
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocessing["image_size"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True, default=float)
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+def build_seed_cnn(image_size: int = 128) -> keras.Model:
+    """The original tutorial's 4-block CNN, layer for layer (input rescaled by 1/127)."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127, name="rescale")(inputs)
+    for filters in (32, 64, 128, 256):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(512, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    x = layers.Dense(128, activation="relu")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="fake_score")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def _conv_bn(x, filters, kernel, stride, name, depthwise=False, relu=True):
+    """Conv (or depthwise conv) + BN (+ ReLU6) with torchvision's symmetric padding."""
+    if kernel > 1 and stride > 1:
+        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    if depthwise:
+        x = layers.DepthwiseConv2D(kernel, stride, padding=padding, use_bias=False, name=f"{name}_0")(x)
+    else:
+        x = layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False, name=f"{name}_0")(x)
+    x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_1")(x)
+    return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
+
+
+def mobilenet_v2_backbone(image_size: int = 128) -> keras.Model:
+    """MobileNetV2 (width 1.0) laid out exactly like torchvision's, ending in 1280 channels.
+
+    Layer names follow torchvision's state-dict keys (``features_2_conv_1_0`` is
+    ``features.2.conv.1.0``) so :mod:`deepfake_detector.pretrained` can copy ImageNet
+    weights in. Input: RGB already normalised with ImageNet mean and std.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="normalized_image")
+    x = _conv_bn(inputs, 32, 3, 2, "features_0")
+    channels, index = 32, 1
+    for expansion, out_channels, repeats, first_stride in (
+        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    ):  # fmt: skip
+        for repeat in range(repeats):
+            stride = first_stride if repeat == 0 else 1
+            name, block_input, part = f"features_{index}_conv", x, 0
+            if expansion != 1:
+                x = _conv_bn(x, channels * expansion, 1, 1, f"{name}_{part}")
+                part += 1
+            x = _conv_bn(x, None, 3, stride, f"{name}_{part}", depthwise=True)
+            x = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{name}_{part + 1}")(x)
+            x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_{part + 2}")(x)
+            if stride == 1 and channels == out_channels:
+                x = layers.Add(name=f"features_{index}_add")([block_input, x])
+            channels, index = out_channels, index + 1
+    x = _conv_bn(x, 1280, 1, 1, f"features_{index}")
+    return keras.Model(inputs, x, name="mobilenet_v2")
+
+
+def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: float = 0.2) -> keras.Model:
+    """MobileNetV2 (ImageNet weights when ``pretrained``) with a global-average-pool head."""
+    from deepfake_detector import pretrained as imagenet
+
+    backbone = mobilenet_v2_backbone(image_size)
+    if pretrained:
+        imagenet.load_torchvision_mobilenet_v2(backbone)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    # uint8 RGB in, torchvision's ImageNet normalisation inside the model.
+    x = layers.Rescaling(1.0 / 255, name="to_unit")(inputs)
+    x = layers.Normalization(
+        mean=imagenet.IMAGENET_MEAN, variance=[s**2 for s in imagenet.IMAGENET_STD], name="imagenet_norm"
+    )(x)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="fake_score")(x)
+    return keras.Model(inputs, outputs, name="mobilenet_v2_detector")
+
+
+def build_model(arch: str, image_size: int = 128, pretrained: bool = True) -> keras.Model:
+    """A fresh, uncompiled network of the named architecture (see ``ARCHITECTURES``)."""
+    if arch == "seed":
+        return build_seed_cnn(image_size)
+    if arch == "mobilenet_v2":
+        return build_mobilenet_v2(image_size, pretrained=pretrained)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import PIL
+    import tensorflow as tf
+
+    return {
+        "deepfake_detector": __version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) -> Path:
+    """Write model and metadata to ``path`` atomically (temp file in the same folder, then rename).
+
+    An interrupted save never leaves a half-written file where the last good model was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not metadata.created:
+        metadata.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if not metadata.versions:
+        metadata.versions = library_versions()
+    _check_consistent(model, metadata, path)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(handle)
+    try:
+        model.save(tmp_name)
+        with zipfile.ZipFile(tmp_name, "a") as archive:
+            archive.writestr(METADATA_ENTRY, metadata.to_json())
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The metadata inside a saved model, without loading the network."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read(METADATA_ENTRY)
+    except zipfile.BadZipFile as error:
+        raise ModelFileError(f"{path}: not a .keras model file") from error
+    except KeyError as error:
+        raise ModelFileError(f"{path}: has no {METADATA_ENTRY}; save models with train.py") from error
+    try:
+        data: dict[str, Any] = json.loads(raw)
+        if data.get("format") != METADATA_FORMAT:
+            raise ValueError(f"format {data.get('format')!r} is not {METADATA_FORMAT!r}")
+        metadata = ModelMetadata(**data)
+        labels.fake_index(metadata.class_names)
+        if not 0.0 <= float(metadata.threshold) <= 1.0:
+            raise ValueError(f"threshold {metadata.threshold} is outside 0..1")
+        metadata.image_size  # noqa: B018 - must be present
+    except (ValueError, TypeError, KeyError) as error:
+        raise ModelFileError(f"{path}: bad metadata: {error}") from error
+    return metadata
+
+
+def load_model(path: str | Path) -> tuple[keras.Model, ModelMetadata]:
+    """Load a model and its metadata; a one-line :class:`ModelFileError` if they do not fit."""
+    metadata = read_metadata(path)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a broken file
+        raise ModelFileError(f"{path}: cannot load the network: {error}") from error
+    _check_consistent(model, metadata, path)
+    return model, metadata
+
+
+def _check_consistent(model: keras.Model, metadata: ModelMetadata, path: Path) -> None:
+    input_shape = tuple(model.inputs[0].shape[1:])
+    expected = (metadata.image_size, metadata.image_size, 3)
+    if input_shape != expected:
+        raise ModelFileError(f"{path}: metadata says input {expected} but the network takes {input_shape}")
+    output_shape = tuple(model.outputs[0].shape[1:])
+    if output_shape != (1,):
+        raise ModelFileError(f"{path}: the network outputs {output_shape}, expected one sigmoid score")

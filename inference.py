@@ -1,0 +1,64 @@
+"""Serve the detector, or score files from the command line.
+
+    python inference.py                          # the upload page and API on http://127.0.0.1:5000
+    python inference.py --model models/x.keras --port 8080
+    python inference.py predict photos/ a.jpg --output results.csv
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    from deepfake_detector.detector import DEFAULT_MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="a .keras model saved by train.py (default: the shipped model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    parser.add_argument("--threads", type=int, default=4, help="request threads of the production server (default: 4)")
+    parser.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress (debug stays off)")
+    return parser
+
+
+def load_detector(model_path: Path):
+    from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
+    from deepfake_detector.model import ModelFileError
+
+    if not model_path.exists() and model_path == DEFAULT_MODEL_PATH:
+        raise SystemExit(
+            f"inference.py: no model at {model_path}. Train one with "
+            "`python train.py --data-dir DATA` (see README.md) or pass --model PATH."
+        )
+    try:
+        return Detector.from_path(model_path)
+    except ModelFileError as error:
+        raise SystemExit(f"inference.py: {error}")
+
+
+def serve(args: argparse.Namespace) -> int:
+    from deepfake_detector.web import create_app
+
+    detector = load_detector(args.model)  # loaded and warmed up before the port opens
+    app = create_app(detector)
+    url = f"http://{args.host}:{args.port}/"
+    if args.dev:
+        logging.getLogger(__name__).warning("Flask development server: not for production use")
+        app.run(host=args.host, port=args.port, debug=False, threaded=True)
+        return 0
+    import waitress
+
+    print(f"Serving {detector.name} on {url} with waitress ({args.threads} threads)", flush=True)
+    waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident="deepfake-detector")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(get_args_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

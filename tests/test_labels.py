@@ -1,0 +1,44 @@
+"""The original's worst bug: the page said "Fake" for P(real) > 0.5. Fake must be positive."""
+
+import io
+
+import numpy as np
+import pytest
+
+from deepfake_detector import labels
+from deepfake_detector.detector import Detector
+from deepfake_detector.model import ModelMetadata, load_model
+from tests.conftest import image_bytes, synthetic_image
+
+
+def test_fake_index_follows_saved_order():
+    assert labels.fake_index(["real", "fake"]) == 1
+    assert labels.fake_index(["Fake", "Real"]) == 0
+    assert labels.fake_probability_from_output(0.9, ["real", "fake"]) == pytest.approx(0.9)
+    assert labels.fake_probability_from_output(0.9, ["fake", "real"]) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        labels.fake_index(["cat", "dog"])
+
+
+def test_trained_model_calls_fakes_fake_python_api(detector):
+    rng = np.random.default_rng(99)
+    fakes = [detector.predict(image_bytes(synthetic_image(True, rng))) for _ in range(10)]
+    reals = [detector.predict(image_bytes(synthetic_image(False, rng))) for _ in range(10)]
+    assert all(p.label == "fake" and p.fake_probability > 0.5 for p in fakes), fakes
+    assert all(p.label == "real" and p.fake_probability < 0.5 for p in reals), reals
+
+
+def test_trained_model_calls_fakes_fake_http_api(client, fake_png, real_png):
+    fake = client.post("/api/predict", data={"file": (io.BytesIO(fake_png), "a.png")}).get_json()
+    real = client.post("/api/predict", data={"file": (io.BytesIO(real_png), "b.png")}).get_json()
+    assert fake["label"] == "fake" and fake["fake_probability"] > 0.5
+    assert real["label"] == "real" and real["fake_probability"] < 0.5
+
+
+def test_saved_class_order_is_read_back(trained_model_path, fake_png):
+    """A model whose class 1 is 'real' must have its output flipped, from the metadata alone."""
+    model, metadata = load_model(trained_model_path)
+    flipped = ModelMetadata(**{**metadata.__dict__, "class_names": ["fake", "real"]})
+    normal = Detector(model, metadata).predict(fake_png).fake_probability
+    inverted = Detector(model, flipped).predict(fake_png).fake_probability
+    assert inverted == pytest.approx(1.0 - normal, abs=1e-6)

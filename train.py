@@ -1,0 +1,56 @@
+"""Train a deepfake detector: ``python train.py`` (the original recipe on the Kaggle data).
+
+``python train.py --data-dir ../shared/data/lfw-faceswap`` trains offline on any folder
+with Train/Validation/Test, each holding Real/ and Fake/.
+"""
+
+import argparse
+import logging
+import sys
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="seed", choices=["seed", "mobilenet_v2"],
+                        help="seed: the original 4-block CNN and recipe (default); "
+                             "mobilenet_v2: the recipe of the shipped model")
+    parser.add_argument("--data-dir", default="data", help="dataset folder; the Kaggle archive is fetched here if it is empty (default: data)")
+    parser.add_argument("--archive", help="a deepfake-and-real-images zip you already have")
+    parser.add_argument("--sha256", help="expected SHA-256 of the archive")
+    parser.add_argument("--output", default="models/deepfake_detector.keras", help="where to save the model")
+    parser.add_argument("--epochs", type=int, help="default: 50 (seed), 15 (mobilenet_v2)")
+    parser.add_argument("--learning-rate", type=float, help="default: 1e-4 (seed), 6e-4 (mobilenet_v2)")
+    parser.add_argument("--batch-size", type=int, help="default: 64")
+    parser.add_argument("--seed", type=int, help="random seed (default: 1337)")
+    parser.add_argument("--threshold-rule", choices=["eer", "balanced_accuracy"],
+                        help="how the decision threshold is chosen on Validation (default: eer)")
+    parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from deepfake_detector.data import DatasetError
+    from deepfake_detector.training import TrainConfig, train
+
+    config = TrainConfig.for_arch(
+        args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
+        epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
+        threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split,
+    )  # fmt: skip
+    try:
+        path, metrics = train(config)
+    except DatasetError as error:
+        print(f"train.py: {error}", file=sys.stderr)
+        return 2
+    test = metrics["test"]
+    print(
+        f"saved {path} | test: loss {test['log_loss']:.4f} accuracy {test['accuracy']:.4f} "
+        f"precision {test['precision']:.4f} recall {test['recall']:.4f} roc_auc {test['roc_auc']:.4f} "
+        f"(threshold {test['threshold']:.3f}; fake is positive)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
