@@ -1,17 +1,36 @@
-"""Metrics the image-forensics field reports, computed with scikit-learn.
+"""Metrics and plots on a folder of Real/Fake images, computed with scikit-learn.
 
 ``fake`` is the positive class throughout: ``y_true`` is 1 for fake, ``fake_probability``
 is the score. Hand-written metric code is avoided on purpose.
+
+:func:`evaluate_folder` scores a folder (clean and, optionally, perturbed) and returns the
+report that ``evaluate.py --json`` writes; :func:`write_plots` draws ROC, confusion matrix
+and score histogram.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from sklearn import metrics as skm
+from tqdm.auto import tqdm
 
-from deepfake_detector import labels
+from deepfake_detector import data, labels
+from deepfake_detector.data import DatasetError
+from deepfake_detector.perturbations import Perturbation, parse_spec
+from deepfake_detector.preprocessing import ImageError, load_image, open_image
+
+if TYPE_CHECKING:  # detector imports TensorFlow; evaluation itself does not need it
+    from deepfake_detector.detector import Detector
+
+log = logging.getLogger(__name__)
 
 #: Keys of a metrics dict, in the order the table prints them (README documents each).
 METRIC_KEYS = (
@@ -99,7 +118,9 @@ def compute_metrics(y_true, fake_probability, threshold: float = 0.5) -> dict:
         fake_accuracy=_rate(predicted[fake] == 1),
         confusion_matrix={
             "labels": list(labels.TRAINING_CLASS_ORDER),
-            "rows_true_columns_predicted": skm.confusion_matrix(y_true, predicted, labels=[0, 1]).tolist(),
+            "rows_true_columns_predicted": (
+                skm.confusion_matrix(y_true, predicted, labels=[0, 1]).tolist() if y_true.size else [[0, 0], [0, 0]]
+            ),
         },
     )
     if y_true.size == 0:
@@ -119,14 +140,18 @@ def compute_metrics(y_true, fake_probability, threshold: float = 0.5) -> dict:
             log_loss=float(skm.log_loss(y_true, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
         )
     else:
-        present = labels.FAKE if fake.any() else labels.REAL
-        notes.append(
-            f"only {present} images: accuracy is the share called {present}; precision, recall, "
-            "ROC AUC, AP, EER, TPR@FPR and balanced accuracy need both classes"
-        )
-        result["log_loss"] = float(skm.log_loss(y_true, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))
         if fake.any():
-            result["recall"] = result["fake_accuracy"]
+            result["recall"] = result["fake_accuracy"]  # recall is the share of fakes caught
+            notes.append(
+                "only fake images: accuracy (= recall) is the share called fake; precision, F1, balanced "
+                "accuracy, ROC AUC, AP, EER and TPR@FPR need real images too"
+            )
+        else:
+            notes.append(
+                "only real images: accuracy is the share called real; precision, recall, F1, balanced "
+                "accuracy, ROC AUC, AP, EER and TPR@FPR need fake images too"
+            )
+        result["log_loss"] = float(skm.log_loss(y_true, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))
     result["notes"] = notes
     return result
 
@@ -136,7 +161,7 @@ def format_table(rows: dict[str, dict], keys=None) -> str:
     keys = keys or [k for k in METRIC_KEYS if k not in ("confusion_matrix", "notes")]
     names = list(rows)
     width = max(len(k) for k in keys) + 2
-    col = max(10, *(len(n) + 2 for n in names))
+    col = max([10] + [len(n) + 2 for n in names])
     lines = ["metric".ljust(width) + "".join(n.rjust(col) for n in names)]
     for key in keys:
         cells = []
@@ -149,3 +174,250 @@ def format_table(rows: dict[str, dict], keys=None) -> str:
 
 def is_finite(value) -> bool:
     return value is not None and math.isfinite(value)
+
+
+# ----------------------------------------------------------------------------- folders
+
+#: Name of the unperturbed condition (the first column of the table).
+CLEAN = "clean"
+
+
+def resolve_folder(data_dir: str | Path, split: str = "Test") -> tuple[Path, str | None]:
+    """The folder to evaluate and its split: ``data_dir`` itself when it holds ``Real/`` or
+    ``Fake/``, else ``split`` of the dataset under it (found as ``train.py`` finds it).
+
+    Raises:
+        DatasetError: no such folder, or no Real/ or Fake/ folder where one was looked for.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetError(f"{data_dir}: no such folder")
+    if _has_class_folder(data_dir):
+        return data_dir, None
+    if split not in data.SPLITS:
+        raise DatasetError(f"unknown split {split!r}; use {', '.join(data.SPLITS)}")
+    candidates = [data_dir / split]
+    try:
+        candidates.append(data.find_dataset_root(data_dir) / split)
+    except DatasetError:
+        pass  # no full Train/Validation/Test layout: only data_dir/split can hold the split
+    for candidate in candidates:
+        if _has_class_folder(candidate):
+            return candidate, split
+    raise DatasetError(
+        f"no Real/ or Fake/ folder under {data_dir} nor under a {split}/ split in it (looked two levels down)"
+    )
+
+
+def _has_class_folder(folder: Path) -> bool:
+    return any((folder / name).is_dir() for name in labels.FOLDER_NAMES.values())
+
+
+def _labelled_files(folder: Path) -> tuple[list[str], np.ndarray]:
+    """Image files under ``folder/Real`` and ``folder/Fake`` (either may be missing) and labels."""
+    if not _has_class_folder(folder):
+        raise DatasetError(f"no Real/ or Fake/ folder under {folder}")
+    paths, targets = [], []
+    for index, class_name in enumerate(labels.TRAINING_CLASS_ORDER):
+        class_dir = folder / labels.FOLDER_NAMES[class_name]
+        if class_dir.is_dir():
+            found = sorted(
+                str(p) for p in class_dir.rglob("*") if p.suffix.lower() in data.IMAGE_SUFFIXES and p.is_file()
+            )
+            paths += found
+            targets += [index] * len(found)
+    if not paths:
+        raise DatasetError(f"no images under {folder}/Real or {folder}/Fake")
+    return paths, np.asarray(targets, np.int64)
+
+
+@dataclass
+class FolderScores:
+    """``fake_probability`` of every readable image of a folder, per condition."""
+
+    paths: list[str]
+    y_true: np.ndarray
+    fake_probability: dict[str, np.ndarray]  # condition name -> scores; ``clean`` first
+    skipped: dict[str, str]  # path -> why it could not be read
+
+
+def score_folder(
+    detector: "Detector",
+    folder: str | Path,
+    perturbations: Sequence[Perturbation] = (),
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> FolderScores:
+    """Score the images of ``folder`` clean and under each perturbation.
+
+    Each file is read and decoded once; the perturbations act on that decoded image and every
+    condition goes through ``preprocessing.load_image``. Decoding runs on a thread pool (PIL
+    releases the GIL) one batch ahead of the model, so memory stays at about two batches.
+    """
+    folder = Path(folder)
+    paths, targets = _labelled_files(folder)
+    conditions: list[Perturbation | None] = [None, *perturbations]
+    names = [CLEAN, *(p.name for p in perturbations)]
+    size = detector.image_size
+
+    def prepare(path: str):
+        try:
+            original = open_image(Path(path).read_bytes())
+            inputs = [load_image(original if c is None else c.apply(original), size) for c in conditions]
+            return np.stack(inputs), None
+        except (ImageError, OSError) as error:
+            return None, str(error)
+
+    scores = np.zeros((len(names), len(paths)))
+    kept = np.zeros(len(paths), bool)
+    skipped: dict[str, str] = {}
+    batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    desc = f"scoring {folder.name}" + (f" ({len(names)} conditions)" if len(names) > 1 else "")
+    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(paths), desc=desc, unit="img") as bar:
+
+        def submit(batch: range) -> list:
+            return [pool.submit(prepare, paths[i]) for i in batch]
+
+        pending = submit(batches[0])
+        for b, batch in enumerate(batches):
+            current, pending = pending, (submit(batches[b + 1]) if b + 1 < len(batches) else [])
+            ready, inputs = [], []
+            for i, future in zip(batch, current):
+                images, reason = future.result()
+                if images is None:
+                    skipped[paths[i]] = reason
+                else:
+                    ready.append(i)
+                    inputs.append(images)
+            if ready:
+                stacked = np.stack(inputs, axis=1)  # conditions x batch x S x S x 3
+                for c, images in enumerate(stacked):
+                    scores[c, ready] = detector.scores(images)
+                kept[ready] = True
+            bar.update(len(batch))
+    if skipped:
+        log.warning("%s: skipped %d unreadable image file(s)", folder, len(skipped))
+    if not kept.any():
+        raise DatasetError(f"none of the {len(paths)} image file(s) under {folder} can be read")
+    return FolderScores(
+        paths=[p for p, ok in zip(paths, kept) if ok],
+        y_true=targets[kept],
+        fake_probability={name: scores[c, kept] for c, name in enumerate(names)},
+        skipped=skipped,
+    )
+
+
+def evaluate_folder(
+    detector: "Detector",
+    folder: str | Path,
+    perturbations: Sequence[Perturbation] | str | None = None,
+    batch_size: int = 64,
+    plots_dir: str | Path | None = None,
+) -> dict:
+    """Metrics of ``detector`` on ``folder/Real`` and ``folder/Fake`` at its stored threshold.
+
+    Args:
+        perturbations: conditions to score besides the clean images (a spec string such as
+            ``"jpeg:50;blur:1"`` is parsed with :func:`perturbations.parse_spec`).
+        plots_dir: if given, :func:`write_plots` draws the clean scores there.
+
+    Returns:
+        The JSON report: ``model``, ``data_dir``, ``n_skipped``, ``skipped`` (path and reason
+        per unreadable file), every key of :data:`METRIC_KEYS` for the clean images, and
+        ``perturbations`` ({name: metrics}) when perturbations were asked for.
+    """
+    if isinstance(perturbations, str):
+        perturbations = parse_spec(perturbations)
+    perturbations = list(perturbations or [])
+    scored = score_folder(detector, folder, perturbations, batch_size=batch_size)
+    threshold = detector.threshold
+    report = {
+        "model": detector.name,
+        "data_dir": str(folder),
+        "n_skipped": len(scored.skipped),
+        "skipped": [{"path": path, "reason": reason} for path, reason in scored.skipped.items()],
+        **compute_metrics(scored.y_true, scored.fake_probability[CLEAN], threshold),
+    }
+    if perturbations:
+        report["perturbations"] = {
+            name: compute_metrics(scored.y_true, fake_probability, threshold)
+            for name, fake_probability in scored.fake_probability.items()
+            if name != CLEAN
+        }
+    if plots_dir is not None:
+        write_plots(scored.y_true, scored.fake_probability[CLEAN], threshold, plots_dir, title=detector.name)
+    return report
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def write_plots(
+    y_true, fake_probability, threshold: float, out_dir: str | Path, title: str | None = None
+) -> list[Path]:
+    """Write ``roc.png`` (needs both classes), ``confusion_matrix.png`` and ``score_histogram.png``.
+
+    Figures are drawn on matplotlib's Agg canvas directly, without pyplot: no display, no
+    global backend switch, safe in a server.
+
+    Returns:
+        The files written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    y_true = np.asarray(y_true, np.int64).ravel()
+    scores = np.asarray(fake_probability, np.float64).ravel()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    real, fake = y_true == 0, y_true == 1
+    suffix = f" - {title}" if title else ""
+    written = []
+
+    def save(figure: Figure, name: str) -> None:
+        FigureCanvasAgg(figure)
+        figure.tight_layout()
+        figure.savefig(out_dir / name, dpi=100)
+        written.append(out_dir / name)
+
+    if real.any() and fake.any():
+        figure = Figure(figsize=(5, 5))
+        ax = figure.subplots()
+        fpr, tpr, _ = roc_points(y_true, scores)
+        ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {skm.roc_auc_score(y_true, scores):.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", label="chance")
+        ax.plot(
+            (scores[real] >= threshold).mean(), (scores[fake] >= threshold).mean(), "o", color="black",
+            label=f"threshold {threshold:.3f}",
+        )  # fmt: skip
+        ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
+               xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, fake positive{suffix}")  # fmt: skip
+        ax.legend(loc="lower right")
+        save(figure, "roc.png")
+    else:
+        log.warning("roc.png not written: a ROC curve needs both real and fake images")
+
+    figure = Figure(figsize=(4.5, 4))
+    ax = figure.subplots()
+    matrix = skm.confusion_matrix(y_true, (scores >= threshold).astype(np.int64), labels=[0, 1])
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(1, matrix.max()))
+    for (row, column), count in np.ndenumerate(matrix):
+        ax.text(column, row, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black", fontsize=14)  # fmt: skip
+    ticks = list(labels.TRAINING_CLASS_ORDER)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=ticks, yticklabels=ticks, xlabel="predicted",
+           ylabel="true", title=f"confusion matrix at {threshold:.3f}{suffix}")  # fmt: skip
+    save(figure, "confusion_matrix.png")
+
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    bins = np.linspace(0.0, 1.0, 41)
+    for mask, name in ((real, labels.REAL), (fake, labels.FAKE)):
+        if mask.any():
+            ax.hist(scores[mask], bins=bins, alpha=0.6, label=f"{name} (n={int(mask.sum())})")
+    ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="fake_probability", ylabel="images", xlim=(0, 1), title=f"scores per class{suffix}")
+    ax.legend()
+    save(figure, "score_histogram.png")
+    return written

@@ -1,0 +1,93 @@
+"""Measure a model on a folder of Real/ and Fake/ images, optionally under perturbations.
+
+    python evaluate.py --data-dir data                  # the Test split of the dataset in data/
+    python evaluate.py --model models/x.keras --data-dir photos --json report.json --plots plots
+    python evaluate.py --data-dir data --perturb "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"
+
+--data-dir is a folder holding Real/ and/or Fake/, or a dataset with Train/Validation/Test
+(--split picks one). Fake is the positive class. Bad input exits with status 2.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+PROG = "evaluate.py"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    from deepfake_detector.data import SPLITS
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="a .keras model saved by train.py (default: the shipped models/deepfake_detector.keras)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder with Real/ and Fake/, or a dataset root with Train/Validation/Test")
+    parser.add_argument("--split", default="Test", choices=SPLITS, help="split to use when --data-dir is a dataset root (default: Test)")
+    parser.add_argument("--json", type=Path, help="write the report (metrics and context) to this JSON file")
+    parser.add_argument("--plots", type=Path, help="write roc.png, confusion_matrix.png and score_histogram.png to this folder")
+    parser.add_argument("--perturb", metavar="SPEC", help='also score perturbed copies, e.g. "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"')
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    return parser
+
+
+def fail(message) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # Input is checked before TensorFlow is imported: a typo costs no start-up time.
+    from deepfake_detector.data import DatasetError
+    from deepfake_detector.evaluation import evaluate_folder, format_table, resolve_folder
+    from deepfake_detector.perturbations import PerturbationSpecError, parse_spec
+
+    if args.batch_size < 1:
+        return fail(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        perturbations = parse_spec(args.perturb) if args.perturb is not None else []
+        folder, split = resolve_folder(args.data_dir, args.split)
+    except PerturbationSpecError as error:
+        return fail(f"--perturb: {error}")
+    except DatasetError as error:
+        return fail(error)
+
+    from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
+    from deepfake_detector.model import ModelFileError
+
+    model_path = args.model or DEFAULT_MODEL_PATH
+    if not model_path.is_file():
+        return fail(f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH")
+    try:
+        detector = Detector.from_path(model_path)
+    except ModelFileError as error:
+        return fail(error)
+    try:
+        report = evaluate_folder(detector, folder, perturbations, batch_size=args.batch_size, plots_dir=args.plots)
+    except (DatasetError, OSError) as error:  # OSError: e.g. the --plots folder cannot be written
+        return fail(error)
+    report = {"model_path": str(model_path), "split": split, **report}
+
+    rows = {"clean": report, **report.get("perturbations", {})}
+    print(f"{report['model']} on {folder} (threshold {report['threshold']:.3f}, fake is positive)")
+    print(format_table(rows))
+    for name, metrics in rows.items():
+        for note in metrics["notes"]:
+            print(f"note ({name}): {note}")
+    if report["n_skipped"]:
+        print(f"skipped {report['n_skipped']} unreadable file(s); see the JSON report for which and why")
+    if args.json:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as error:
+            return fail(f"cannot write {args.json}: {error}")
+        print(f"wrote {args.json}")
+    if args.plots:
+        print(f"plots in {args.plots}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

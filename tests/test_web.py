@@ -1,0 +1,129 @@
+"""The page and the JSON API through Flask's test client: verdicts, bad input, headers."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import image_bytes, synthetic_image
+
+
+def post_api(client, data: bytes, name="x.png", field="file"):
+    return client.post("/api/predict", data={field: (io.BytesIO(data), name)}, content_type="multipart/form-data")
+
+
+def test_api_answers_the_documented_json(client, detector, fake_png):
+    response = post_api(client, fake_png)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"label", "fake_probability", "threshold", "model", "elapsed_ms"}
+    assert body["label"] in ("fake", "real")
+    assert 0.0 <= body["fake_probability"] <= 1.0
+    assert body["threshold"] == pytest.approx(detector.threshold)
+    assert body["model"] == detector.name
+    assert body["elapsed_ms"] >= 0
+
+
+def test_api_score_equals_python_api(client, detector, fake_png):
+    body = post_api(client, fake_png).get_json()
+    assert body["fake_probability"] == pytest.approx(detector.predict(fake_png).fake_probability, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "data, name, status, message",
+    [
+        (b"", "empty.png", 400, "empty"),
+        (b"hello, this is text not an image", "notes.txt", 400, "not an image"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "doc.pdf", 400, "not an image"),
+    ],
+)
+def test_api_rejects_bad_uploads_with_json_error(client, data, name, status, message):
+    response = post_api(client, data, name)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+
+
+def test_api_rejects_truncated_image(client, fake_png):
+    jpeg = image_bytes(synthetic_image(True, np.random.default_rng(5), size=64), "JPEG", quality=90)
+    response = post_api(client, jpeg[: len(jpeg) // 2])
+    assert response.status_code == 400
+    assert "error" in response.get_json()
+
+
+def test_api_rejects_unsupported_format(client):
+    from PIL import Image
+
+    icon = image_bytes(Image.new("RGB", (32, 32), "red"), "ICO")
+    response = post_api(client, icon, "x.png")
+    assert response.status_code == 415
+    assert "not supported" in response.get_json()["error"]
+
+
+def test_api_without_file_field(client, fake_png):
+    response = client.post("/api/predict", data={"other": (io.BytesIO(fake_png), "a.png")})
+    assert response.status_code == 400
+    assert "field 'file'" in response.get_json()["error"]
+    response = client.post("/api/predict", data=b"raw body", content_type="application/octet-stream")
+    assert response.status_code == 400
+
+
+def test_api_upload_over_the_cap_is_413(client):
+    big = os.urandom(3 * 1024 * 1024)  # the fixture's cap is 2 MB
+    response = post_api(client, big, "big.png")
+    assert response.status_code == 413
+    assert "larger than" in response.get_json()["error"]
+
+
+def test_uploads_are_never_written_to_disk(client, fake_png, tmp_path, monkeypatch):
+    """The original saved uploads under the client's name (``../x`` escaped the folder)."""
+    monkeypatch.chdir(tmp_path)
+    response = post_api(client, fake_png, "../../escape.png")
+    assert response.status_code == 200
+    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path.parent / "escape.png").exists()
+
+
+def test_page_shows_verdict_and_percentage(client, detector, fake_png):
+    page = client.get("/")
+    assert page.status_code == 200 and b'type="file"' in page.data
+    response = client.post("/", data={"file": (io.BytesIO(fake_png), "face.png")})
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    expected = detector.predict(fake_png)
+    assert f"{expected.fake_probability * 100:.1f}%" in html
+    assert ">Fake<" in html if expected.label == "fake" else ">Real<" in html
+    assert "data:image/jpeg;base64," in html  # the uploaded image, re-encoded
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all"])
+def test_page_shows_a_message_for_bad_uploads(client, data):
+    response = client.post("/", data={"file": (io.BytesIO(data), "x.txt")})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert 'role="alert"' in html and "Traceback" not in html
+
+
+def test_page_without_file(client):
+    response = client.post("/", data={})
+    assert response.status_code == 400
+    assert 'role="alert"' in response.get_data(as_text=True)
+
+
+def test_security_headers_and_no_debug(client, detector):
+    response = client.get("/")
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert client.application.debug is False
+
+
+def test_unknown_api_route_is_json_404(client):
+    response = client.get("/api/nothing")
+    assert response.status_code == 404
+    assert "error" in response.get_json()
+
+
+def test_healthz_names_the_model(client, detector):
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "ok" and body["model"] == detector.name
