@@ -188,11 +188,23 @@ def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) ->
         model.save(tmp_name)
         with zipfile.ZipFile(tmp_name, "a") as archive:
             archive.writestr(METADATA_ENTRY, metadata.to_json())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it 0600; save like open() would
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
@@ -211,13 +223,16 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         data: dict[str, Any] = json.loads(raw)
         if data.get("format") != METADATA_FORMAT:
             raise ValueError(f"format {data.get('format')!r} is not {METADATA_FORMAT!r}")
+        missing = sorted({"arch", "class_names", "preprocessing", "threshold"} - set(data))
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
         metadata = ModelMetadata(**data)
         labels.fake_index(metadata.class_names)
         if not 0.0 <= float(metadata.threshold) <= 1.0:
             raise ValueError(f"threshold {metadata.threshold} is outside 0..1")
         metadata.image_size  # noqa: B018 - must be present
     except (ValueError, TypeError, KeyError) as error:
-        raise ModelFileError(f"{path}: bad metadata: {error}") from error
+        raise ModelFileError(f"{path}: bad metadata: {_one_line(error)}") from error
     return metadata
 
 
@@ -227,7 +242,7 @@ def load_model(path: str | Path) -> tuple[keras.Model, ModelMetadata]:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a broken file
-        raise ModelFileError(f"{path}: cannot load the network: {error}") from error
+        raise ModelFileError(f"{path}: cannot load the network: {_one_line(error)}") from error
     _check_consistent(model, metadata, path)
     return model, metadata
 

@@ -105,11 +105,16 @@ def open_image(source: ImageSource) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB; transparent pixels become white, as a browser would show them."""
+    if image.mode in ("L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")  # a tRNS colour key: those pixels are transparent
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        # 16-bit samples are always on a 0..65535 scale (a dark 16-bit image stays dark);
+        # only 32-bit "I" images, whose range is unknown, are judged by their values.
+        sixteen_bit = image.mode != "I" or array.max(initial=0) > 255
+        peak = 65535.0 if sixteen_bit else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")

@@ -1,0 +1,307 @@
+"""load_image / open_image: every input path ends as the same uint8 RGB array, or a clear error."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from deepfake_detector import preprocessing
+from deepfake_detector.preprocessing import (
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedFormatError,
+    load_image,
+    open_image,
+)
+from tests.conftest import image_bytes, synthetic_image
+
+S = 16
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def _check_array(array: np.ndarray, size: int = S) -> np.ndarray:
+    assert isinstance(array, np.ndarray)
+    assert array.dtype == np.uint8
+    assert array.shape == (size, size, 3)
+    return array
+
+
+def _blocks(size: int = S) -> Image.Image:
+    """Four flat quadrants of distinct colours (survive palettes and lossy codecs)."""
+    array = np.zeros((size, size, 3), np.uint8)
+    h = size // 2
+    array[:h, :h] = (200, 30, 60)
+    array[:h, h:] = (20, 180, 40)
+    array[h:, :h] = (30, 60, 210)
+    array[h:, h:] = (240, 220, 30)
+    return Image.fromarray(array)
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def test_rgba_png_transparent_pixels_become_white():
+    array = np.zeros((S, S, 4), np.uint8)
+    array[:, : S // 2] = (0, 0, 0, 0)  # fully transparent black
+    array[:, S // 2 :] = (0, 255, 0, 255)  # opaque green
+    array[0, -1] = (255, 0, 0, 128)  # half-transparent red over white
+    out = _check_array(load_image(image_bytes(Image.fromarray(array, "RGBA")), S))
+    assert (out[:, : S // 2] == 255).all()
+    assert (out[1:, S // 2 :] == GREEN).all()
+    np.testing.assert_allclose(out[0, -1], (255, 127, 127), atol=2)
+
+
+def test_grayscale_l():
+    array = np.arange(S * S, dtype=np.uint8).reshape(S, S)
+    out = _check_array(load_image(image_bytes(Image.fromarray(array, "L")), S))
+    for channel in range(3):
+        np.testing.assert_array_equal(out[..., channel], array)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_grayscale_is_scaled_from_65535(fmt):
+    array = np.zeros((S, S), np.uint16)
+    array[0, 0], array[0, 1], array[0, 2], array[0, 3] = 65535, 32768, 257 * 100, 0
+    data = image_bytes(Image.fromarray(array), fmt)
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")  # really a 16-bit file
+    out = _check_array(load_image(data, S))
+    assert tuple(out[0, 0]) == WHITE
+    assert tuple(out[0, 1]) == (128, 128, 128)
+    assert tuple(out[0, 2]) == (100, 100, 100)
+    assert tuple(out[0, 3]) == (0, 0, 0)
+
+
+def test_dark_16_bit_image_stays_dark():
+    """Values 0..255 in a 16-bit file are nearly black, not a full-range 8-bit picture."""
+    array = np.full((S, S), 200, np.uint16)
+    array[0, 0] = 255  # every sample fits in 8 bits, yet the file is 16-bit
+    data = image_bytes(Image.fromarray(array))
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    out = _check_array(load_image(data, S))
+    assert out.max() <= 1
+    assert tuple(out[1, 1]) == (1, 1, 1)  # 200 / 65535 * 255 = 0.78 -> 1
+
+
+def test_palette_without_transparency():
+    image = _blocks()
+    palette_image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    data = image_bytes(palette_image)
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    np.testing.assert_array_equal(_check_array(load_image(data, S)), np.asarray(image))
+
+
+def test_palette_with_transparency_index_becomes_white():
+    palette_image = Image.new("P", (S, S), 0)
+    palette_image.putpalette([0, 0, 0, 0, 0, 255] + [0] * (254 * 3))
+    palette_image.paste(1, (S // 2, 0, S, S))
+    data = image_bytes(palette_image, transparency=0)
+    assert Image.open(io.BytesIO(data)).info.get("transparency") == 0
+    out = _check_array(load_image(data, S))
+    assert (out[:, : S // 2] == 255).all()
+    assert (out[:, S // 2 :] == BLUE).all()
+
+
+@pytest.mark.parametrize("mode, colour", [("L", 0), ("RGB", (1, 2, 3))])
+def test_png_colour_key_transparency_becomes_white(mode, colour):
+    """A tRNS chunk on a grayscale or truecolour PNG marks one colour as transparent."""
+    image = Image.new(mode, (S, S), colour)
+    opaque = 90 if mode == "L" else (90, 90, 90)
+    image.paste(opaque, (S // 2, 0, S, S))
+    out = _check_array(load_image(image_bytes(image, transparency=colour), S))
+    assert (out[:, : S // 2] == 255).all()
+    assert (out[:, S // 2 :] == 90).all()
+
+
+def test_cmyk_jpeg_colours_match_rgb_original():
+    image = _blocks()
+    data = image_bytes(image.convert("CMYK"), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    out = _check_array(load_image(data, S)).astype(int)
+    np.testing.assert_allclose(out, np.asarray(image, int), atol=12)
+
+
+@pytest.mark.parametrize("orientation, red_side", [(6, "top"), (8, "bottom")])
+def test_exif_orientation_is_applied(orientation, red_side):
+    """Stored 40x20 with a red left half; a viewer rotates it upright before showing it."""
+    array = np.zeros((20, 40, 3), np.uint8)
+    array[:, :20] = RED
+    array[:, 20:] = BLUE
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = image_bytes(Image.fromarray(array), "JPEG", quality=95, exif=exif.tobytes())
+    upright = open_image(data)
+    assert upright.mode == "RGB"
+    assert upright.size == (20, 40)  # portrait after rotation
+    out = _check_array(load_image(data, 32), 32).astype(int)
+    top, bottom = out[2:12].mean(axis=(0, 1)), out[20:30].mean(axis=(0, 1))
+    red_half, blue_half = (top, bottom) if red_side == "top" else (bottom, top)
+    np.testing.assert_allclose(red_half, RED, atol=12)
+    np.testing.assert_allclose(blue_half, BLUE, atol=12)
+
+
+@pytest.mark.parametrize(
+    "fmt, options",
+    [("WEBP", {"lossless": True}), ("BMP", {}), ("TIFF", {}), ("PNG", {})],
+)
+def test_lossless_formats_decode_exactly(fmt, options):
+    image = synthetic_image(True, np.random.default_rng(5), size=S)
+    data = image_bytes(image, fmt, **options)
+    assert Image.open(io.BytesIO(data)).format == fmt
+    np.testing.assert_array_equal(_check_array(load_image(data, S)), np.asarray(image))
+
+
+def test_lossy_webp_and_jpeg_decode_close():
+    image, size = _blocks(32), 32
+    for fmt in ("WEBP", "JPEG"):
+        out = _check_array(load_image(image_bytes(image, fmt, quality=95), size), size).astype(int)
+        error = np.abs(out - np.asarray(image, int))
+        assert np.median(error) <= 3, fmt  # chroma subsampling only blurs the quadrant edges
+        assert error[4:12, 4:12].max() <= 8 and error[20:28, 20:28].max() <= 8, fmt
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("RGB", (S, S), colour) for colour in (RED, BLUE, GREEN)]
+    data = image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    gif = Image.open(io.BytesIO(data))
+    assert gif.n_frames == 3
+    gif.seek(2)  # even a PIL image left on a later frame gives frame 0
+    for source in (data, gif):
+        out = _check_array(load_image(source, S))
+        assert (out == RED).all()
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _raises(exc_type, source, status):
+    with pytest.raises(exc_type) as info:
+        load_image(source, S)
+    assert info.value.status == status
+    assert str(info.value)
+    return info.value
+
+
+def test_empty_bytes():
+    error = _raises(ImageError, b"", 400)
+    assert type(error) is ImageError
+
+
+def test_random_bytes():
+    data = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    error = _raises(ImageError, data, 400)
+    assert type(error) is ImageError
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_file(fmt):
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = image_bytes(Image.fromarray(noise), fmt)
+    for cut in (len(data) // 2, 40):
+        error = _raises(ImageError, data[:cut], 400)
+        assert type(error) is ImageError
+
+
+def test_unsupported_real_image_format():
+    data = image_bytes(_blocks(), "ICO")
+    assert Image.open(io.BytesIO(data)).format == "ICO"  # PIL reads it, we refuse it
+    error = _raises(UnsupportedFormatError, data, 415)
+    assert "ICO" in str(error)
+
+
+def test_missing_file_is_not_an_image_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "absent.png", S)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width``x``height`` but carries only a few bytes of pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    idat = zlib.compress(b"\x00" + b"\x00" * 30)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture()
+def no_decoding(monkeypatch):
+    """Fail loudly if anything tries to decode pixels."""
+
+    def refuse(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+def test_huge_declared_png_refused_without_decoding(no_decoding):
+    data = _png_header_only(50_000, 50_000)
+    assert len(data) < 200
+    start = time.perf_counter()
+    error = _raises(ImageTooLargeError, data, 413)
+    assert time.perf_counter() - start < 2
+    assert isinstance(error, ImageError)
+
+
+def test_own_pixel_limit_applies_even_without_pils_guard(monkeypatch, no_decoding):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    for width, height in ((50_000, 50_000), (8_000, 5_001)):  # the second is under PIL's own limit
+        assert width * height > preprocessing.MAX_IMAGE_PIXELS
+        error = _raises(ImageTooLargeError, _png_header_only(width, height), 413)
+        assert f"{width}x{height}" in str(error)
+
+
+# ----------------------------------------------------------------------------- same input, same array
+
+
+def test_format_decided_by_content_not_name(tmp_path):
+    image = synthetic_image(False, np.random.default_rng(2), size=S)
+    expected = np.asarray(image)
+    png, jpeg = image_bytes(image, "PNG"), image_bytes(image, "JPEG", quality=95)
+    for name, data in (("photo.jpg", png), ("photo.txt", png), ("noext", png), ("pic.png", jpeg)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        out = _check_array(load_image(path, S)).astype(int)
+        if data is png:
+            np.testing.assert_array_equal(out, expected)
+        else:
+            assert np.abs(out - expected).mean() < 4
+    np.testing.assert_array_equal(load_image(png, S), expected)
+
+
+def test_every_source_type_resizes_identically(tmp_path):
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    path = tmp_path / "input.png"
+    image.save(path)
+    data = path.read_bytes()
+    size = 24
+    reference = load_image(path, size)
+    _check_array(reference, size)
+    others = {
+        "str": load_image(str(path), size),
+        "bytes": load_image(data, size),
+        "bytearray": load_image(bytearray(data), size),
+        "file": load_image(io.BytesIO(data), size),
+        "opened": load_image(Image.open(path), size),
+        "in_memory": load_image(image, size),
+    }
+    for name, array in others.items():
+        np.testing.assert_array_equal(array, reference, err_msg=name)
+    # and that one filter is Lanczos, as the shared data was made
+    lanczos = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS))
+    bilinear = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(reference, lanczos)
+    assert not np.array_equal(reference, bilinear)
+
+
+def test_image_already_at_size_is_untouched():
+    image = synthetic_image(True, np.random.default_rng(4), size=S)
+    np.testing.assert_array_equal(load_image(image, S), np.asarray(image))

@@ -1,0 +1,142 @@
+"""torchvision's ImageNet MobileNetV2, read without PyTorch and converted exactly to Keras."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfake_detector import model as model_module
+from deepfake_detector import pretrained
+
+skimage_data = pytest.importorskip("skimage.data")
+
+EGYPTIAN_CAT_ETC = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
+BN_EPS = 1e-5
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, np.ndarray]:
+    return pretrained.read_torch_legacy_checkpoint(pretrained.torchvision_checkpoint_path())
+
+
+@pytest.fixture(scope="module")
+def backbone(state) -> keras.Model:
+    net = model_module.mobilenet_v2_backbone(224)
+    pretrained.load_torchvision_mobilenet_v2(net)
+    return net
+
+
+def test_checkpoint_has_torchvisions_shapes(state):
+    expected = {
+        "features.0.0.weight": (32, 3, 3, 3),
+        "features.0.1.weight": (32,),
+        "features.0.1.running_var": (32,),
+        "features.1.conv.0.0.weight": (32, 1, 3, 3),  # depthwise
+        "features.1.conv.1.weight": (16, 32, 1, 1),
+        "features.2.conv.0.0.weight": (96, 16, 1, 1),
+        "features.17.conv.2.weight": (320, 960, 1, 1),
+        "features.18.0.weight": (1280, 320, 1, 1),
+        "classifier.1.weight": (1000, 1280),
+        "classifier.1.bias": (1000,),
+    }
+    for key, shape in expected.items():
+        assert state[key].shape == shape, key
+        assert state[key].dtype == np.float32, key
+    assert state["features.0.1.num_batches_tracked"].dtype == np.int64
+    for key, array in state.items():
+        if key.endswith("running_var"):
+            assert (array > 0).all(), key
+        if array.dtype == np.float32:
+            assert np.isfinite(array).all(), key
+    # real trained weights, not zeros or a constant: conv filters vary, BN means are non-zero
+    assert state["features.0.0.weight"].std() > 0.05
+    assert np.abs(state["features.0.1.running_mean"]).max() > 0.01
+
+
+def test_every_backbone_tensor_is_converted(state, backbone):
+    """Each features.* tensor (bar BN's counters) is used by exactly one Keras layer, with its shape."""
+    used = set()
+    for layer in backbone.layers:
+        if not layer.weights:
+            continue
+        prefix = layer.name.replace("_", ".")
+        if isinstance(layer, keras.layers.BatchNormalization):
+            keys = [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+        else:
+            keys = [f"{prefix}.weight"]
+        for key, variable in zip(keys, layer.weights):
+            assert int(np.prod(variable.shape)) == state[key].size, key
+        used.update(keys)
+    wanted = {k for k in state if k.startswith("features.") and not k.endswith("num_batches_tracked")}
+    assert used == wanted
+
+
+def _imagenet_input(array: np.ndarray) -> np.ndarray:
+    image = Image.fromarray(array).resize((224, 224), Image.Resampling.BILINEAR)
+    unit = np.asarray(image, np.float32) / 255.0
+    return (unit - np.float32(pretrained.IMAGENET_MEAN)) / np.float32(pretrained.IMAGENET_STD)
+
+
+@pytest.fixture(scope="module")
+def logits(state, backbone) -> np.ndarray:
+    batch = np.stack([_imagenet_input(skimage_data.chelsea()), _imagenet_input(skimage_data.coffee())])
+    features = np.asarray(backbone(batch, training=False)).mean(axis=(1, 2))  # global average pool
+    assert features.shape == (2, 1280)
+    return features @ state["classifier.1.weight"].T + state["classifier.1.bias"]
+
+
+def test_converted_network_sees_a_cat(logits):
+    top5 = np.argsort(-logits[0])[:5]
+    assert top5[0] in EGYPTIAN_CAT_ETC, top5
+    assert EGYPTIAN_CAT_ETC <= set(top5.tolist())  # all three cat classes rank high
+    probabilities = np.exp(logits[0] - logits[0].max())
+    probabilities /= probabilities.sum()
+    assert probabilities[sorted(EGYPTIAN_CAT_ETC)].sum() > 0.8
+
+
+def test_converted_network_sees_coffee(logits):
+    top5 = np.argsort(-logits[1])[:5]
+    assert top5[0] in COFFEE, top5
+    assert 967 in top5  # espresso
+
+
+def _windows(padded: np.ndarray, stride: int) -> np.ndarray:
+    """(H, W, C) -> (H', W', C, 3, 3) sliding 3x3 windows at ``stride``."""
+    return np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(0, 1))[::stride, ::stride]
+
+
+def _bn_relu6(x: np.ndarray, state, prefix: str) -> np.ndarray:
+    gamma, beta = state[f"{prefix}.weight"], state[f"{prefix}.bias"]
+    mean, var = state[f"{prefix}.running_mean"], state[f"{prefix}.running_var"]
+    return np.clip((x - mean) / np.sqrt(var + BN_EPS) * gamma + beta, 0.0, 6.0)
+
+
+def test_first_layers_match_a_numpy_reimplementation(state, backbone):
+    """features.0 (conv 3x3/2) and features.2's depthwise 3x3/2, with PyTorch's symmetric padding."""
+    probe = keras.Model(
+        backbone.input,
+        [
+            backbone.get_layer("features_0_relu").output,
+            backbone.get_layer("features_2_conv_0_relu").output,
+            backbone.get_layer("features_2_conv_1_relu").output,
+        ],
+    )
+    x = np.random.default_rng(0).normal(size=(1, 224, 224, 3)).astype(np.float32)
+    first, expanded, depthwise = (np.asarray(t)[0] for t in probe(x, training=False))
+
+    # features.0: Conv2d(3, 32, 3, stride 2, padding 1, bias=False) + BN + ReLU6
+    padded = np.pad(x[0].astype(np.float64), ((1, 1), (1, 1), (0, 0)))
+    conv = np.einsum("ijcyx,ocyx->ijo", _windows(padded, 2), state["features.0.0.weight"])
+    expected = _bn_relu6(conv, state, "features.0.1")
+    assert expected.shape == first.shape == (112, 112, 32)
+    np.testing.assert_allclose(first, expected, atol=1e-4)
+
+    # features.2.conv.1: depthwise Conv2d(96, 96, 3, stride 2, padding 1, groups 96) + BN + ReLU6
+    padded = np.pad(expanded.astype(np.float64), ((1, 1), (1, 1), (0, 0)))
+    conv = np.einsum("ijcyx,cyx->ijc", _windows(padded, 2), state["features.2.conv.1.0.weight"][:, 0])
+    expected = _bn_relu6(conv, state, "features.2.conv.1.1")
+    assert expected.shape == depthwise.shape == (56, 56, 96)
+    np.testing.assert_allclose(depthwise, expected, atol=1e-4)
