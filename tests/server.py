@@ -22,13 +22,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(model_path: Path, *extra: str, timeout: float = 120.0):
-    """Yield the base URL of ``python inference.py --model MODEL`` once /healthz answers."""
+def running_server(model_path: Path, *extra: str, timeout: float = 120.0, script: Path = REPO / "inference.py"):
+    """Yield ``(base URL)`` of ``python SCRIPT --model MODEL --port P`` once /healthz answers."""
+    with running_process(model_path, *extra, timeout=timeout, script=script) as (url, _):
+        yield url
+
+
+@contextmanager
+def running_process(model_path: Path, *extra: str, timeout: float = 120.0, script: Path = REPO / "inference.py"):
+    """Like :func:`running_server`, yielding ``(base URL, subprocess.Popen)``."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{port}.log", "w")
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "inference.py"), "--model", str(model_path), "--port", str(port), *extra],
+        [sys.executable, str(script), "--model", str(model_path), "--port", str(port), *extra],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -45,7 +52,7 @@ def running_server(model_path: Path, *extra: str, timeout: float = 120.0):
             if time.time() > deadline:
                 raise RuntimeError(f"server did not answer /healthz within {timeout} s; see {log.name}")
             time.sleep(0.3)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
