@@ -2,7 +2,7 @@
 
     python inference.py                          # the upload page and API on http://127.0.0.1:5000
     python inference.py --model models/x.keras --port 8080
-    python inference.py predict photos/ a.jpg --output results.csv
+    python inference.py predict photos/ a.jpg --output results.csv   # one row per face
 """
 
 import argparse
@@ -65,13 +65,18 @@ def get_predict_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="inference.py predict",
-        description="Score image files and folders (recursively). Exit status 1 if any file failed.",
+        description=(
+            "Score image files and folders (recursively): one row per face found (face_index, box "
+            "= x y width height), or one whole-image row with both empty when a file has no face. "
+            "An image's verdict is its highest fake_probability. Exit status 1 if any file failed."
+        ),
     )
     parser.add_argument("paths", nargs="+", help="image files and folders")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="a .keras model (default: the shipped model)")
     parser.add_argument("--output", help="results file: .csv for CSV, anything else for JSON lines (default: CSV on stdout)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: 2 x CPUs, at least 2)")
+    parser.add_argument("--no-faces", action="store_true", help="score each whole image, without face detection")
     return parser
 
 
@@ -79,8 +84,10 @@ def predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from deepfake_detector.batch import RowWriter, expand_paths, score_files
+    from deepfake_detector.faces import default_finder
 
     detector = load_detector(args.model)
+    finder = None if args.no_faces else default_finder()
     paths = list(expand_paths(args.paths))
     if not paths:
         print("inference.py predict: no image files found", file=sys.stderr)
@@ -88,10 +95,13 @@ def predict(args: argparse.Namespace) -> int:
     writer = RowWriter(args.output, stream=sys.stdout)
     failures = []
     try:
-        for row in tqdm(score_files(detector, paths, args.batch_size, args.workers), total=len(paths), unit="img", desc="scoring"):
-            writer.write(row)
-            if row.error:
-                failures.append(row)
+        with tqdm(total=len(paths), unit="img", desc="scoring") as progress:
+            for row in score_files(detector, paths, args.batch_size, args.workers, finder=finder):
+                writer.write(row)
+                if row.face_index in (None, 0):  # a file's first row
+                    progress.update(1)
+                if row.error:
+                    failures.append(row)
     finally:
         writer.close()
     if failures:

@@ -2,6 +2,10 @@
 
 Memory stays flat however many files are scored: at most two batches of decoded images
 are alive at once, and rows are yielded as soon as their batch is scored.
+
+With a face finder (the CLI's default) each file gives one row per face, with its index and
+box; a file with no face gives one row for the whole image, with both left empty. The
+image's verdict is the highest ``fake_probability`` among its rows.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import numpy as np
 
 from deepfake_detector.data import IMAGE_SUFFIXES
 from deepfake_detector.detector import Detector
-from deepfake_detector.preprocessing import ImageError, load_image
+from deepfake_detector.faces import FaceBox, FaceFinder, model_inputs
+from deepfake_detector.preprocessing import ImageError, load_image, open_image
 
-FIELDS = ("path", "label", "fake_probability", "error")
+FIELDS = ("path", "face_index", "box", "label", "fake_probability", "error")
 
 
 @dataclass
@@ -30,6 +35,8 @@ class Row:
     label: str = ""
     fake_probability: float | None = None
     error: str = ""
+    face_index: int | None = None  # position in the image's faces, left to right; None: whole image
+    box: list[int] | None = None  # [x, y, width, height] in the image's pixels
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> Iterator[str]:
@@ -47,19 +54,29 @@ def expand_paths(inputs: Iterable[str | Path]) -> Iterator[str]:
             yield str(item)
 
 
-def _decode(path: str, image_size: int):
+def _decode(path: str, image_size: int, finder: FaceFinder | None) -> tuple[np.ndarray | None, list[FaceBox] | None, str]:
+    """(model inputs N x S x S x 3, face boxes or None for the whole image, error)."""
     try:
-        return load_image(path, image_size), ""
+        if finder is None:
+            return load_image(path, image_size)[None], None, ""
+        found = model_inputs(open_image(path), finder, image_size)
+        return found.inputs, found.boxes or None, ""
     except FileNotFoundError:
-        return None, "no such file"
+        return None, None, "no such file"
     except IsADirectoryError:
-        return None, "is a folder"
+        return None, None, "is a folder"
     except (ImageError, OSError) as error:
-        return None, str(error)
+        return None, None, str(error)
 
 
-def score_files(detector: Detector, paths: Iterable[str], batch_size: int = 64, workers: int | None = None) -> Iterator[Row]:
-    """Yield one :class:`Row` per path, in order; unreadable files get ``error`` set."""
+def score_files(
+    detector: Detector, paths: Iterable[str], batch_size: int = 64, workers: int | None = None,
+    finder: FaceFinder | None = None,
+) -> Iterator[Row]:  # fmt: skip
+    """Yield :class:`Row` s in path order; unreadable files get ``error`` set.
+
+    Without ``finder`` each path is one whole-image row; with one, each face is a row.
+    """
     workers = workers or max(2, os.cpu_count() or 2)
     paths = iter(paths)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -67,7 +84,7 @@ def score_files(detector: Detector, paths: Iterable[str], batch_size: int = 64, 
         def submit_batch() -> list[tuple[str, Future]]:
             batch = []
             for path in paths:
-                batch.append((path, pool.submit(_decode, path, detector.image_size)))
+                batch.append((path, pool.submit(_decode, path, detector.image_size, finder)))
                 if len(batch) == batch_size:
                     break
             return batch
@@ -77,14 +94,26 @@ def score_files(detector: Detector, paths: Iterable[str], batch_size: int = 64, 
             pending.append(submit_batch())  # decode the next batch while this one is scored
             batch = pending.popleft()
             decoded = [(path, *future.result()) for path, future in batch]
-            good = [image for _, image, _ in decoded if image is not None]
-            scores = iter(detector.scores(np.stack(good)) if good else [])
-            for path, image, error in decoded:
-                if image is None:
+            good = [inputs for _, inputs, _, _ in decoded if inputs is not None]
+            scores = iter(_scores_in_chunks(detector, good, batch_size))
+            for path, inputs, boxes, error in decoded:
+                if inputs is None:
                     yield Row(path, error=error)
-                else:
+                    continue
+                for index in range(len(inputs)):
                     prediction = detector.prediction_for(next(scores))
-                    yield Row(path, prediction.label, round(prediction.fake_probability, 6))
+                    row = Row(path, prediction.label, round(prediction.fake_probability, 6))
+                    if boxes is not None:
+                        row.face_index, row.box = index, boxes[index].as_list()
+                    yield row
+
+
+def _scores_in_chunks(detector: Detector, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """Scores of every input, at most ``batch_size`` per model call (faces can outnumber files)."""
+    if not inputs:
+        return np.empty(0)
+    stacked = np.concatenate(inputs)
+    return np.concatenate([detector.scores(stacked[i : i + batch_size]) for i in range(0, len(stacked), batch_size)])
 
 
 class RowWriter:
@@ -103,6 +132,8 @@ class RowWriter:
         if self.jsonl:
             self.file.write(json.dumps(record) + "\n")
         else:
+            if row.box is not None:
+                record["box"] = " ".join(str(v) for v in row.box)  # "x y width height"
             self.csv.writerow({k: "" if v is None else v for k, v in record.items()})
 
     def close(self) -> None:

