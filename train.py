@@ -2,6 +2,11 @@
 
 ``python train.py --data-dir ../shared/data/lfw-faceswap`` trains offline on any folder
 with Train/Validation/Test, each holding Real/ and Fake/.
+
+Scaling out: ``--distribute mirrored`` trains on every GPU of this machine;
+``--distribute multiworker`` on several machines, one process each, described by the
+``TF_CONFIG`` environment variable. ``--batch-size`` is per replica. A run that is killed
+continues from its last finished epoch when the same command is run again.
 """
 
 import argparse
@@ -25,24 +30,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold-rule", choices=["eer", "balanced_accuracy"],
                         help="how the decision threshold is chosen on Validation (default: eer)")
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
+    parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 128)")
+    parser.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
+                        help="none: one device (default); mirrored: every GPU of this machine (or the CPU); "
+                             "multiworker: one process per machine, configured by TF_CONFIG")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="compute in float16 on GPUs (mixed_float16); refused without a GPU")
+    parser.add_argument("--backup-dir", help="where training state is backed up every epoch, to resume "
+                                             "(default: .NAME.backup/ beside --output)")
+    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], help="0 silent, 1 progress bar (default), 2 one line per epoch")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from deepfake_detector.data import DatasetError
-    from deepfake_detector.training import TrainConfig, train
+    from deepfake_detector.training import TrainConfig, TrainingSetupError, train
 
     config = TrainConfig.for_arch(
         args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
         threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split,
+        image_size=args.image_size, distribute=args.distribute, mixed_precision=args.mixed_precision,
+        backup_dir=args.backup_dir, verbose=args.verbose,
     )  # fmt: skip
     try:
         path, metrics = train(config)
-    except DatasetError as error:
+    except (DatasetError, TrainingSetupError) as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 2
+    if path is None:
+        print("worker finished; the chief worker saved the model")
+        return 0
     test = metrics["test"]
     print(
         f"saved {path} | test: loss {test['log_loss']:.4f} accuracy {test['accuracy']:.4f} "

@@ -74,7 +74,7 @@ def build_seed_cnn(image_size: int = 128) -> keras.Model:
     x = layers.Dense(256, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
     x = layers.Dense(128, activation="relu")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="fake_score")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
@@ -139,7 +139,7 @@ def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: 
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="fake_score")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
     return keras.Model(inputs, outputs, name="mobilenet_v2_detector")
 
 

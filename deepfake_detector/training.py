@@ -1,11 +1,19 @@
-"""One training run: data, model, callbacks, threshold choice, test metrics, saved model."""
+"""One training run: data, model, callbacks, threshold choice, test metrics, saved model.
+
+The same run scales out with ``tf.distribute`` (``TrainConfig.distribute``): several GPUs
+of one machine (``MirroredStrategy``) or several machines (``MultiWorkerMirroredStrategy``,
+configured by ``TF_CONFIG``). Training state is backed up every epoch, so a run that is
+killed (a preempted machine) continues from its last finished epoch when started again
+with the same command.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
-import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +23,24 @@ import numpy as np
 import tensorflow as tf
 
 from deepfake_detector import data, evaluation, labels
-from deepfake_detector.model import ModelMetadata, build_model, save_model
+from deepfake_detector.distribute import (
+    STRATEGIES,
+    STRATEGY_CLASSES,
+    ResumableBackup,
+    TrainingSetupError,
+    single_device_copy,
+    task_name,
+    work_around_keras_multi_worker_gaps,
+    backup_dir_for,
+    build_training_model,
+    is_chief,
+    make_strategy,
+    read_tf_config,
+)
+from deepfake_detector.model import ModelMetadata, save_model
 from deepfake_detector.preprocessing import PreprocessingConfig
 
 log = logging.getLogger(__name__)
-
 
 @dataclass
 class TrainConfig:
@@ -45,6 +66,10 @@ class TrainConfig:
     threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
     seed: int = 1337
     max_images_per_split: int | None = None  # for quick trials; None uses everything
+    distribute: str = "none"  # "none": one device; "mirrored": every local GPU (or the CPU); "multiworker": TF_CONFIG
+    mixed_precision: bool = False  # mixed_float16 compute on GPUs; the output layer stays float32
+    backup_dir: str | None = None  # per-epoch training state for resuming; None: .NAME.backup/ beside output
+    verbose: int = 1  # Keras fit: 1 progress bar, 2 one line per epoch, 0 silent
 
     @classmethod
     def for_arch(cls, arch: str, **overrides) -> "TrainConfig":
@@ -96,8 +121,16 @@ def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
 
 def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, training: bool,
                  augment: bool = False, seed: int = 0) -> tf.data.Dataset:
-    """A tf.data pipeline over decoded uint8 images: shuffle, augment in parallel, batch, prefetch."""
+    """A tf.data pipeline over decoded uint8 images: shuffle, augment in parallel, batch, prefetch.
+
+    ``batch_size`` is the global batch: a distribution strategy splits each batch across its
+    replicas. Several workers shard by element (every worker builds the same pipeline from the
+    same arrays and seed, and keeps its share); the default per-file sharding has no files here.
+    """
     dataset = tf.data.Dataset.from_tensor_slices((images, targets.astype(np.float32)[:, None]))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.with_options(options)
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         if augment:
@@ -176,18 +209,31 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
     )
 
 
-def make_callbacks(config: TrainConfig, checkpoint_path: Path) -> list[keras.callbacks.Callback]:
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            checkpoint_path, monitor="val_loss", save_best_only=True, save_weights_only=True
-        ),
-    ]
+def make_callbacks(config: TrainConfig, checkpoint: Path | None = None) -> list[keras.callbacks.Callback]:
+    """Early stopping and the plateau schedule, as the recipe asks; the learning rate is logged.
+
+    With ``checkpoint``, the weights of the best epoch so far (lowest val_loss) are kept there
+    while training runs, as the original recipe did.
+    """
+    callbacks = []
+    if checkpoint is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            checkpoint, monitor="val_loss", save_best_only=True, save_weights_only=True))
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7))
+    callbacks.append(LearningRateLogger())
     return callbacks
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds ``learning_rate`` (its value at the end of each epoch) to the history."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "learning_rate" not in logs:  # ReduceLROnPlateau already adds it
+            logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
 
 
 def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
@@ -195,9 +241,62 @@ def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 128
     return model.predict(images, batch_size=batch_size, verbose=0).ravel().astype(np.float64)
 
 
-def train(config: TrainConfig) -> tuple[Path, dict]:
-    """Run one training; returns the saved model's path and its metadata's metrics."""
-    keras.utils.set_random_seed(config.seed)
+# ----------------------------------------------------------------------------- scaling out
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse, before any work, what this machine cannot run.
+
+    Raises:
+        TrainingSetupError: unknown strategy, mixed precision without a GPU, or a missing or
+            malformed ``TF_CONFIG`` for multi-worker training.
+    """
+    if config.distribute not in STRATEGIES:
+        raise TrainingSetupError(f"unknown distribution {config.distribute!r}; choose one of {', '.join(STRATEGIES)}")
+    # Listing physical devices does not start the TF runtime, which multi-worker set-up needs untouched.
+    if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
+        raise TrainingSetupError(
+            "mixed precision (mixed_float16) needs a GPU and none is visible; float16 is no faster on CPUs"
+        )
+    if config.distribute == "multiworker":
+        read_tf_config()
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def train(config: TrainConfig) -> tuple[Path | None, dict]:
+    """Run one training; returns the saved model's path and its metadata's metrics.
+
+    With several workers every worker trains, but only the chief writes the model, its
+    metadata and its plots; the others write them to a temporary folder that is then
+    removed (as the TF multi-worker guide does) and return ``None`` as the path.
+
+    Raises:
+        TrainingSetupError: a config this machine cannot run (see :func:`check_config`).
+        deepfake_detector.data.DatasetError: missing or one-class data.
+    """
+    check_config(config)
+    strategy = make_strategy(config.distribute)  # first: multi-worker set-up needs a fresh runtime
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    chief = is_chief(strategy)
+    task = task_name(strategy)
+    log.info("distribute: %s (%s), %d replica(s)%s; global batch %d = %d per replica x %d",
+             config.distribute, STRATEGY_CLASSES[config.distribute], replicas,
+             f", this process is {task}" if task else "", global_batch, config.batch_size, replicas)  # fmt: skip
+    if config.mixed_precision:
+        log.info("mixed precision: mixed_float16 compute, float32 variables and output")
+
+    # The recipe decides whether a backup can be resumed; where it is written and how chatty
+    # the run is do not.
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("backup_dir", "verbose")}
+    backup = ResumableBackup(backup_dir_for(config, strategy), recipe)
+    backup.check_same_run()
+    # A resumed run re-seeds its shuffles and dropout with the epochs done: restarted with the
+    # same seed it would replay the first epochs' batches and masks, which the network has fitted.
+    run_seed = config.seed + backup.saved_epoch()
+    keras.utils.set_random_seed(run_seed)
     root = prepare_data_dir(config)
     log.info("dataset: %s", root)
     splits = {}
@@ -209,30 +308,37 @@ def train(config: TrainConfig) -> tuple[Path, dict]:
         if len(np.unique(splits[split][1])) < 2:
             raise data.DatasetError(f"{split} needs both Real and Fake images")
 
-    model = build_model(config.arch, config.image_size, pretrained=config.pretrained)
-    train_ds = make_dataset(train_x, train_y, config.batch_size, True, config.augment, config.seed)
-    val_ds = make_dataset(val_x, val_y, config.batch_size, False)
-    compile_model(model, config, steps_per_epoch=len(train_ds))
-    output = Path(config.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = output.with_name(f".{output.stem}.best.weights.h5")
+    train_ds = make_dataset(train_x, train_y, global_batch, True, config.augment, run_seed)
+    val_ds = make_dataset(val_x, val_y, global_batch, False)
+    with strategy.scope():
+        model = build_training_model(config)
+        compile_model(model, config, steps_per_epoch=len(train_ds))
+
+    # Before the backup in the list: it records the logs the callbacks before it completed.
+    # Every worker writes (saving takes part in collective ops); only the chief's files stay.
+    output, scratch = Path(config.output), None
+    if not chief:
+        scratch = Path(tempfile.mkdtemp(prefix="deepfake-detector-worker-"))
+        output = scratch / output.name
+    best_checkpoint = output.with_name(f".{output.stem}.best.weights.h5")
+    callbacks = [*make_callbacks(config, best_checkpoint), backup]
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        work_around_keras_multi_worker_gaps(model)
     start = time.time()
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, verbose=1,
-        callbacks=make_callbacks(config, checkpoint),
-    )  # fmt: skip
+    with strategy.scope():
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks)
     train_seconds = time.time() - start
     # The plateau recipe restores its best epoch through EarlyStopping; the cosine recipe keeps
-    # its last epoch (the schedule has annealed). The per-epoch checkpoint only guards a crash.
-    if checkpoint.exists():
-        checkpoint.unlink()
+    # its last epoch (the schedule has annealed).
+    history = backup.history  # every epoch, also those before a resume
+    if config.distribute != "none" or config.mixed_precision:
+        model = single_device_copy(model, config)
 
     val_scores = predict_scores(model, val_x)
     threshold = evaluation.choose_threshold(val_y, val_scores, config.threshold_rule)
     test_scores = predict_scores(model, test_x)
     test_metrics = evaluation.compute_metrics(test_y, test_scores, threshold)
     val_metrics = evaluation.compute_metrics(val_y, val_scores, threshold)
-    epochs_run = len(history.history["loss"])
     metadata = ModelMetadata(
         arch=config.arch,
         class_names=list(labels.TRAINING_CLASS_ORDER),
@@ -240,12 +346,23 @@ def train(config: TrainConfig) -> tuple[Path, dict]:
         threshold=threshold,
         threshold_rule=f"{config.threshold_rule} on Validation",
         name=output.stem,
-        train_config={**dataclasses.asdict(config), "epochs_run": epochs_run, "train_seconds": round(train_seconds, 1),
-                      "dataset": str(root), "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},
+        train_config={**dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
+                      "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
+                      "replicas": replicas, "global_batch_size": global_batch,
+                      "train_seconds": round(train_seconds, 1), "dataset": str(root), "history": history},
         metrics={"validation": _short(val_metrics), "test": _short(test_metrics)},
-    )
+    )  # fmt: skip
     save_model(model, metadata, output)
-    _write_curves(history.history, output.with_suffix(".curves.png"))
+    _write_curves(history, output.with_suffix(".curves.png"))
+    backup.remove()
+    best_checkpoint.unlink(missing_ok=True)  # the saved model holds the weights now
+    if task:  # the workers' shared parent folder goes with the last of them
+        with contextlib.suppress(OSError):
+            backup.directory.parent.rmdir()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        log.info("%s done; the chief wrote the model", task)
+        return None, metadata.metrics
     return output, metadata.metrics
 
 

@@ -4,7 +4,6 @@ extraction, dataset folders, image listing and decoding."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import socket

@@ -1,6 +1,5 @@
 """Metrics on hand-computable cases, perturbations, and ``evaluate.py`` end to end."""
 
-import io
 import json
 import math
 import shutil
