@@ -32,7 +32,8 @@ def running_server(model_path: Path, *extra: str, timeout: float = 120.0, script
 def running_process(model_path: Path, *extra: str, timeout: float = 120.0, script: Path = REPO / "inference.py"):
     """Like :func:`running_server`, yielding ``(base URL, subprocess.Popen)``."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{port}.log", "w")
     process = subprocess.Popen(
         [sys.executable, str(script), "--model", str(model_path), "--port", str(port), *extra],
