@@ -245,10 +245,12 @@ class ImageList:
         return {name: int((self.labels == i).sum()) for i, name in enumerate(labels.TRAINING_CLASS_ORDER)}
 
 
-def list_images(folder: str | Path, require_both: bool = True) -> ImageList:
-    """Image files under ``folder/Real`` and ``folder/Fake`` with their labels.
+def labelled_files(folder: str | Path, require_both: bool = True) -> tuple[list[str], list[int]]:
+    """Image files under ``folder/Real`` and ``folder/Fake`` (recursively, sorted) and their
+    integer labels in ``labels.TRAINING_CLASS_ORDER``; no file is opened.
 
-    Unreadable files are skipped and counted (their headers are checked here, cheaply).
+    With ``require_both`` a missing or empty class folder is an error; without it either
+    may be missing, but not both.
     """
     folder = Path(folder)
     paths, targets = [], []
@@ -267,6 +269,16 @@ def list_images(folder: str | Path, require_both: bool = True) -> ImageList:
         targets += [index] * len(found)
     if not paths:
         raise DatasetError(f"no images under {folder}/Real or {folder}/Fake")
+    return paths, targets
+
+
+def list_images(folder: str | Path, require_both: bool = True) -> ImageList:
+    """Image files under ``folder/Real`` and ``folder/Fake`` with their labels.
+
+    Unreadable files are skipped and counted (their headers are checked here, cheaply).
+    """
+    folder = Path(folder)
+    paths, targets = labelled_files(folder, require_both)
     readable = _readable(paths, desc=f"checking {folder.name}")
     kept = [i for i, ok in enumerate(readable) if ok]
     skipped = len(paths) - len(kept)

@@ -48,6 +48,7 @@ class Detector:
         self.image_size = metadata.image_size
         self.threshold = float(metadata.threshold)
         self._explainer = None  # Grad-CAM, built on first use by heatmaps()
+        self._finder = None  # the default face detector, built on first use by predict_faces()
         self._explainer_lock = threading.Lock()
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)
         self._forward = tf.function(self._scores, input_signature=[spec], reduce_retracing=True)
@@ -101,7 +102,12 @@ class Detector:
         """
         from deepfake_detector import faces
 
-        return faces.score_image(self, open_image(source), finder or faces.default_finder(), explain=explain)
+        if finder is None:
+            with self._explainer_lock:  # load the face detector once, not per call
+                if self._finder is None:
+                    self._finder = faces.default_finder()
+            finder = self._finder
+        return faces.score_image(self, open_image(source), finder, explain=explain)
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
         """Where the evidence for each image's label is: N x S x S in 0..1 (see explain.py)."""

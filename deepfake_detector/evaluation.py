@@ -217,17 +217,7 @@ def _labelled_files(folder: Path) -> tuple[list[str], np.ndarray]:
     """Image files under ``folder/Real`` and ``folder/Fake`` (either may be missing) and labels."""
     if not _has_class_folder(folder):
         raise DatasetError(f"no Real/ or Fake/ folder under {folder}")
-    paths, targets = [], []
-    for index, class_name in enumerate(labels.TRAINING_CLASS_ORDER):
-        class_dir = folder / labels.FOLDER_NAMES[class_name]
-        if class_dir.is_dir():
-            found = sorted(
-                str(p) for p in class_dir.rglob("*") if p.suffix.lower() in data.IMAGE_SUFFIXES and p.is_file()
-            )
-            paths += found
-            targets += [index] * len(found)
-    if not paths:
-        raise DatasetError(f"no images under {folder}/Real or {folder}/Fake")
+    paths, targets = data.labelled_files(folder, require_both=False)
     return paths, np.asarray(targets, np.int64)
 
 
