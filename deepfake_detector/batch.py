@@ -13,15 +13,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from deepfake_detector.data import IMAGE_SUFFIXES
+from deepfake_detector.data import IMAGE_SUFFIXES, decoded_batches
 from deepfake_detector.detector import Detector
 from deepfake_detector.faces import FaceBox, FaceFinder, model_inputs
 from deepfake_detector.preprocessing import ImageError, load_image, open_image
@@ -77,35 +75,20 @@ def score_files(
 
     Without ``finder`` each path is one whole-image row; with one, each face is a row.
     """
-    workers = workers or max(2, os.cpu_count() or 2)
-    paths = iter(paths)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-
-        def submit_batch() -> list[tuple[str, Future]]:
-            batch = []
-            for path in paths:
-                batch.append((path, pool.submit(_decode, path, detector.image_size, finder)))
-                if len(batch) == batch_size:
-                    break
-            return batch
-
-        pending = deque([submit_batch()])
-        while pending[0]:
-            pending.append(submit_batch())  # decode the next batch while this one is scored
-            batch = pending.popleft()
-            decoded = [(path, *future.result()) for path, future in batch]
-            good = [inputs for _, inputs, _, _ in decoded if inputs is not None]
-            scores = iter(_scores_in_chunks(detector, good, batch_size))
-            for path, inputs, boxes, error in decoded:
-                if inputs is None:
-                    yield Row(path, error=error)
-                    continue
-                for index in range(len(inputs)):
-                    prediction = detector.prediction_for(next(scores))
-                    row = Row(path, prediction.label, round(prediction.fake_probability, 6))
-                    if boxes is not None:
-                        row.face_index, row.box = index, boxes[index].as_list()
-                    yield row
+    size = detector.image_size
+    for batch in decoded_batches(paths, lambda path: _decode(path, size, finder), batch_size, workers):
+        good = [inputs for _, (inputs, _, _) in batch if inputs is not None]
+        scores = iter(_scores_in_chunks(detector, good, batch_size))
+        for path, (inputs, boxes, error) in batch:
+            if inputs is None:
+                yield Row(path, error=error)
+                continue
+            for index in range(len(inputs)):
+                prediction = detector.prediction_for(next(scores))
+                row = Row(path, prediction.label, round(prediction.fake_probability, 6))
+                if boxes is not None:
+                    row.face_index, row.box = index, boxes[index].as_list()
+                yield row
 
 
 def _scores_in_chunks(detector: Detector, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:

@@ -7,6 +7,7 @@ function inference uses, so training never sees an image differently from a serv
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -14,9 +15,10 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -24,6 +26,9 @@ from tqdm.auto import tqdm
 
 from deepfake_detector import labels
 from deepfake_detector.preprocessing import ImageError, load_image
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -334,3 +339,23 @@ def decode_images(paths: list[str], image_size: int, workers: int | None = None,
                 array[len(kept)] = image
                 kept.append(i)
     return array[: len(kept)], np.asarray(kept, np.int64), failures
+
+
+def decoded_batches(items: Iterable[T], decode: Callable[[T], R], batch_size: int,
+                    workers: int | None = None) -> Iterator[list[tuple[T, R]]]:  # fmt: skip
+    """Batches of ``(item, decode(item))`` in order, decoded on a thread pool one batch ahead.
+
+    While the caller scores one batch the next one decodes (PIL releases the GIL), so decoding
+    overlaps with the model and at most two batches are alive at once, however many items.
+    ``decode`` should return its failures rather than raise them.
+    """
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as pool:
+
+        def submit() -> list[tuple[T, Future]]:
+            return [(item, pool.submit(decode, item)) for item in itertools.islice(items, batch_size)]
+
+        pending = submit()
+        while pending:
+            current, pending = pending, submit()
+            yield [(item, future.result()) for item, future in current]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -242,7 +241,8 @@ def score_folder(
 
     Each file is read and decoded once; the perturbations act on that decoded image and every
     condition goes through ``preprocessing.load_image``. Decoding runs on a thread pool (PIL
-    releases the GIL) one batch ahead of the model, so memory stays at about two batches.
+    releases the GIL) one batch ahead of the model (:func:`deepfake_detector.data.decoded_batches`),
+    so memory stays at about two batches.
     """
     folder = Path(folder)
     paths, targets = _labelled_files(folder)
@@ -261,20 +261,12 @@ def score_folder(
     scores = np.zeros((len(names), len(paths)))
     kept = np.zeros(len(paths), bool)
     skipped: dict[str, str] = {}
-    batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
     desc = f"scoring {folder.name}" + (f" ({len(names)} conditions)" if len(names) > 1 else "")
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(paths), desc=desc, unit="img") as bar:
-
-        def submit(batch: range) -> list:
-            return [pool.submit(prepare, paths[i]) for i in batch]
-
-        pending = submit(batches[0])
-        for b, batch in enumerate(batches):
-            current, pending = pending, (submit(batches[b + 1]) if b + 1 < len(batches) else [])
+    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
+        for batch in data.decoded_batches(range(len(paths)), lambda i: prepare(paths[i]), batch_size, workers):
             ready, inputs = [], []
-            for i, future in zip(batch, current):
-                images, reason = future.result()
+            for i, (images, reason) in batch:
                 if images is None:
                     skipped[paths[i]] = reason
                 else:
