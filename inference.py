@@ -19,11 +19,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     parser.add_argument("--threads", type=int, default=4, help="request threads of the production server (default: 4)")
+    parser.add_argument("--runtime", default="tflite", choices=["tflite", "keras"],
+                        help="tflite: the model converted at start-up and run by LiteRT, fastest per upload "
+                             "(default); keras: TensorFlow")
     parser.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress (debug stays off)")
     return parser
 
 
-def load_detector(model_path: Path):
+def load_detector(model_path: Path, runtime: str = "keras"):
     from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
     from deepfake_detector.model import ModelFileError
 
@@ -33,7 +36,7 @@ def load_detector(model_path: Path):
             "`python train.py --data-dir DATA` (see README.md) or pass --model PATH."
         )
     try:
-        return Detector.from_path(model_path)
+        return Detector.from_path(model_path, runtime=runtime)
     except ModelFileError as error:
         raise SystemExit(f"inference.py: {error}")
 
@@ -41,7 +44,7 @@ def load_detector(model_path: Path):
 def serve(args: argparse.Namespace) -> int:
     from deepfake_detector.web import MAX_UPLOAD_BYTES, create_app
 
-    detector = load_detector(args.model)  # loaded and warmed up before the port opens
+    detector = load_detector(args.model, args.runtime)  # loaded and warmed up before the port opens
     app = create_app(detector)
     url = f"http://{args.host}:{args.port}/"
     if args.dev:

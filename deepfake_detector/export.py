@@ -123,6 +123,20 @@ def export_tflite(model_path: str | Path, output: str | Path) -> Path:
         ExportError: ``output`` exists and is not empty.
     """
     model, metadata = load_model(model_path)
+    flatbuffer = tflite_flatbuffer(model, metadata)
+    with _staging(output) as staging:
+        (staging / TFLITE_FILE).write_bytes(flatbuffer)
+        (staging / METADATA_ENTRY).write_text(metadata.to_json())
+    size = metadata.image_size
+    log.info("wrote %s (input image: uint8 [1, %d, %d, 3]; output %s)", Path(output) / TFLITE_FILE, size, size, OUTPUT_NAME)
+    return Path(output)
+
+
+def tflite_flatbuffer(model: keras.Model, metadata: ModelMetadata) -> bytes:
+    """The model as a TFLite flatbuffer: ``image`` uint8 ``[1, S, S, 3]`` -> ``fake_probability`` ``[1]``.
+
+    The class order is applied inside, so the output is P(fake) whatever the training order.
+    """
     size = metadata.image_size
 
     def predict(image: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -134,12 +148,7 @@ def export_tflite(model_path: str | Path, output: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="deepfake-detector-tflite-") as scratch:
         archive.write_out(scratch, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["serving_default"])
-        flatbuffer = converter.convert()
-    with _staging(output) as staging:
-        (staging / TFLITE_FILE).write_bytes(flatbuffer)
-        (staging / METADATA_ENTRY).write_text(metadata.to_json())
-    log.info("wrote %s (input image: uint8 [1, %d, %d, 3]; output %s)", Path(output) / TFLITE_FILE, size, size, OUTPUT_NAME)
-    return Path(output)
+        return converter.convert()
 
 
 def export(model_path: str | Path, fmt: str, output: str | Path) -> Path:

@@ -70,7 +70,7 @@ def test_tf_resize_stays_close_to_pil_lanczos():
 
 
 def test_tflite_scores_preprocessed_images_like_the_keras_model(trained_model_path, pngs, keras_probabilities, tmp_path):
-    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
     from deepfake_detector.export import TFLITE_FILE, export_tflite
     from deepfake_detector.model import METADATA_ENTRY
@@ -78,11 +78,31 @@ def test_tflite_scores_preprocessed_images_like_the_keras_model(trained_model_pa
 
     output = export_tflite(trained_model_path, tmp_path / "tflite")
     assert sorted(p.name for p in output.iterdir()) == sorted([METADATA_ENTRY, TFLITE_FILE])
-    runner = tf.lite.Interpreter(model_path=str(output / TFLITE_FILE)).get_signature_runner()
+    runner = Interpreter(model_path=str(output / TFLITE_FILE)).get_signature_runner()
     fake_probability = np.array([
         runner(image=load_image(png, IMAGE_SIZE)[None])["fake_probability"][0] for png in pngs
     ])  # fmt: skip
     np.testing.assert_allclose(fake_probability, keras_probabilities, atol=1e-4)
+
+
+def test_tflite_runtime_scores_like_the_keras_runtime(trained_model_path, pngs, keras_probabilities):
+    """The server's runtime: converted at load time, one image per call, safe across threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepfake_detector.detector import Detector
+    from deepfake_detector.preprocessing import load_image
+
+    lite = Detector.from_path(trained_model_path, runtime="tflite", threads=2)
+    assert lite.describe()["runtime"] == "tflite"
+    single = np.array([lite.predict(png).fake_probability for png in pngs])
+    np.testing.assert_allclose(single, keras_probabilities, atol=1e-4)
+    batch = np.stack([load_image(png, IMAGE_SIZE) for png in pngs])
+    np.testing.assert_allclose(lite.scores(batch), keras_probabilities, atol=1e-4)
+    with ThreadPoolExecutor(4) as pool:  # four request threads sharing one interpreter
+        concurrent = list(pool.map(lambda i: lite.predict(pngs[i % len(pngs)]).fake_probability, range(40)))
+    np.testing.assert_allclose(concurrent, np.resize(keras_probabilities, 40), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Detector.from_path(trained_model_path, runtime="onnx")
 
 
 def test_export_cli_refuses_a_used_folder_and_a_missing_model(trained_model_path, tmp_path, capsys):
