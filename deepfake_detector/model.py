@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -141,6 +142,22 @@ def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: 
     x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
     return keras.Model(inputs, outputs, name="mobilenet_v2_detector")
+
+
+def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
+    """Keep the first ``blocks`` MobileNetV2 feature blocks (``features_0`` is the stem) fixed.
+
+    The early, high-resolution blocks cost most of a CPU training step and hold generic
+    edge and colour filters; frozen, their BatchNormalization layers also run in inference
+    mode. Returns how many layers were frozen.
+    """
+    frozen = 0
+    for layer in model.get_layer("mobilenet_v2").layers if blocks else []:
+        match = re.match(r"features_(\d+)_", layer.name)
+        if match and int(match.group(1)) < blocks:
+            layer.trainable = False
+            frozen += 1
+    return frozen
 
 
 def build_model(arch: str, image_size: int = 128, pretrained: bool = True) -> keras.Model:

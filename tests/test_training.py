@@ -1,0 +1,79 @@
+"""The shipped recipe's parts: augmentation and the frozen MobileNetV2 blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import synthetic_image
+
+
+@pytest.fixture(scope="module")
+def face() -> np.ndarray:
+    return np.asarray(synthetic_image(True, np.random.default_rng(5), 64))
+
+
+def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face):
+    import tensorflow as tf
+
+    from deepfake_detector.training import augment_image, make_dataset
+
+    def augmented(seed: int) -> np.ndarray:
+        return augment_image(tf.constant(face), tf.constant([seed, 0], tf.int64)).numpy()
+
+    outputs = [augmented(seed) for seed in range(40)]
+    assert all(out.shape == face.shape and out.dtype == np.uint8 for out in outputs)
+    np.testing.assert_array_equal(augmented(3), outputs[3])  # same seed, same image
+    assert len({out.tobytes() for out in outputs}) > 30
+    flipped = face[:, ::-1].astype(int)
+    closer_to_flip = [np.abs(out - flipped).mean() < np.abs(out - face.astype(int)).mean() for out in outputs]
+    assert 5 < sum(closer_to_flip) < 35  # about half are mirrored
+    # A shift of at most 1/16 of the side: every output still looks like the face (or its mirror).
+    assert max(min(np.abs(out - face.astype(int)).mean(), np.abs(out - flipped).mean()) for out in outputs) < 40
+
+    images = np.stack([face] * 8)
+    targets = np.array([0, 1] * 4)
+    batch_images, batch_targets = next(iter(make_dataset(images, targets, 8, training=True, augment=True, seed=1)))
+    assert batch_images.shape == images.shape and batch_images.dtype == tf.uint8
+    assert sorted(batch_targets.numpy()[:, 0].tolist()) == sorted(targets.astype(float).tolist())
+
+
+def test_frozen_blocks_keep_their_weights_and_the_saved_copy_matches():
+    import keras
+
+    from deepfake_detector.distribute import build_training_model, single_device_copy
+    from deepfake_detector.model import freeze_leading_blocks
+    from deepfake_detector.training import TrainConfig, compile_model
+
+    config = TrainConfig.for_arch("mobilenet_v2", image_size=32, pretrained=False, frozen_blocks=4)
+    model = build_training_model(config)
+    assert freeze_leading_blocks(model, config.frozen_blocks) > 0
+    backbone = model.get_layer("mobilenet_v2")
+    frozen = [layer for layer in backbone.layers if layer.weights and not layer.trainable]
+    assert {layer.name.split("_")[1] for layer in frozen} == {"0", "1", "2", "3"}
+    assert all(layer.trainable for layer in backbone.layers if layer.name.startswith(("features_4_", "features_18")))
+    before = {layer.name: [w.numpy().copy() for w in layer.weights] for layer in backbone.layers if layer.weights}
+
+    compile_model(model, config, steps_per_epoch=2)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 2, (8, 1)).astype("float32")
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    for layer in backbone.layers:
+        if not layer.weights:
+            continue
+        same = all(np.array_equal(a, w.numpy()) for a, w in zip(before[layer.name], layer.weights))
+        assert same == (not layer.trainable), layer.name  # frozen BatchNorm statistics too
+
+    copy = single_device_copy(model, config)
+    assert all(layer.trainable for layer in copy.layers)
+    np.testing.assert_allclose(copy.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert isinstance(copy, keras.Model)
+
+
+def test_frozen_blocks_are_refused_for_the_seed_cnn():
+    from deepfake_detector.training import TrainConfig, TrainingSetupError, check_config
+
+    with pytest.raises(TrainingSetupError, match="mobilenet_v2"):
+        check_config(TrainConfig(arch="seed", frozen_blocks=2))
