@@ -152,7 +152,9 @@ def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
     mode. Returns how many layers were frozen.
     """
     frozen = 0
-    for layer in model.get_layer("mobilenet_v2").layers if blocks else []:
+    if blocks <= 0:
+        return frozen
+    for layer in model.get_layer("mobilenet_v2").layers:
         match = re.match(r"features_(\d+)_", layer.name)
         if match and int(match.group(1)) < blocks:
             layer.trainable = False
