@@ -3,7 +3,7 @@
     python -m benchmarks.input_pipeline [--steps 20] [--runs 3] [--batch-size 64]
 
 1. the original loader: keras.utils.image_dataset_from_directory, no cache or prefetch;
-2. ours: deepfake_detector.training.make_dataset over images decoded once by the shared
+2. ours: deepfake_detector.pipeline.make_dataset over images decoded once by the shared
    preprocessing (decoding time reported separately), with and without augmentation;
 3. tensors already in memory: model.fit on a NumPy array (the ceiling).
 The model is the original 4-block CNN at 128 px. Medians of --runs runs of --steps steps.
@@ -20,7 +20,8 @@ import numpy as np
 
 from benchmarks.common import SHARED_DATA
 from deepfake_detector.model import build_model
-from deepfake_detector.training import TrainConfig, compile_model, load_split, make_dataset
+from deepfake_detector.pipeline import load_split, make_dataset
+from deepfake_detector.training import TrainConfig, compile_model
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -16,7 +16,7 @@ def face() -> np.ndarray:
 def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face):
     import tensorflow as tf
 
-    from deepfake_detector.training import augment_image, make_dataset
+    from deepfake_detector.pipeline import augment_image, make_dataset
 
     def augmented(seed: int) -> np.ndarray:
         return augment_image(tf.constant(face), tf.constant([seed, 0], tf.int64)).numpy()
