@@ -30,9 +30,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold-rule", choices=["eer", "balanced_accuracy"],
                         help="how the decision threshold is chosen on Validation (default: eer)")
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
-    parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 128 (seed), 160 (mobilenet_v2))")
+    parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 128)")
+    parser.add_argument("--augment", choices=["none", "light", "full"],
+                        help="training augmentation: none (seed default), full (mobilenet_v2 default: flip, shift, "
+                             "rescale, blur, JPEG), light (flip, shift, JPEG)")
     parser.add_argument("--frozen-blocks", type=int,
-                        help="mobilenet_v2: leading feature blocks kept at their ImageNet weights (default: 4; 0 trains all)")
+                        help="mobilenet_v2: leading feature blocks kept at their ImageNet weights (default: 0, all trained)")
     parser.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
                         help="none: one device (default); mirrored: every GPU of this machine (or the CPU); "
                              "multiworker: one process per machine, configured by TF_CONFIG")
@@ -53,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
         threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split,
-        image_size=args.image_size, frozen_blocks=args.frozen_blocks, distribute=args.distribute, mixed_precision=args.mixed_precision,
+        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, distribute=args.distribute, mixed_precision=args.mixed_precision,
         backup_dir=args.backup_dir, verbose=args.verbose,
     )  # fmt: skip
     try:

@@ -4,7 +4,7 @@
 
 1. the original loader: keras.utils.image_dataset_from_directory, no cache or prefetch;
 2. ours: deepfake_detector.pipeline.make_dataset over images decoded once by the shared
-   preprocessing (decoding time reported separately), with and without augmentation;
+   preprocessing (decoding time reported separately), with and without the shipped recipe's augmentation;
 3. tensors already in memory: model.fit on a NumPy array (the ceiling).
 The model is the original 4-block CNN at 128 px. Medians of --runs runs of --steps steps.
 """
@@ -61,8 +61,8 @@ def main() -> None:
     start = time.perf_counter()
     images, targets, _ = load_split(SHARED_DATA, "Train", size)
     decode_seconds = time.perf_counter() - start
-    ours = make_dataset(images, targets, batch, training=True, augment=False).repeat()
-    ours_augmented = make_dataset(images, targets, batch, training=True, augment=True).repeat()
+    ours = make_dataset(images, targets, batch, training=True, augment="none").repeat()
+    ours_augmented = make_dataset(images, targets, batch, training=True, augment="full").repeat()
     n = (args.steps + 3) * batch
     in_memory = (images[:n].astype(np.float32), targets[:n, None].astype(np.float32))
 

@@ -38,7 +38,7 @@ from deepfake_detector.distribute import (
     read_tf_config,
 )
 from deepfake_detector.model import ModelMetadata, freeze_leading_blocks, save_model
-from deepfake_detector.pipeline import load_split, make_dataset
+from deepfake_detector.pipeline import AUGMENTATIONS, load_split, make_dataset
 from deepfake_detector.preprocessing import PreprocessingConfig
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # cosine only: linear warm-up
     early_stopping_patience: int = 10  # on val_loss, best weights restored; 0 turns it off
     label_smoothing: float = 0.0
-    augment: bool = False  # flips, shifts, JPEG recompression
+    augment: str = "none"  # "none", "light" or "full" (pipeline.AUGMENTATIONS)
     frozen_blocks: int = 0  # mobilenet_v2: leading feature blocks kept at their ImageNet weights
     pretrained: bool = True  # ImageNet weights for mobilenet_v2
     threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
@@ -79,9 +79,8 @@ class TrainConfig:
         recipe = dict(arch=arch)
         if arch == "mobilenet_v2":
             recipe.update(
-                image_size=160, frozen_blocks=4, epochs=15, learning_rate=6e-4, optimizer="adamw",
-                weight_decay=0.02, schedule="cosine", warmup_epochs=1, early_stopping_patience=0,
-                label_smoothing=0.05, augment=True,
+                epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine",
+                warmup_epochs=1, early_stopping_patience=0, label_smoothing=0.05, augment="full",
             )  # fmt: skip
         recipe.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**recipe)
@@ -190,6 +189,8 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingSetupError(
             "mixed precision (mixed_float16) needs a GPU and none is visible; float16 is no faster on CPUs"
         )
+    if config.augment not in ("none", *AUGMENTATIONS):
+        raise TrainingSetupError(f"unknown augmentation {config.augment!r}; choose none, {', '.join(AUGMENTATIONS)}")
     if config.frozen_blocks and config.arch != "mobilenet_v2":
         raise TrainingSetupError(f"frozen blocks are a mobilenet_v2 option; {config.arch} has none")
     if config.distribute == "multiworker":

@@ -1,4 +1,4 @@
-"""The shipped recipe's parts: augmentation and the frozen MobileNetV2 blocks."""
+"""The training recipes' parts: augmentation policies and frozen MobileNetV2 blocks."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ def face() -> np.ndarray:
     return np.asarray(synthetic_image(True, np.random.default_rng(5), 64))
 
 
-def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face):
+@pytest.mark.parametrize("name", ["full", "light"])
+def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name):
     import tensorflow as tf
 
-    from deepfake_detector.pipeline import augment_image, make_dataset
+    from deepfake_detector.pipeline import AUGMENTATIONS, augment_image, make_dataset
 
     def augmented(seed: int) -> np.ndarray:
-        return augment_image(tf.constant(face), tf.constant([seed, 0], tf.int64)).numpy()
+        return augment_image(tf.constant(face), tf.constant([seed, 0], tf.int64), AUGMENTATIONS[name]).numpy()
 
     outputs = [augmented(seed) for seed in range(40)]
     assert all(out.shape == face.shape and out.dtype == np.uint8 for out in outputs)
@@ -33,7 +34,7 @@ def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face):
 
     images = np.stack([face] * 8)
     targets = np.array([0, 1] * 4)
-    batch_images, batch_targets = next(iter(make_dataset(images, targets, 8, training=True, augment=True, seed=1)))
+    batch_images, batch_targets = next(iter(make_dataset(images, targets, 8, training=True, augment=name, seed=1)))
     assert batch_images.shape == images.shape and batch_images.dtype == tf.uint8
     assert sorted(batch_targets.numpy()[:, 0].tolist()) == sorted(targets.astype(float).tolist())
 
@@ -72,8 +73,10 @@ def test_frozen_blocks_keep_their_weights_and_the_saved_copy_matches():
     assert isinstance(copy, keras.Model)
 
 
-def test_frozen_blocks_are_refused_for_the_seed_cnn():
+def test_frozen_blocks_and_unknown_augmentations_are_refused():
     from deepfake_detector.training import TrainConfig, TrainingSetupError, check_config
 
     with pytest.raises(TrainingSetupError, match="mobilenet_v2"):
         check_config(TrainConfig(arch="seed", frozen_blocks=2))
+    with pytest.raises(TrainingSetupError, match="unknown augmentation 'strong'"):
+        check_config(TrainConfig(augment="strong"))
