@@ -13,8 +13,10 @@ Both apply the class order saved with the model, so both return P(fake).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -54,8 +56,9 @@ class Detector:
     """A model plus its metadata, ready to score images."""
 
     def __init__(self, model, metadata: ModelMetadata, name: str | None = None, warm_up: bool = True,
-                 runtime: str = "keras", threads: int | None = None):
-        """``threads``: the TFLite runtime's compute threads (default: every CPU)."""
+                 runtime: str = "keras", threads: int | None = None, model_path: str | Path | None = None):
+        """``threads``: the TFLite runtime's compute threads (default: every CPU). ``model_path``:
+        the file the model came from, which lets the TFLite runtime reuse its cached conversion."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.model = model
@@ -69,7 +72,7 @@ class Detector:
         self._explainer_lock = threading.Lock()
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)
         self._forward = tf.function(self._scores, input_signature=[spec], reduce_retracing=True)
-        self._lite = TFLiteScorer(model, metadata, threads) if runtime == "tflite" else None
+        self._lite = TFLiteScorer(model, metadata, threads, model_path) if runtime == "tflite" else None
         if warm_up:
             self.scores(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
 
@@ -79,7 +82,8 @@ class Detector:
         """Load a saved model; raises :class:`deepfake_detector.model.ModelFileError`."""
         model, metadata = load_model(path)
         log.info("loaded %s (%s, threshold %.3f, %s runtime)", path, metadata.arch, metadata.threshold, runtime)
-        return cls(model, metadata, name=Path(path).name, warm_up=warm_up, runtime=runtime, threads=threads)
+        return cls(model, metadata, name=Path(path).name, warm_up=warm_up, runtime=runtime, threads=threads,
+                   model_path=path)
 
     def _scores(self, images: tf.Tensor) -> tf.Tensor:
         output = self.model(tf.cast(images, tf.float32), training=False)[:, 0]
@@ -158,20 +162,38 @@ class TFLiteScorer:
 
     An interpreter is not thread-safe: calls take turns under a lock, which on a small CPU
     server costs nothing, since each call already uses every core.
+
+    Converting takes about 25 s on 2 cores, so the flatbuffer of a model file is cached in
+    :func:`cache_dir`, keyed by the file's SHA-256 and the TensorFlow version; a later start
+    reads it back.
     """
 
-    def __init__(self, model, metadata: ModelMetadata, threads: int | None = None):
+    def __init__(self, model, metadata: ModelMetadata, threads: int | None = None,
+                 model_path: str | Path | None = None):  # fmt: skip
         from ai_edge_litert.interpreter import Interpreter
 
         from deepfake_detector.export import tflite_flatbuffer
 
         start = time.perf_counter()
-        self._interpreter = Interpreter(model_content=tflite_flatbuffer(model, metadata), num_threads=threads or os.cpu_count())
+        cached = _cache_file(model_path) if model_path is not None else None
+        interpreter = None
+        if cached is not None and cached.is_file():
+            try:
+                interpreter = Interpreter(model_content=cached.read_bytes(), num_threads=threads or os.cpu_count())
+                log.info("TFLite model read from the cache %s", cached)
+            except (OSError, ValueError, RuntimeError) as error:
+                log.warning("ignoring the unreadable cached TFLite model %s: %s", cached, error)
+        if interpreter is None:
+            flatbuffer = tflite_flatbuffer(model, metadata)
+            interpreter = Interpreter(model_content=flatbuffer, num_threads=threads or os.cpu_count())
+            log.info("converted to TFLite in %.1f s", time.perf_counter() - start)
+            if cached is not None:
+                _write_atomically(cached, flatbuffer)
+        self._interpreter = interpreter
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._lock = threading.Lock()
-        log.info("converted to TFLite in %.1f s", time.perf_counter() - start)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         scores = np.empty(len(images), np.float64)
@@ -188,3 +210,34 @@ def timed(function, *args):
     start = time.perf_counter()
     result = function(*args)
     return result, (time.perf_counter() - start) * 1000.0
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$DEEPFAKE_DETECTOR_CACHE``, else
+    ``$XDG_CACHE_HOME/deepfake-detector``, else ``~/.cache/deepfake-detector``."""
+    if os.environ.get("DEEPFAKE_DETECTOR_CACHE"):
+        return Path(os.environ["DEEPFAKE_DETECTOR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-detector"
+
+
+def _cache_file(model_path: str | Path) -> Path | None:
+    try:
+        digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return cache_dir() / f"{digest[:32]}-tf{tf.__version__}.tflite"
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """A cache is a convenience: a folder we cannot write to costs a warning, not the start-up."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as scratch:
+            try:
+                scratch.write(content)
+            except OSError:
+                os.unlink(scratch.name)
+                raise
+        os.replace(scratch.name, path)
+    except OSError as error:
+        log.warning("could not cache the TFLite model in %s: %s", path.parent, error)

@@ -47,6 +47,17 @@ def make_dataset(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tflite_cache(tmp_path_factory) -> Path:
+    """Converted TFLite models go to a temporary folder (servers started by tests inherit it),
+    never to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("tflite-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DEEPFAKE_DETECTOR_CACHE", str(folder))
+    yield folder
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"), {"Train": 96, "Validation": 16, "Test": 16})

@@ -105,6 +105,37 @@ def test_tflite_runtime_scores_like_the_keras_runtime(trained_model_path, pngs, 
         Detector.from_path(trained_model_path, runtime="onnx")
 
 
+def test_tflite_conversion_is_cached_per_model_file(trained_model_path, pngs, keras_probabilities, tmp_path,
+                                                   monkeypatch, caplog):  # fmt: skip
+    """The second start reads the cached flatbuffer; a corrupt cache file is converted again."""
+    import logging
+    import shutil
+
+    from deepfake_detector import export
+    from deepfake_detector.detector import Detector, cache_dir
+
+    monkeypatch.setenv("DEEPFAKE_DETECTOR_CACHE", str(tmp_path / "cache"))
+    model_path = shutil.copy(trained_model_path, tmp_path / "model.keras")
+    Detector.from_path(model_path, runtime="tflite")
+    cached = list(cache_dir().glob("*.tflite"))
+    assert len(cached) == 1 and cache_dir() == tmp_path / "cache"
+
+    def no_conversion(*args):
+        raise AssertionError("converted again although the cache holds this model")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "tflite_flatbuffer", no_conversion)
+        with caplog.at_level(logging.INFO, logger="deepfake_detector.detector"):
+            again = Detector.from_path(model_path, runtime="tflite")
+    assert "read from the cache" in caplog.text
+    np.testing.assert_allclose([again.predict(png).fake_probability for png in pngs], keras_probabilities, atol=1e-4)
+
+    cached[0].write_bytes(b"not a flatbuffer")
+    repaired = Detector.from_path(model_path, runtime="tflite")
+    np.testing.assert_allclose([repaired.predict(png).fake_probability for png in pngs], keras_probabilities, atol=1e-4)
+    assert cached[0].read_bytes()[4:8] == b"TFL3"  # rewritten with a real flatbuffer
+
+
 def test_export_cli_refuses_a_used_folder_and_a_missing_model(trained_model_path, tmp_path, capsys):
     import export
 
