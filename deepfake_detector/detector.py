@@ -5,8 +5,8 @@ The model is loaded once and scored through one of two runtimes:
 * ``"keras"``: a traced ``tf.function`` over the Keras model (not ``model.predict``, whose
   per-call set-up dominated the original's 113 ms per upload). Best for large batches.
 * ``"tflite"``: the same network converted to TFLite at load time and run by LiteRT with
-  XNNPACK, one image per call. A few milliseconds per face where a TensorFlow call costs
-  about ten in overhead alone: what the web server uses.
+  XNNPACK, one image per call, without TensorFlow's per-call overhead: what the web server
+  uses (``benchmarks/latency.py`` measures both).
 
 Both apply the class order saved with the model, so both return P(fake).
 """
@@ -163,7 +163,7 @@ class TFLiteScorer:
     An interpreter is not thread-safe: calls take turns under a lock, which on a small CPU
     server costs nothing, since each call already uses every core.
 
-    Converting takes about 25 s on 2 cores, so the flatbuffer of a model file is cached in
+    Converting takes tens of seconds on a small CPU, so the flatbuffer of a model file is cached in
     :func:`cache_dir`, keyed by the file's SHA-256 and the TensorFlow version; a later start
     reads it back.
     """
