@@ -36,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "rescale, blur, JPEG), light (flip, shift, JPEG)")
     parser.add_argument("--frozen-blocks", type=int,
                         help="mobilenet_v2: leading feature blocks kept at their ImageNet weights (default: 0, all trained)")
+    parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction,
+                        help="save a model whose network averages each image's score with its mirror image's "
+                             "(default: on for mobilenet_v2, off for seed)")
     parser.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
                         help="none: one device (default); mirrored: every GPU of this machine (or the CPU); "
                              "multiworker: one process per machine, configured by TF_CONFIG")
@@ -56,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
         threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split,
-        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, distribute=args.distribute, mixed_precision=args.mixed_precision,
+        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, flip_average=args.flip_average, distribute=args.distribute, mixed_precision=args.mixed_precision,
         backup_dir=args.backup_dir, verbose=args.verbose,
     )  # fmt: skip
     try:

@@ -153,6 +153,7 @@ class Detector:
             "threshold": self.threshold,
             "threshold_rule": self.metadata.threshold_rule,
             "image_size": self.image_size,
+            "flip_average": bool(self.metadata.flip_average),
             "runtime": self.runtime,
         }
 

@@ -8,6 +8,10 @@ shows what made the model say what it said. A model with no convolution, or whos
 are not one chain, gets occlusion sensitivity instead: grey patches, and how much the
 label's probability drops under each.
 
+A flip-averaged model (:func:`deepfake_detector.model.flip_averaged`) is explained through
+its member network: the map of the image and the mirrored map of its mirror image,
+averaged, both for the label the whole model gives.
+
 Computed only on request: one extra forward and backward pass per face.
 """
 
@@ -23,6 +27,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deepfake_detector import labels
+from deepfake_detector.model import flip_average_member
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +46,21 @@ class Explainer:
     """Heatmaps for a batch of preprocessed uint8 images, for one model."""
 
     def __init__(self, model: keras.Model, class_names, threshold: float, image_size: int):
-        self.model = model
+        self.whole = model  # gives the label to explain
+        member = flip_average_member(model)
+        self.mirrored = member is not None
+        self.model = member if self.mirrored else model
         self.fake_is_one = labels.fake_index(class_names) == 1
         self.threshold = float(threshold)
         self.image_size = int(image_size)
-        self.chain = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        self.chain = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
         targets = [i for i, layer in enumerate(self.chain) if _is_last_conv_block(layer)]
         self.target = targets[-1] if targets and self._is_a_chain() else None
         self.method = "grad-cam" if self.target is not None else "occlusion"
         if self.target is not None:
             log.info("Grad-CAM on %s", self.chain[self.target].name)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)
-        self._gradcam = tf.function(self._gradcam_graph, input_signature=[spec], reduce_retracing=True)
+        self._gradcam = tf.function(self._gradcam_views, input_signature=[spec], reduce_retracing=True)
 
     def _is_a_chain(self) -> bool:
         """Whether calling the top-level layers one after another reproduces the model."""
@@ -79,16 +87,24 @@ class Explainer:
             logit = tf.math.log(probability) - tf.math.log1p(-probability)
         return logit if self.fake_is_one else -logit
 
-    def _gradcam_graph(self, images: tf.Tensor) -> tf.Tensor:
+    def _gradcam_views(self, images: tf.Tensor) -> tf.Tensor:
         x = tf.cast(images, tf.float32)
+        output = self.whole(x, training=False)[:, 0]
+        fake_probability = output if self.fake_is_one else 1.0 - output
+        # evidence for each image's own label: fake pushes the logit up, real down
+        sign = tf.where(fake_probability >= self.threshold, 1.0, -1.0)
+        cam = self._gradcam_graph(x, sign)
+        if self.mirrored:
+            cam = (cam + tf.reverse(self._gradcam_graph(tf.reverse(x, axis=[2]), sign), axis=[2])) / 2.0
+        return cam
+
+    def _gradcam_graph(self, x: tf.Tensor, sign: tf.Tensor) -> tf.Tensor:
         for layer in self.chain[: self.target + 1]:
             x = layer(x, training=False)
         features = x
         with tf.GradientTape() as tape:
             tape.watch(features)
             fake_logit = self._fake_logit(features)
-            # evidence for each image's own label: fake pushes the logit up, real down
-            sign = tf.stop_gradient(tf.where(tf.sigmoid(fake_logit) >= self.threshold, 1.0, -1.0))
             target = tf.reduce_sum(sign * fake_logit)
         gradients = tape.gradient(target, features)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)

@@ -43,6 +43,7 @@ class ModelMetadata:
     preprocessing: dict = field(default_factory=lambda: PreprocessingConfig().to_dict())
     threshold: float = 0.5  # decision threshold on fake_probability
     threshold_rule: str = "fixed 0.5"
+    flip_average: bool = False  # the graph averages each image's score with its mirror image's
     name: str = "deepfake-detector"
     train_config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -162,6 +163,42 @@ def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
     return frozen
 
 
+@keras.saving.register_keras_serializable(package="deepfake_detector")
+class HorizontalFlip(layers.Layer):
+    """The images mirrored left to right, always (``RandomFlip`` is random and training-only)."""
+
+    def call(self, images):
+        return keras.ops.flip(images, axis=-2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def flip_averaged(model: keras.Model) -> keras.Model:
+    """``model``'s output averaged over each image and its mirror image, in one graph.
+
+    Test-time flip averaging: training already shows every face both ways round, and the
+    two views' errors are partly independent. Being part of the network, it reaches the
+    Keras and TFLite runtimes and every export alike. The member keeps its name and
+    weights, so :func:`flip_average_member` gets it back.
+    """
+    if flip_average_member(model) is not None:
+        raise ValueError(f"{model.name} is already flip-averaged")
+    inputs = keras.Input(model.inputs[0].shape[1:], name="image")
+    plain = model(inputs)
+    mirrored = model(HorizontalFlip(name="mirror")(inputs))
+    outputs = layers.Average(name="flip_average", dtype="float32")([plain, mirrored])
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
+
+
+def flip_average_member(model: keras.Model) -> keras.Model | None:
+    """The network inside a :func:`flip_averaged` model; None for any other model."""
+    if not any(isinstance(layer, HorizontalFlip) for layer in model.layers):
+        return None
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return members[0] if len(members) == 1 else None
+
+
 def build_model(arch: str, image_size: int = 128, pretrained: bool = True) -> keras.Model:
     """A fresh, uncompiled network of the named architecture (see ``ARCHITECTURES``)."""
     if arch == "seed":
@@ -274,3 +311,7 @@ def _check_consistent(model: keras.Model, metadata: ModelMetadata, path: Path) -
     output_shape = tuple(model.outputs[0].shape[1:])
     if output_shape != (1,):
         raise ModelFileError(f"{path}: the network outputs {output_shape}, expected one sigmoid score")
+    averaged = flip_average_member(model) is not None
+    if averaged != bool(metadata.flip_average):
+        raise ModelFileError(f"{path}: metadata says flip_average={bool(metadata.flip_average)} "
+                             f"but the network {'is' if averaged else 'is not'} flip-averaged")  # fmt: skip

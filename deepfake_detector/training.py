@@ -37,7 +37,14 @@ from deepfake_detector.distribute import (
     make_strategy,
     read_tf_config,
 )
-from deepfake_detector.model import ModelMetadata, freeze_leading_blocks, save_model
+from deepfake_detector.model import (
+    ModelFileError,
+    ModelMetadata,
+    flip_averaged,
+    freeze_leading_blocks,
+    load_model,
+    save_model,
+)
 from deepfake_detector.pipeline import AUGMENTATIONS, load_split, make_dataset
 from deepfake_detector.preprocessing import PreprocessingConfig
 
@@ -65,6 +72,7 @@ class TrainConfig:
     augment: str = "none"  # "none", "light" or "full" (pipeline.AUGMENTATIONS)
     frozen_blocks: int = 0  # mobilenet_v2: leading feature blocks kept at their ImageNet weights
     pretrained: bool = True  # ImageNet weights for mobilenet_v2
+    flip_average: bool = False  # save a model that averages each image's score with its mirror's
     threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
     seed: int = 1337
     max_images_per_split: int | None = None  # for quick trials; None uses everything
@@ -81,6 +89,7 @@ class TrainConfig:
             recipe.update(
                 epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine",
                 warmup_epochs=1, early_stopping_patience=0, label_smoothing=0.05, augment="full",
+                flip_average=True,
             )  # fmt: skip
         recipe.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**recipe)
@@ -167,7 +176,7 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Model outputs (P(class 1) = P(fake) for models trained here) for decoded images."""
+    """Model outputs, P(class 1), for decoded images (P(fake) in ``TRAINING_CLASS_ORDER``)."""
     return model.predict(images, batch_size=batch_size, verbose=0).ravel().astype(np.float64)
 
 
@@ -225,7 +234,7 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
 
     # The recipe decides whether a backup can be resumed; where it is written and how chatty
     # the run is do not.
-    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("backup_dir", "verbose")}
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("backup_dir", "verbose", "flip_average")}
     backup = ResumableBackup(backup_dir_for(config, strategy), recipe)
     backup.check_same_run()
     # A resumed run re-seeds its shuffles and dropout with the epochs done: restarted with the
@@ -272,24 +281,23 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
     # A plain float32 copy without the optimizer: the saved file is the same whatever the
     # strategy, and a third of the size (AdamW keeps two slots per weight).
     model = single_device_copy(model, config)
+    if config.flip_average:
+        model = flip_averaged(model)
 
-    val_scores = predict_scores(model, val_x)
-    threshold = evaluation.choose_threshold(val_y, val_scores, config.threshold_rule)
-    test_scores = predict_scores(model, test_x)
-    test_metrics = evaluation.compute_metrics(test_y, test_scores, threshold)
-    val_metrics = evaluation.compute_metrics(val_y, val_scores, threshold)
+    threshold, metrics = choose_threshold_and_measure(model, (val_x, val_y), (test_x, test_y), config.threshold_rule)
     metadata = ModelMetadata(
         arch=config.arch,
         class_names=list(labels.TRAINING_CLASS_ORDER),
         preprocessing=PreprocessingConfig(image_size=config.image_size).to_dict(),
         threshold=threshold,
         threshold_rule=f"{config.threshold_rule} on Validation",
+        flip_average=config.flip_average,
         name=output.stem,
         train_config={**dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
                       "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
                       "replicas": replicas, "global_batch_size": global_batch,
                       "train_seconds": round(train_seconds, 1), "dataset": str(root), "history": history},
-        metrics={"validation": _short(val_metrics), "test": _short(test_metrics)},
+        metrics=metrics,
     )  # fmt: skip
     save_model(model, metadata, output)
     _write_curves(history, output.with_suffix(".curves.png"))
@@ -303,6 +311,54 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
         log.info("%s done; the chief wrote the model", task)
         return None, metadata.metrics
     return output, metadata.metrics
+
+
+def choose_threshold_and_measure(model: keras.Model, validation, test, rule: str,
+                                 class_names=labels.TRAINING_CLASS_ORDER) -> tuple[float, dict]:
+    """The decision threshold chosen on Validation by ``rule``, and both splits' metrics at it.
+
+    ``validation`` and ``test`` are ``(images, labels)``. Test is scored once, after the choice.
+    """
+
+    def fake_probability(images):
+        return labels.fake_probability_from_output(predict_scores(model, images), class_names)
+
+    val_scores = fake_probability(validation[0])
+    threshold = evaluation.choose_threshold(validation[1], val_scores, rule)
+    test_metrics = evaluation.compute_metrics(test[1], fake_probability(test[0]), threshold)
+    val_metrics = evaluation.compute_metrics(validation[1], val_scores, threshold)
+    return threshold, {"validation": _short(val_metrics), "test": _short(test_metrics)}
+
+
+def add_flip_average(model_path: str | Path, data_dir: str | Path, output: str | Path) -> tuple[Path, dict]:
+    """Save a trained model as :func:`~deepfake_detector.model.flip_averaged`, threshold chosen again.
+
+    What ``flip_average=True`` does at the end of a run, for a model trained without it: the
+    threshold is chosen on ``data_dir``'s Validation split by the model's own rule, and the
+    metadata's metrics are measured again. Returns the saved path and those metrics.
+
+    Raises:
+        deepfake_detector.model.ModelFileError: the model is missing, broken or already flip-averaged.
+        deepfake_detector.data.DatasetError: ``data_dir`` lacks a split or a class.
+    """
+    model, metadata = load_model(model_path)
+    if metadata.flip_average:
+        raise ModelFileError(f"{model_path}: already flip-averaged")
+    root = data.find_dataset_root(Path(data_dir))
+    splits = {split: load_split(root, split, metadata.image_size)[:2] for split in ("Validation", "Test")}
+    for split, (_, y) in splits.items():
+        if len(np.unique(y)) < 2:
+            raise data.DatasetError(f"{split} needs both Real and Fake images")
+    rule = metadata.threshold_rule.removesuffix(" on Validation")
+    averaged = flip_averaged(model)
+    threshold, metrics = choose_threshold_and_measure(
+        averaged, splits["Validation"], splits["Test"], rule, metadata.class_names
+    )
+    metadata = dataclasses.replace(
+        metadata, threshold=threshold, flip_average=True, metrics=metrics, created="", versions={},
+        train_config={**metadata.train_config, "flip_average": True, "flip_average_added_from": str(model_path)},
+    )  # fmt: skip
+    return save_model(averaged, metadata, output), metrics
 
 
 def _short(metrics: dict) -> dict:
