@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepfake_detector import labels
+from deepfake_detector.files import write_atomically
 from deepfake_detector.model import ModelMetadata, load_model
 from deepfake_detector.preprocessing import ImageSource, load_image, open_image
 
@@ -232,13 +232,6 @@ def _cache_file(model_path: str | Path) -> Path | None:
 def _write_atomically(path: Path, content: bytes) -> None:
     """A cache is a convenience: a folder we cannot write to costs a warning, not the start-up."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as scratch:
-            try:
-                scratch.write(content)
-            except OSError:
-                os.unlink(scratch.name)
-                raise
-        os.replace(scratch.name, path)
+        write_atomically(path, content)
     except OSError as error:
         log.warning("could not cache the TFLite model in %s: %s", path.parent, error)

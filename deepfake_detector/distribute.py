@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deepfake_detector.files import write_atomically
 from deepfake_detector.model import build_model
 
 if TYPE_CHECKING:
@@ -104,10 +105,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
 
 def _write_json_atomically(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value))
 
 
 def read_tf_config() -> dict:
