@@ -16,15 +16,16 @@ import sys
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="seed", choices=["seed", "mobilenet_v2"],
+    parser.add_argument("--arch", default="seed", choices=["seed", "mobilenet_v2", "efficientnet_lite0"],
                         help="seed: the original 4-block CNN and recipe (default); "
-                             "mobilenet_v2: the recipe of the shipped model")
+                             "mobilenet_v2: the recipe of the shipped model; "
+                             "efficientnet_lite0: the same fine-tuning recipe on ImageNet EfficientNet-Lite0")
     parser.add_argument("--data-dir", default="data", help="dataset folder; the Kaggle archive is fetched here if it is empty (default: data)")
     parser.add_argument("--archive", help="a deepfake-and-real-images zip you already have")
     parser.add_argument("--sha256", help="expected SHA-256 of the archive")
     parser.add_argument("--output", default="models/deepfake_detector.keras", help="where to save the model")
-    parser.add_argument("--epochs", type=int, help="default: 50 (seed), 15 (mobilenet_v2)")
-    parser.add_argument("--learning-rate", type=float, help="default: 1e-4 (seed), 6e-4 (mobilenet_v2)")
+    parser.add_argument("--epochs", type=int, help="default: 50 (seed), 15 (pretrained backbones)")
+    parser.add_argument("--learning-rate", type=float, help="default: 1e-4 (seed), 6e-4 (pretrained backbones)")
     parser.add_argument("--batch-size", type=int, help="default: 64")
     parser.add_argument("--seed", type=int, help="random seed (default: 1337)")
     parser.add_argument("--threshold-rule", choices=["eer", "balanced_accuracy"],
@@ -32,13 +33,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
     parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 128)")
     parser.add_argument("--augment", choices=["none", "light", "full"],
-                        help="training augmentation: none (seed default), full (mobilenet_v2 default: flip, shift, "
+                        help="training augmentation: none (seed default), full (pretrained backbones' default: flip, shift, "
                              "rescale, blur, JPEG), light (flip, shift, JPEG)")
     parser.add_argument("--frozen-blocks", type=int,
-                        help="mobilenet_v2: leading feature blocks kept at their ImageNet weights (default: 0, all trained)")
+                        help="pretrained backbones: leading feature blocks (the stem is block 0) kept at their ImageNet weights "
+                             "(default: 0, all trained)")
     parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction,
                         help="save a model whose network averages each image's score with its mirror image's "
-                             "(default: on for mobilenet_v2, off for seed)")
+                             "(default: on for the pretrained backbones, off for seed)")
     parser.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
                         help="none: one device (default); mirrored: every GPU of this machine (or the CPU); "
                              "multiworker: one process per machine, configured by TF_CONFIG")

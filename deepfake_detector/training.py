@@ -38,6 +38,7 @@ from deepfake_detector.distribute import (
     read_tf_config,
 )
 from deepfake_detector.model import (
+    PRETRAINED_ARCHITECTURES,
     ModelFileError,
     ModelMetadata,
     flip_averaged,
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """A training recipe. The defaults are the original tutorial's (``arch='seed'``)."""
 
-    arch: str = "seed"  # "seed": the original 4-block CNN; "mobilenet_v2": the shipped recipe
+    arch: str = "seed"  # "seed": the original 4-block CNN; "mobilenet_v2" (the shipped recipe), "efficientnet_lite0"
     data_dir: str = "data"  # a folder with Train/Validation/Test (downloaded here if empty)
     archive: str | None = None  # a Kaggle zip the user already has
     sha256: str | None = None  # checksum of the downloaded archive, when known
@@ -70,8 +71,8 @@ class TrainConfig:
     early_stopping_patience: int = 10  # on val_loss, best weights restored; 0 turns it off
     label_smoothing: float = 0.0
     augment: str = "none"  # "none", "light" or "full" (pipeline.AUGMENTATIONS)
-    frozen_blocks: int = 0  # mobilenet_v2: leading feature blocks kept at their ImageNet weights
-    pretrained: bool = True  # ImageNet weights for mobilenet_v2
+    frozen_blocks: int = 0  # pretrained backbones: leading feature blocks kept at their ImageNet weights
+    pretrained: bool = True  # ImageNet weights for mobilenet_v2 and efficientnet_lite0
     flip_average: bool = False  # save a model that averages each image's score with its mirror's
     threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
     seed: int = 1337
@@ -85,7 +86,7 @@ class TrainConfig:
     def for_arch(cls, arch: str, **overrides) -> "TrainConfig":
         """The recipe defaults for an architecture, then ``overrides`` (None values ignored)."""
         recipe = dict(arch=arch)
-        if arch == "mobilenet_v2":
+        if arch in PRETRAINED_ARCHITECTURES:  # one fine-tuning recipe for both backbones
             recipe.update(
                 epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine",
                 warmup_epochs=1, early_stopping_patience=0, label_smoothing=0.05, augment="full",
@@ -200,8 +201,9 @@ def check_config(config: TrainConfig) -> None:
         )
     if config.augment not in ("none", *AUGMENTATIONS):
         raise TrainingSetupError(f"unknown augmentation {config.augment!r}; choose none, {', '.join(AUGMENTATIONS)}")
-    if config.frozen_blocks and config.arch != "mobilenet_v2":
-        raise TrainingSetupError(f"frozen blocks are a mobilenet_v2 option; {config.arch} has none")
+    if config.frozen_blocks and config.arch not in PRETRAINED_ARCHITECTURES:
+        raise TrainingSetupError(f"frozen blocks are an option of the pretrained backbones "
+                                 f"({', '.join(PRETRAINED_ARCHITECTURES)}); {config.arch} has none")  # fmt: skip
     if config.distribute == "multiworker":
         read_tf_config()
 
@@ -258,7 +260,7 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
         model = build_training_model(config)
         if config.frozen_blocks:
             frozen = freeze_leading_blocks(model, config.frozen_blocks)
-            log.info("frozen: MobileNetV2 blocks 0-%d (%d layers)", config.frozen_blocks - 1, frozen)
+            log.info("frozen: %s blocks 0-%d (%d layers)", config.arch, config.frozen_blocks - 1, frozen)
         compile_model(model, config, steps_per_epoch=len(train_ds))
 
     # Before the backup in the list: it records the logs the callbacks before it completed.

@@ -140,3 +140,82 @@ def test_first_layers_match_a_numpy_reimplementation(state, backbone):
     expected = _bn_relu6(conv, state, "features.2.conv.1.1")
     assert expected.shape == depthwise.shape == (56, 56, 96)
     np.testing.assert_allclose(depthwise, expected, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite0
+
+
+@pytest.fixture(scope="module")
+def lite_state() -> dict[str, np.ndarray]:
+    return pretrained.read_torch_legacy_checkpoint(pretrained.efficientnet_lite0_checkpoint_path())
+
+
+@pytest.fixture(scope="module")
+def lite_backbone() -> keras.Model:
+    net = model_module.efficientnet_lite0_backbone(224)
+    pretrained.load_efficientnet_lite0(net)
+    return net
+
+
+def test_every_lite0_tensor_is_converted(lite_state, lite_backbone):
+    """Each tensor but the ImageNet classifier and BN's counters is used by one Keras layer, with its shape."""
+    used = set()
+    for layer in lite_backbone.layers:
+        if not layer.weights:
+            continue
+        prefix = pretrained.efficientnet_lite0_key(layer.name)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            keys = [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
+        else:
+            keys = [f"{prefix}.weight"]
+        for key, variable in zip(keys, layer.weights):
+            assert int(np.prod(variable.shape)) == lite_state[key].size, key
+            assert np.array_equal(np.sort(np.ravel(variable.numpy())), np.sort(lite_state[key].ravel())), key
+        used.update(keys)
+    wanted = {k for k in lite_state if not k.startswith("_fc.") and not k.endswith("num_batches_tracked")}
+    assert used == wanted
+    assert lite_state["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert lite_backbone.output.shape[1:] == (7, 7, 1280)
+
+
+def test_converted_lite0_sees_a_cat_and_coffee(lite_state, lite_backbone):
+    def lite_input(array):
+        image = Image.fromarray(array).resize((224, 224), Image.Resampling.BILINEAR)
+        return (np.asarray(image, np.float32) - pretrained.LITE_MEAN) / pretrained.LITE_STD
+
+    batch = np.stack([lite_input(skimage_data.chelsea()), lite_input(skimage_data.coffee())])
+    features = np.asarray(lite_backbone(batch, training=False)).mean(axis=(1, 2))
+    logits = features @ lite_state["_fc.weight"].T + lite_state["_fc.bias"]
+    cat, coffee = (np.argsort(-row)[:5] for row in logits)
+    assert cat[0] in EGYPTIAN_CAT_ETC and EGYPTIAN_CAT_ETC <= set(cat.tolist()), cat
+    probabilities = np.exp(logits[0] - logits[0].max())
+    assert probabilities[sorted(EGYPTIAN_CAT_ETC)].sum() / probabilities.sum() > 0.8
+    assert coffee[0] == 967, coffee  # espresso
+
+
+def test_lite0_detector_freezes_its_stem_and_first_blocks():
+    from deepfake_detector.model import backbone_of, build_model, feature_block, freeze_leading_blocks
+
+    detector = build_model("efficientnet_lite0", 64, pretrained=False)
+    assert detector.output.shape[1:] == (1,) and detector.layers[-1].activation is keras.activations.sigmoid
+    backbone = backbone_of(detector)
+    blocks = {feature_block(layer.name) for layer in backbone.layers if layer.weights}
+    assert blocks == set(range(18))  # stem 0, blocks 1-16, head 17
+    assert freeze_leading_blocks(detector, 3) > 0
+    frozen = {feature_block(layer.name) for layer in backbone.layers if layer.weights and not layer.trainable}
+    assert frozen == {0, 1, 2}
+
+
+def test_lite0_detector_round_trips_and_is_explained_on_its_backbone(tmp_path):
+    from deepfake_detector.explain import Explainer
+    from deepfake_detector.model import ModelMetadata, build_model, load_model, save_model
+    from deepfake_detector.preprocessing import PreprocessingConfig
+
+    detector = build_model("efficientnet_lite0", 64, pretrained=True)
+    metadata = ModelMetadata(arch="efficientnet_lite0", preprocessing=PreprocessingConfig(image_size=64).to_dict())
+    images = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 3)).astype("float32")
+    before = np.asarray(detector(images, training=False))
+    loaded, _ = load_model(save_model(detector, metadata, tmp_path / "lite.keras"))
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), before, atol=1e-6)
+    explainer = Explainer(loaded, metadata.class_names, 0.5, 64)
+    assert explainer.method == "grad-cam" and explainer.chain[explainer.target].name == "efficientnet_lite0"
