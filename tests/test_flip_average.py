@@ -47,9 +47,9 @@ def test_the_graph_averages_each_image_with_its_mirror(trained_model_path, faces
         flip_averaged(averaged)
 
 
-def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(averaged_path, trained_model_path, tiny_dataset):
+def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(averaged_path, trained_model_path, tiny_dataset, faces):
     from deepfake_detector import evaluation
-    from deepfake_detector.model import flip_average_member, load_model, read_metadata
+    from deepfake_detector.model import flip_average_member, flip_averaged, load_model, read_metadata
     from deepfake_detector.pipeline import load_split
     from deepfake_detector.training import predict_scores
 
@@ -57,6 +57,9 @@ def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(average
     before = read_metadata(trained_model_path)
     assert metadata.flip_average and not before.flip_average
     assert flip_average_member(model) is not None
+    # the member's trained weights came back from the file
+    expected = flip_averaged(load_model(trained_model_path)[0])(faces.astype("float32")).numpy()
+    np.testing.assert_allclose(model(faces.astype("float32")).numpy(), expected, atol=1e-6)
     assert metadata.train_config["flip_average"] and metadata.threshold_rule == before.threshold_rule
     val_x, val_y, _ = load_split(tiny_dataset, "Validation", IMAGE_SIZE)
     val_scores = predict_scores(model, val_x)
