@@ -31,13 +31,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold-rule", choices=["eer", "balanced_accuracy"],
                         help="how the decision threshold is chosen on Validation (default: eer)")
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
-    parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 128)")
+    parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 160 for mobilenet_v2, else 128)")
     parser.add_argument("--augment", choices=["none", "light", "full"],
                         help="training augmentation: none (seed default), full (pretrained backbones' default: flip, shift, "
                              "rescale, blur, JPEG), light (flip, shift, JPEG)")
     parser.add_argument("--frozen-blocks", type=int,
                         help="pretrained backbones: leading feature blocks (the stem is block 0) kept at their ImageNet weights "
-                             "(default: 0, all trained)")
+                             "(default: 4 for mobilenet_v2, else 0)")
     parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction,
                         help="save a model whose network averages each image's score with its mirror image's "
                              "(default: on for the pretrained backbones, off for seed)")

@@ -92,6 +92,10 @@ class TrainConfig:
                 warmup_epochs=1, early_stopping_patience=0, label_smoothing=0.05, augment="full",
                 flip_average=True,
             )  # fmt: skip
+        if arch == "mobilenet_v2":
+            # The shipped model: 160 px input (the 128 px faces upscaled), blocks 0-3 frozen, which
+            # makes its CPU step about as cheap as a fully trained 128 px step.
+            recipe.update(image_size=160, frozen_blocks=4)
         recipe.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**recipe)
 
@@ -357,7 +361,7 @@ def add_flip_average(model_path: str | Path, data_dir: str | Path, output: str |
         averaged, splits["Validation"], splits["Test"], rule, metadata.class_names
     )
     metadata = dataclasses.replace(
-        metadata, threshold=threshold, flip_average=True, metrics=metrics, created="", versions={},
+        metadata, threshold=threshold, flip_average=True, metrics=metrics, created="", versions={}, name=Path(output).stem,
         train_config={**metadata.train_config, "flip_average": True, "flip_average_added_from": str(model_path)},
     )  # fmt: skip
     return save_model(averaged, metadata, output), metrics

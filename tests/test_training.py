@@ -80,3 +80,20 @@ def test_frozen_blocks_and_unknown_augmentations_are_refused():
         check_config(TrainConfig(arch="seed", frozen_blocks=2))
     with pytest.raises(TrainingSetupError, match="unknown augmentation 'strong'"):
         check_config(TrainConfig(augment="strong"))
+
+
+def test_the_mobilenet_v2_recipe_is_the_shipped_models():
+    """`train.py --arch mobilenet_v2` with no other recipe flag trains the model in models/."""
+    import dataclasses
+
+    from deepfake_detector.detector import DEFAULT_MODEL_PATH
+    from deepfake_detector.model import read_metadata
+    from deepfake_detector.training import TrainConfig
+
+    shipped = read_metadata(DEFAULT_MODEL_PATH)
+    recipe = dataclasses.asdict(TrainConfig.for_arch("mobilenet_v2"))
+    where_and_how_loud = {"data_dir", "output", "backup_dir", "verbose", "archive", "sha256"}
+    differing = {k: (v, shipped.train_config.get(k)) for k, v in recipe.items()
+                 if k not in where_and_how_loud and shipped.train_config.get(k) != v}  # fmt: skip
+    assert differing == {}
+    assert shipped.arch == "mobilenet_v2" and shipped.flip_average and shipped.image_size == recipe["image_size"]
