@@ -127,6 +127,20 @@ def mobilenet_v2_backbone(image_size: int = 128) -> keras.Model:
     return keras.Model(inputs, x, name="mobilenet_v2")
 
 
+def _detector(backbone: keras.Model, normalize, dropout: float, name: str) -> keras.Model:
+    """uint8 RGB in, ``normalize`` (layers), the backbone, global average pool, dropout, one sigmoid."""
+    size = backbone.inputs[0].shape[1]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    for layer in normalize:
+        x = layer(x)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
+    return keras.Model(inputs, outputs, name=name)
+
+
 def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: float = 0.2) -> keras.Model:
     """MobileNetV2 (ImageNet weights when ``pretrained``) with a global-average-pool head."""
     from deepfake_detector import pretrained as imagenet
@@ -134,17 +148,14 @@ def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: 
     backbone = mobilenet_v2_backbone(image_size)
     if pretrained:
         imagenet.load_torchvision_mobilenet_v2(backbone)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    # uint8 RGB in, torchvision's ImageNet normalisation inside the model.
-    x = layers.Rescaling(1.0 / 255, name="to_unit")(inputs)
-    x = layers.Normalization(
-        mean=imagenet.IMAGENET_MEAN, variance=[s**2 for s in imagenet.IMAGENET_STD], name="imagenet_norm"
-    )(x)
-    x = backbone(x)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
-    return keras.Model(inputs, outputs, name="mobilenet_v2_detector")
+    # torchvision's ImageNet normalisation inside the model.
+    normalize = [
+        layers.Rescaling(1.0 / 255, name="to_unit"),
+        layers.Normalization(
+            mean=imagenet.IMAGENET_MEAN, variance=[s**2 for s in imagenet.IMAGENET_STD], name="imagenet_norm"
+        ),
+    ]
+    return _detector(backbone, normalize, dropout, "mobilenet_v2_detector")
 
 
 #: EfficientNet-Lite0's inverted-residual stages: repeats, kernel, first stride, expansion, output channels.
@@ -194,14 +205,9 @@ def build_efficientnet_lite0(image_size: int = 128, pretrained: bool = True, dro
     backbone = efficientnet_lite0_backbone(image_size)
     if pretrained:
         imagenet.load_efficientnet_lite0(backbone)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    # uint8 RGB in, EfficientNet-Lite's (x - 127) / 128 inside the model.
-    x = layers.Rescaling(1.0 / imagenet.LITE_STD, offset=-imagenet.LITE_MEAN / imagenet.LITE_STD, name="lite_norm")(inputs)
-    x = backbone(x)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
-    return keras.Model(inputs, outputs, name="efficientnet_lite0_detector")
+    # EfficientNet-Lite's (x - 127) / 128 inside the model.
+    normalize = [layers.Rescaling(1.0 / imagenet.LITE_STD, offset=-imagenet.LITE_MEAN / imagenet.LITE_STD, name="lite_norm")]
+    return _detector(backbone, normalize, dropout, "efficientnet_lite0_detector")
 
 
 def feature_block(layer_name: str) -> int | None:

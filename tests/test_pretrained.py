@@ -58,20 +58,28 @@ def test_checkpoint_has_torchvisions_shapes(state):
 
 def test_every_backbone_tensor_is_converted(state, backbone):
     """Each features.* tensor (bar BN's counters) is used by exactly one Keras layer, with its shape."""
+    used = _converted_keys(backbone, state, lambda name: name.replace("_", "."))
+    wanted = {k for k in state if k.startswith("features.") and not k.endswith("num_batches_tracked")}
+    assert used == wanted
+
+
+def _converted_keys(backbone, state, key_of, same_values: bool = False) -> set[str]:
+    """The checkpoint keys the backbone's layers hold, each checked for size (and values)."""
     used = set()
     for layer in backbone.layers:
         if not layer.weights:
             continue
-        prefix = layer.name.replace("_", ".")
+        prefix = key_of(layer.name)
         if isinstance(layer, keras.layers.BatchNormalization):
             keys = [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
         else:
             keys = [f"{prefix}.weight"]
         for key, variable in zip(keys, layer.weights):
             assert int(np.prod(variable.shape)) == state[key].size, key
+            if same_values:  # the same numbers, whatever the layout
+                assert np.array_equal(np.sort(np.ravel(variable.numpy())), np.sort(state[key].ravel())), key
         used.update(keys)
-    wanted = {k for k in state if k.startswith("features.") and not k.endswith("num_batches_tracked")}
-    assert used == wanted
+    return used
 
 
 def _imagenet_input(array: np.ndarray) -> np.ndarray:
@@ -159,19 +167,7 @@ def lite_backbone() -> keras.Model:
 
 def test_every_lite0_tensor_is_converted(lite_state, lite_backbone):
     """Each tensor but the ImageNet classifier and BN's counters is used by one Keras layer, with its shape."""
-    used = set()
-    for layer in lite_backbone.layers:
-        if not layer.weights:
-            continue
-        prefix = pretrained.efficientnet_lite0_key(layer.name)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            keys = [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
-        else:
-            keys = [f"{prefix}.weight"]
-        for key, variable in zip(keys, layer.weights):
-            assert int(np.prod(variable.shape)) == lite_state[key].size, key
-            assert np.array_equal(np.sort(np.ravel(variable.numpy())), np.sort(lite_state[key].ravel())), key
-        used.update(keys)
+    used = _converted_keys(lite_backbone, lite_state, pretrained.efficientnet_lite0_key, same_values=True)
     wanted = {k for k in lite_state if not k.startswith("_fc.") and not k.endswith("num_batches_tracked")}
     assert used == wanted
     assert lite_state["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
