@@ -87,22 +87,25 @@ class Explainer:
 
     def _gradcam_views(self, images: tf.Tensor) -> tf.Tensor:
         x = tf.cast(images, tf.float32)
+        if not self.mirrored:
+            return self._gradcam_graph(x)
+        # Both views explain the label of the whole (averaged) model.
         output = self.whole(x, training=False)[:, 0]
         fake_probability = output if self.fake_is_one else 1.0 - output
-        # evidence for each image's own label: fake pushes the logit up, real down
         sign = tf.where(fake_probability >= self.threshold, 1.0, -1.0)
-        cam = self._gradcam_graph(x, sign)
-        if self.mirrored:
-            cam = (cam + tf.reverse(self._gradcam_graph(tf.reverse(x, axis=[2]), sign), axis=[2])) / 2.0
-        return cam
+        mirror = tf.reverse(self._gradcam_graph(tf.reverse(x, axis=[2]), sign), axis=[2])
+        return (self._gradcam_graph(x, sign) + mirror) / 2.0
 
-    def _gradcam_graph(self, x: tf.Tensor, sign: tf.Tensor) -> tf.Tensor:
+    def _gradcam_graph(self, x: tf.Tensor, sign: tf.Tensor | None = None) -> tf.Tensor:
+        """One view's map. ``sign``: +1 to explain fake, -1 real; by default this view's own label."""
         for layer in self.chain[: self.target + 1]:
             x = layer(x, training=False)
         features = x
         with tf.GradientTape() as tape:
             tape.watch(features)
             fake_logit = self._fake_logit(features)
+            if sign is None:  # evidence for each image's own label: fake pushes the logit up, real down
+                sign = tf.stop_gradient(tf.where(tf.sigmoid(fake_logit) >= self.threshold, 1.0, -1.0))
             target = tf.reduce_sum(sign * fake_logit)
         gradients = tape.gradient(target, features)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
