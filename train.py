@@ -38,6 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frozen-blocks", type=int,
                         help="pretrained backbones: leading feature blocks (the stem is block 0) kept at their ImageNet weights "
                              "(default: 4 for mobilenet_v2, else 0)")
+    parser.add_argument("--ema-momentum", type=float,
+                        help="save an exponential moving average of the weights with this momentum per step; "
+                             "0 turns it off (default: 0.998 for pretrained backbones, 0 for seed)")
     parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction,
                         help="save a model whose network averages each image's score with its mirror image's "
                              "(default: on for the pretrained backbones, off for seed)")
@@ -61,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
         args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
         threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split,
-        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, flip_average=args.flip_average, distribute=args.distribute, mixed_precision=args.mixed_precision,
+        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, ema_momentum=args.ema_momentum,
+        flip_average=args.flip_average, distribute=args.distribute, mixed_precision=args.mixed_precision,
         backup_dir=args.backup_dir, verbose=args.verbose,
     )  # fmt: skip
     try:

@@ -70,6 +70,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # cosine only: linear warm-up
     early_stopping_patience: int = 10  # on val_loss, best weights restored; 0 turns it off
     label_smoothing: float = 0.0
+    ema_momentum: float = 0.0  # above 0: the saved weights are an exponential moving average of the trained ones
     augment: str = "none"  # "none", "light" or "full" (pipeline.AUGMENTATIONS)
     frozen_blocks: int = 0  # pretrained backbones: leading feature blocks kept at their ImageNet weights
     pretrained: bool = True  # ImageNet weights for mobilenet_v2 and efficientnet_lite0
@@ -90,7 +91,7 @@ class TrainConfig:
             recipe.update(
                 epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine",
                 warmup_epochs=1, early_stopping_patience=0, label_smoothing=0.05, augment="full",
-                flip_average=True,
+                flip_average=True, ema_momentum=0.998,
             )  # fmt: skip
         if arch == "mobilenet_v2":
             # The shipped model: 160 px input (the 128 px faces upscaled), blocks 0-3 frozen, which
@@ -135,10 +136,13 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
         learning_rate = config.learning_rate
     else:
         raise ValueError(f"unknown schedule {config.schedule!r}")
+    # Weight averaging: the optimizer keeps the average beside the weights (it is backed up
+    # with them) and writes it into the model when fit ends, before the threshold is chosen.
+    ema = dict(use_ema=True, ema_momentum=config.ema_momentum) if config.ema_momentum else {}
     if config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate, **ema)
     elif config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **ema)
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}")
     model.compile(
@@ -203,6 +207,8 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingSetupError(
             "mixed precision (mixed_float16) needs a GPU and none is visible; float16 is no faster on CPUs"
         )
+    if not 0.0 <= config.ema_momentum < 1.0:
+        raise TrainingSetupError(f"the weight-average momentum must be at least 0 (off) and below 1, got {config.ema_momentum}")
     if config.augment not in ("none", *AUGMENTATIONS):
         raise TrainingSetupError(f"unknown augmentation {config.augment!r}; choose none, {', '.join(AUGMENTATIONS)}")
     if config.frozen_blocks and config.arch not in PRETRAINED_ARCHITECTURES:

@@ -238,6 +238,39 @@ def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     np.testing.assert_allclose(backup.history["learning_rate"], expected, rtol=1e-5, atol=1e-9)
 
 
+def test_weight_average_continues_across_a_resume(tmp_path):
+    """The moving average of the weights is optimizer state: a resumed run ends where an unbroken one does."""
+    import keras
+
+    from deepfake_detector import training
+
+    config = training.TrainConfig(epochs=3, optimizer="adamw", learning_rate=0.05, ema_momentum=0.8)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
+
+    class Preempted(Exception):
+        pass
+
+    class PreemptAfterTwoEpochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise Preempted
+
+    def run(backup_dir, *extra_callbacks):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+        training.compile_model(model, config, steps_per_epoch=3)
+        backup = training.ResumableBackup(backup_dir, {"run": 1})
+        model.fit(x, y, batch_size=8, epochs=config.epochs, shuffle=False, verbose=0, callbacks=[backup, *extra_callbacks])
+        return model.get_weights()
+
+    unbroken = run(tmp_path / "unbroken")
+    with pytest.raises(Preempted):
+        run(tmp_path / "resumed", PreemptAfterTwoEpochs())
+    for a, b in zip(run(tmp_path / "resumed"), unbroken):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_backup_of_a_different_run_is_refused(tmp_path):
     from deepfake_detector.distribute import ResumableBackup, TrainingSetupError
 

@@ -97,3 +97,42 @@ def test_the_mobilenet_v2_recipe_is_the_shipped_models():
                  if k not in where_and_how_loud and shipped.train_config.get(k) != v}  # fmt: skip
     assert differing == {}
     assert shipped.arch == "mobilenet_v2" and shipped.flip_average and shipped.image_size == recipe["image_size"]
+
+
+def test_weight_averaging_saves_the_moving_average_of_the_trained_weights():
+    """With ``ema_momentum`` the model ends with the running average of its weights after each step."""
+    import keras
+
+    from deepfake_detector.training import TrainConfig, compile_model
+
+    momentum = 0.8
+    config = TrainConfig(optimizer="adamw", weight_decay=0.01, learning_rate=0.05, ema_momentum=momentum)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    compile_model(model, config, steps_per_epoch=3)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
+
+    trained = []  # the weights the optimizer produced, after every step
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            trained.append([w.numpy().copy() for w in model.trainable_weights])
+
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[Record()])
+    assert len(trained) == 6
+    average = trained[0]  # the first step starts the average at the weights themselves
+    for step in trained[1:]:
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step)]
+    for saved, expected, last in zip(model.trainable_weights, average, trained[-1]):
+        np.testing.assert_allclose(saved.numpy(), expected, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(saved.numpy(), last)  # not simply the last step's weights
+
+
+def test_weight_average_momentum_out_of_range_is_refused():
+    from deepfake_detector.training import TrainConfig, TrainingSetupError, check_config
+
+    assert TrainConfig.for_arch("mobilenet_v2").ema_momentum == 0.998 and TrainConfig().ema_momentum == 0.0
+    for momentum in (1.0, -0.1):
+        with pytest.raises(TrainingSetupError, match="weight-average momentum"):
+            check_config(TrainConfig(ema_momentum=momentum))
