@@ -199,6 +199,27 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, caplog, capsy
     assert 0.0 <= prediction.fake_probability <= 1.0
 
 
+class _Preempted(Exception):
+    """The machine taken away mid-run."""
+
+
+def _preempt_after(epochs: int):
+    """A callback that stops training, as a preemption would, when epoch ``epochs + 1`` begins."""
+    import keras
+
+    class Preempt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == epochs:
+                raise _Preempted
+
+    return Preempt()
+
+
+def _toy_data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
+
+
 def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     """The step-based schedule picks up where it was: the optimizer's step count is restored."""
     import keras
@@ -206,17 +227,8 @@ def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     from deepfake_detector import training
 
     config = training.TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1, learning_rate=1e-3)
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
+    x, y = _toy_data()
     steps = 3  # 24 samples in batches of 8
-
-    class Preempted(Exception):
-        pass
-
-    class PreemptAfterTwoEpochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise Preempted
 
     def run(*extra_callbacks) -> training.ResumableBackup:
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
@@ -227,8 +239,8 @@ def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
                   callbacks=[*training.make_callbacks(config), backup, *extra_callbacks])
         return backup
 
-    with pytest.raises(Preempted):
-        run(PreemptAfterTwoEpochs())
+    with pytest.raises(_Preempted):
+        run(_preempt_after(2))
     backup = run()
     assert backup.initial_epoch == 2 and len(backup.history["loss"]) == 4
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -245,16 +257,7 @@ def test_weight_average_continues_across_a_resume(tmp_path):
     from deepfake_detector import training
 
     config = training.TrainConfig(epochs=3, optimizer="adamw", learning_rate=0.05, ema_momentum=0.8)
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
-
-    class Preempted(Exception):
-        pass
-
-    class PreemptAfterTwoEpochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
-                raise Preempted
+    x, y = _toy_data()
 
     def run(backup_dir, *extra_callbacks):
         keras.utils.set_random_seed(0)
@@ -265,8 +268,8 @@ def test_weight_average_continues_across_a_resume(tmp_path):
         return model.get_weights()
 
     unbroken = run(tmp_path / "unbroken")
-    with pytest.raises(Preempted):
-        run(tmp_path / "resumed", PreemptAfterTwoEpochs())
+    with pytest.raises(_Preempted):
+        run(tmp_path / "resumed", _preempt_after(2))
     for a, b in zip(run(tmp_path / "resumed"), unbroken):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
