@@ -30,6 +30,12 @@ def synthetic_image(fake: bool, rng: np.random.Generator, size: int = 48) -> Ima
     return Image.fromarray(array)
 
 
+def toy_features() -> tuple[np.ndarray, np.ndarray]:
+    """24 four-number samples with alternating 0/1 targets: enough for a one-layer model's optimizer tests."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
+
+
 def image_bytes(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import image_bytes, make_dataset, synthetic_image
+from tests.conftest import image_bytes, make_dataset, synthetic_image, toy_features
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32  # pixels: small enough that a subprocess epoch takes about a second
@@ -215,11 +215,6 @@ def _preempt_after(epochs: int):
     return Preempt()
 
 
-def _toy_data():
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
-
-
 def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     """The step-based schedule picks up where it was: the optimizer's step count is restored."""
     import keras
@@ -227,7 +222,7 @@ def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     from deepfake_detector import training
 
     config = training.TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1, learning_rate=1e-3)
-    x, y = _toy_data()
+    x, y = toy_features()
     steps = 3  # 24 samples in batches of 8
 
     def run(*extra_callbacks) -> training.ResumableBackup:
@@ -257,7 +252,7 @@ def test_weight_average_continues_across_a_resume(tmp_path):
     from deepfake_detector import training
 
     config = training.TrainConfig(epochs=3, optimizer="adamw", learning_rate=0.05, ema_momentum=0.8)
-    x, y = _toy_data()
+    x, y = toy_features()
 
     def run(backup_dir, *extra_callbacks):
         keras.utils.set_random_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_image
+from tests.conftest import synthetic_image, toy_features
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,7 @@ def test_weight_averaging_saves_the_moving_average_of_the_trained_weights():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
     compile_model(model, config, steps_per_epoch=3)
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
+    x, y = toy_features()
 
     trained = []  # the weights the optimizer produced, after every step
 
