@@ -1,0 +1,26 @@
+"""README's accuracy table quotes the evaluate.py reports committed under models/."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = re.compile(r"(models/[\w.-]+\.eval\.json)")
+
+
+def _cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def test_readme_accuracy_rows_match_their_committed_reports():
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("|") and REPORT.search(line)]  # fmt: skip
+    assert len(rows) >= 2, "README's table should name the shipped model's and the original recipe's reports"
+    for row in rows:
+        report_path = ROOT / REPORT.search(row).group(1)
+        report = json.loads(report_path.read_text())
+        expected = [report["accuracy"], report["roc_auc"], report["real_accuracy"], report["fake_accuracy"],
+                    report["perturbations"]["jpeg:50"]["roc_auc"]]  # fmt: skip
+        assert _cells(row)[1:6] == [f"{value:.3f}" for value in expected], report_path.name
