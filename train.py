@@ -30,11 +30,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (default: 1337)")
     parser.add_argument("--threshold-rule", choices=["eer", "balanced_accuracy"],
                         help="how the decision threshold is chosen on Validation (default: eer)")
+    parser.add_argument("--cache-dir", help="where each split is cached decoded at the input size, once, for every "
+                                            "epoch and later run (default: DATA/.cache, or a per-user folder "
+                                            "if DATA cannot be written; about 9.4 GB for the Kaggle archive at 128 px)")
+    parser.add_argument("--steps-per-epoch", type=int, help="cap on training steps per epoch, for trials and benchmarks "
+                                                            "(Validation and Test are still scored whole)")
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
     parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 160 for mobilenet_v2, else 128)")
-    parser.add_argument("--augment", choices=["none", "light", "full"],
+    parser.add_argument("--augment", choices=["none", "light", "full", "selfblend"],
                         help="training augmentation: none (seed default), full (pretrained backbones' default: flip, shift, "
-                             "rescale, blur, JPEG), light (flip, shift, JPEG)")
+                             "rescale, blur, JPEG), light (flip, shift, JPEG), selfblend (full plus colour jitter; "
+                             "the default with --fakes self-blended or both)")
+    parser.add_argument("--fakes", choices=["dataset", "self-blended", "both"],
+                        help="training fakes: dataset (its own, default); self-blended (each real face blended with an "
+                             "altered copy of itself, the dataset's fakes unused: Test then measures fakes never seen); both")
     parser.add_argument("--frozen-blocks", type=int,
                         help="pretrained backbones: leading feature blocks (the stem is block 0) kept at their ImageNet weights "
                              "(default: 4 for mobilenet_v2, else 0)")
@@ -63,8 +72,9 @@ def main(args: argparse.Namespace) -> int:
     config = TrainConfig.for_arch(
         args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
         epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-        threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split,
-        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, ema_momentum=args.ema_momentum,
+        threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split, cache_dir=args.cache_dir,
+        steps_per_epoch=args.steps_per_epoch,
+        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, fakes=args.fakes, ema_momentum=args.ema_momentum,
         flip_average=args.flip_average, distribute=args.distribute, mixed_precision=args.mixed_precision,
         backup_dir=args.backup_dir, verbose=args.verbose,
     )  # fmt: skip

@@ -13,15 +13,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from deepfake_detector import labels
@@ -191,11 +190,13 @@ def extract(archive: str | Path, target: str | Path) -> Path:
                 if (member.external_attr >> 16) & 0o170000 == 0o120000:
                     raise DatasetError(f"{archive}: member {member.filename!r} is a symbolic link")
             try:
+                start = time.perf_counter()
                 for member in tqdm(zip_file.infolist(), desc=f"extracting {archive.name}", unit="file"):
                     zip_file.extract(member, tmp)
             except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # bad CRC, corrupt data
                 raise DatasetError(f"{archive}: corrupt zip archive ({error}); download it again") from error
             os.replace(tmp, target)
+            log.info("extracted %s in %.1f s", archive, time.perf_counter() - start)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -235,21 +236,6 @@ def _subfolders(folder: Path) -> list[Path]:
         return []
 
 
-@dataclass
-class ImageList:
-    """Paths of one split with their integer labels (see ``labels.TRAINING_CLASS_ORDER``)."""
-
-    paths: list[str]
-    labels: np.ndarray
-    skipped: int = 0
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def class_counts(self) -> dict[str, int]:
-        return {name: int((self.labels == i).sum()) for i, name in enumerate(labels.TRAINING_CLASS_ORDER)}
-
-
 def labelled_files(folder: str | Path, require_both: bool = True) -> tuple[list[str], list[int]]:
     """Image files under ``folder/Real`` and ``folder/Fake`` (recursively, sorted) and their
     integer labels in ``labels.TRAINING_CLASS_ORDER``; no file is opened.
@@ -275,41 +261,6 @@ def labelled_files(folder: str | Path, require_both: bool = True) -> tuple[list[
     if not paths:
         raise DatasetError(f"no images under {folder}/Real or {folder}/Fake")
     return paths, targets
-
-
-def list_images(folder: str | Path, require_both: bool = True) -> ImageList:
-    """Image files under ``folder/Real`` and ``folder/Fake`` with their labels.
-
-    Unreadable files are skipped and counted (their headers are checked here, cheaply).
-    """
-    folder = Path(folder)
-    paths, targets = labelled_files(folder, require_both)
-    readable = _readable(paths, desc=f"checking {folder.name}")
-    kept = [i for i, ok in enumerate(readable) if ok]
-    skipped = len(paths) - len(kept)
-    if skipped:
-        log.warning("%s: skipped %d unreadable image file(s)", folder, skipped)
-    if not kept:
-        raise DatasetError(f"none of the {len(paths)} image file(s) under {folder} can be read")
-    if require_both:
-        for index, class_name in enumerate(labels.TRAINING_CLASS_ORDER):
-            if not any(targets[i] == index for i in kept):
-                raise DatasetError(f"{folder / labels.FOLDER_NAMES[class_name]} has no readable images")
-    return ImageList([paths[i] for i in kept], np.asarray([targets[i] for i in kept], np.int32), skipped)
-
-
-def _header_ok(path: str) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:  # any failure means unreadable; the count is reported
-        return False
-
-
-def _readable(paths: list[str], desc: str) -> list[bool]:
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(tqdm(pool.map(_header_ok, paths, chunksize=64), total=len(paths), desc=desc, unit="img", leave=False))
 
 
 def decode_images(paths: list[str], image_size: int, workers: int | None = None, desc: str = "decoding"):

@@ -165,6 +165,21 @@ def task_name(strategy: tf.distribute.Strategy) -> str | None:
     return f"{resolver.task_type}-{resolver.task_id}"
 
 
+def input_shard(strategy: tf.distribute.Strategy) -> tuple[int, int] | None:
+    """``(workers, this worker's index)`` when several processes train together, else None.
+
+    Each worker then reads only its share of every epoch (``pipeline.make_dataset``).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return None
+    cluster = resolver.cluster_spec().as_dict()
+    tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(cluster.get(kind, [])))]
+    if len(tasks) < 2:
+        return None
+    return len(tasks), tasks.index((resolver.task_type, resolver.task_id))
+
+
 def backup_dir_for(config: TrainConfig, strategy: tf.distribute.Strategy) -> Path:
     """``config.backup_dir`` or ``.NAME.backup/`` beside the output; one sub-folder per worker.
 

@@ -163,7 +163,8 @@ class RetinaFaceFinder:
             weights.WEIGHTS, sess_options=options, providers=["CPUExecutionProvider"]
         )
 
-    def find(self, image: Image.Image) -> list[FaceBox]:
+    def _detect(self, image: Image.Image) -> tuple[list, float]:
+        """The package's faces (boxes and landmarks) in the shrunk image, and the factor used."""
         from retinaface import postprocess, preprocess
 
         array, scale = _shrunk(image, self.max_side)
@@ -172,7 +173,24 @@ class RetinaFaceFinder:
         found = postprocess(
             outputs, *inputs.shape, score_threshold=self.min_score, nms_threshold=self.nms_threshold
         )[0]
+        return found, scale
+
+    def find(self, image: Image.Image) -> list[FaceBox]:
+        found, scale = self._detect(image)
         return _boxes([(f.x, f.y, f.width, f.height, f.score) for f in found], scale, image)
+
+    def find_landmarks(self, image: Image.Image) -> np.ndarray | None:
+        """The largest face's five landmarks in image pixels, or None when no face is found.
+
+        Rows: right eye, left eye, nose, right and left mouth corners (the person's right is
+        the image's left in a frontal face); 5 x 2 float32 (x, y), whole pixels as the
+        package gives them. The self-blend masks are drawn from them (``selfblend.py``).
+        """
+        found, scale = self._detect(image)
+        if not found:
+            return None
+        largest = max(found, key=lambda face: face.width * face.height)
+        return np.array([(point.x, point.y) for point in largest.landmarks], dtype=np.float32) / np.float32(scale)
 
 
 @dataclass

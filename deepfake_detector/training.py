@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepfake_detector import data, evaluation, labels
+from deepfake_detector import cache, data, evaluation, labels
 from deepfake_detector.distribute import (
     STRATEGIES,
     STRATEGY_CLASSES,
@@ -30,6 +30,7 @@ from deepfake_detector.distribute import (
     TrainingSetupError,
     single_device_copy,
     task_name,
+    input_shard,
     work_around_keras_multi_worker_gaps,
     backup_dir_for,
     build_training_model,
@@ -46,7 +47,17 @@ from deepfake_detector.model import (
     load_model,
     save_model,
 )
-from deepfake_detector.pipeline import AUGMENTATIONS, load_split, make_dataset
+from deepfake_detector.pipeline import (
+    AUGMENTATIONS,
+    FAKES,
+    REAL_INDEX,
+    BlendedSource,
+    ImageSource,
+    images_only,
+    make_dataset,
+    open_splits,
+    split_landmarks,
+)
 from deepfake_detector.preprocessing import PreprocessingConfig
 
 log = logging.getLogger(__name__)
@@ -71,13 +82,16 @@ class TrainConfig:
     early_stopping_patience: int = 10  # on val_loss, best weights restored; 0 turns it off
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0  # above 0: the saved weights are an exponential moving average of the trained ones
-    augment: str = "none"  # "none", "light" or "full" (pipeline.AUGMENTATIONS)
+    augment: str = "none"  # "none", "light", "full" or "selfblend" (pipeline.AUGMENTATIONS)
+    fakes: str = "dataset"  # "dataset", "self-blended" (real images and their self-blends only) or "both" (pipeline.FAKES)
     frozen_blocks: int = 0  # pretrained backbones: leading feature blocks kept at their ImageNet weights
     pretrained: bool = True  # ImageNet weights for mobilenet_v2 and efficientnet_lite0
     flip_average: bool = False  # save a model that averages each image's score with its mirror's
     threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
     seed: int = 1337
     max_images_per_split: int | None = None  # for quick trials; None uses everything
+    steps_per_epoch: int | None = None  # cap on training steps per epoch (trials, benchmarks); Validation and Test stay whole
+    cache_dir: str | None = None  # where each split's decoded images are cached; None: DATA/.cache (cache.default_cache_dir)
     distribute: str = "none"  # "none": one device; "mirrored": every local GPU (or the CPU); "multiworker": TF_CONFIG
     mixed_precision: bool = False  # mixed_float16 compute on GPUs; the output layer stays float32
     backup_dir: str | None = None  # per-epoch training state for resuming; None: .NAME.backup/ beside output
@@ -97,6 +111,8 @@ class TrainConfig:
             # The shipped model: 160 px input (the 128 px faces upscaled), blocks 0-3 frozen, which
             # makes its CPU step about as cheap as a fully trained 128 px step.
             recipe.update(image_size=160, frozen_blocks=4)
+        if overrides.get("fakes") not in (None, "dataset"):
+            recipe.update(augment="selfblend")  # SBI's colour jitter on top of the recipe's
         recipe.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**recipe)
 
@@ -184,9 +200,41 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
 
 
-def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Model outputs, P(class 1), for decoded images (P(fake) in ``TRAINING_CLASS_ORDER``)."""
-    return model.predict(images, batch_size=batch_size, verbose=0).ravel().astype(np.float64)
+class ThroughputLogger(keras.callbacks.Callback):
+    """Logs when the first training step is done, and each epoch's training images/s after it."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.first_step_logged = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.steps = None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if not self.first_step_logged:
+            log.info("first training step done")
+            self.first_step_logged = True
+        if self.start is None:  # the epoch's first step (tracing, pipeline warm-up) is left out
+            self.start = now
+        else:
+            self.steps += 1
+            self.end = now
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.steps:
+            rate = self.steps * self.batch_size / (self.end - self.start)
+            log.info("epoch %d: %.1f training images/s over %d steps", epoch + 1, rate, self.steps)
+
+
+def predict_scores(model: keras.Model, source: ImageSource, batch_size: int = 128) -> np.ndarray:
+    """Model outputs, P(class 1), for every image of ``source`` in order (P(fake) in ``TRAINING_CLASS_ORDER``).
+
+    The images stream from ``source`` (a split's cache), a batch at a time.
+    """
+    dataset = images_only(make_dataset(source, batch_size, training=False))
+    return model.predict(dataset, verbose=0).ravel().astype(np.float64)
 
 
 # ----------------------------------------------------------------------------- scaling out
@@ -209,6 +257,13 @@ def check_config(config: TrainConfig) -> None:
         )
     if not 0.0 <= config.ema_momentum < 1.0:
         raise TrainingSetupError(f"the weight-average momentum must be at least 0 (off) and below 1, got {config.ema_momentum}")
+    if config.fakes not in FAKES:
+        raise TrainingSetupError(f"unknown fakes {config.fakes!r}; choose one of {', '.join(FAKES)}")
+    if config.fakes == "both" and config.distribute == "multiworker":
+        raise TrainingSetupError("--fakes both cannot be split into equal shares across workers; "
+                                 "use dataset or self-blended with --distribute multiworker")  # fmt: skip
+    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
+        raise TrainingSetupError(f"steps per epoch must be at least 1, got {config.steps_per_epoch}")
     if config.augment not in ("none", *AUGMENTATIONS):
         raise TrainingSetupError(f"unknown augmentation {config.augment!r}; choose none, {', '.join(AUGMENTATIONS)}")
     if config.frozen_blocks and config.arch not in PRETRAINED_ARCHITECTURES:
@@ -246,7 +301,8 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
 
     # The recipe decides whether a backup can be resumed; where it is written and how chatty
     # the run is do not.
-    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("backup_dir", "verbose", "flip_average")}
+    recipe = {k: v for k, v in dataclasses.asdict(config).items()
+              if k not in ("backup_dir", "verbose", "flip_average", "cache_dir")}  # fmt: skip
     backup = ResumableBackup(backup_dir_for(config, strategy), recipe)
     backup.check_same_run()
     # A resumed run re-seeds its shuffles and dropout with the epochs done: restarted with the
@@ -255,23 +311,18 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
     keras.utils.set_random_seed(run_seed)
     root = prepare_data_dir(config)
     log.info("dataset: %s", root)
-    splits = {}
-    for split in data.SPLITS:
-        splits[split] = load_split(root, split, config.image_size, config.max_images_per_split, config.seed)
-        log.info("%s: %s", split, splits[split][2])
-    (train_x, train_y, _), (val_x, val_y, _), (test_x, test_y, _) = (splits[s] for s in data.SPLITS)
-    for split in data.SPLITS:
-        if len(np.unique(splits[split][1])) < 2:
-            raise data.DatasetError(f"{split} needs both Real and Fake images")
-
-    train_ds = make_dataset(train_x, train_y, global_batch, True, config.augment, run_seed)
-    val_ds = make_dataset(val_x, val_y, global_batch, False)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else cache.default_cache_dir(config.data_dir)
+    splits = open_splits(root, config.image_size, cache_dir, config.max_images_per_split, config.seed)
+    train_source, validation, blend_landmarks, class_weight = training_sources(splits, config)
+    shard = input_shard(strategy)  # several workers: each reads its share of the cache
+    train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks)
+    val_ds = make_dataset(validation, global_batch, False, shard=shard)
     with strategy.scope():
         model = build_training_model(config)
         if config.frozen_blocks:
             frozen = freeze_leading_blocks(model, config.frozen_blocks)
             log.info("frozen: %s blocks 0-%d (%d layers)", config.arch, config.frozen_blocks - 1, frozen)
-        compile_model(model, config, steps_per_epoch=len(train_ds))
+        compile_model(model, config, steps_per_epoch=config.steps_per_epoch or len(train_ds))
 
     # Before the backup in the list: it records the logs the callbacks before it completed.
     # Every worker writes (saving takes part in collective ops); only the chief's files stay.
@@ -280,12 +331,13 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
         scratch = Path(tempfile.mkdtemp(prefix="deepfake-detector-worker-"))
         output = scratch / output.name
     best_checkpoint = output.with_name(f".{output.stem}.best.weights.h5")
-    callbacks = [*make_callbacks(config, best_checkpoint), backup]
+    callbacks = [*make_callbacks(config, best_checkpoint), ThroughputLogger(global_batch), backup]
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         work_around_keras_multi_worker_gaps(model)
     start = time.time()
     with strategy.scope():
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks)
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+                  class_weight=class_weight, verbose=config.verbose, callbacks=callbacks)  # fmt: skip
     train_seconds = time.time() - start
     # The plateau recipe restores its best epoch through EarlyStopping; the cosine recipe keeps
     # its last epoch (the schedule has annealed).
@@ -296,7 +348,7 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
     if config.flip_average:
         model = flip_averaged(model)
 
-    threshold, metrics = choose_threshold_and_measure(model, (val_x, val_y), (test_x, test_y), config.threshold_rule)
+    threshold, metrics = choose_threshold_and_measure(model, validation, splits["Test"], config.threshold_rule)
     metadata = ModelMetadata(
         arch=config.arch,
         class_names=list(labels.TRAINING_CLASS_ORDER),
@@ -308,7 +360,8 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
         train_config={**dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
                       "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
                       "replicas": replicas, "global_batch_size": global_batch,
-                      "train_seconds": round(train_seconds, 1), "dataset": str(root), "history": history},
+                      "train_seconds": round(train_seconds, 1), "dataset": str(root),
+                      "splits": {split: source.info for split, source in splits.items()}, "history": history},
         metrics=metrics,
     )  # fmt: skip
     save_model(model, metadata, output)
@@ -325,24 +378,54 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
     return output, metadata.metrics
 
 
-def choose_threshold_and_measure(model: keras.Model, validation, test, rule: str,
-                                 class_names=labels.TRAINING_CLASS_ORDER) -> tuple[float, dict]:
+def training_sources(splits: dict, config: TrainConfig):
+    """What ``config.fakes`` trains and validates on: (train source, validation source, the
+    landmarks to self-blend the train source's real images with or None, class weights or None).
+
+    "self-blended" leaves the dataset's fakes out of Train and Validation (Validation becomes
+    its real images and a fixed self-blend of each), so Test's fakes are a manipulation the
+    model never saw. "both" keeps them, so each real image weighs as much as the two fakes
+    that come with it, class by class.
+    """
+    if config.fakes == "dataset":
+        return splits["Train"], splits["Validation"], None, None
+    train_landmarks = split_landmarks(splits["Train"])
+    if config.fakes == "self-blended":
+        reals = np.flatnonzero(splits["Train"].labels == REAL_INDEX)
+        val_reals = np.flatnonzero(splits["Validation"].labels == REAL_INDEX)
+        validation = BlendedSource(cache.Subset(splits["Validation"], val_reals),
+                                   split_landmarks(splits["Validation"])[val_reals], config.seed)  # fmt: skip
+        log.info("self-blended: %d real training images, each with a fresh self-blend every epoch; "
+                 "Validation: %d real images and one self-blend of each", len(reals), len(val_reals))  # fmt: skip
+        return cache.Subset(splits["Train"], reals), validation, train_landmarks[reals], None
+    n_real = int((splits["Train"].labels == REAL_INDEX).sum())
+    n_fake = len(splits["Train"])  # the dataset's fakes (all but n_real) and one self-blend per real image
+    total = n_real + n_fake
+    class_weight = {REAL_INDEX: total / (2 * n_real), 1 - REAL_INDEX: total / (2 * n_fake)}
+    log.info("both: %d real, %d fake training images per epoch (self-blends included); class weights %s",
+             n_real, n_fake, {k: round(v, 3) for k, v in class_weight.items()})  # fmt: skip
+    return splits["Train"], splits["Validation"], train_landmarks, class_weight
+
+
+def choose_threshold_and_measure(model: keras.Model, validation: ImageSource, test: ImageSource, rule: str,
+                                 class_names=labels.TRAINING_CLASS_ORDER) -> tuple[float, dict]:  # fmt: skip
     """The decision threshold chosen on Validation by ``rule``, and both splits' metrics at it.
 
-    ``validation`` and ``test`` are ``(images, labels)``. Test is scored once, after the choice.
+    Both splits stream from their sources. Test is scored once, after the choice.
     """
 
-    def fake_probability(images):
-        return labels.fake_probability_from_output(predict_scores(model, images), class_names)
+    def fake_probability(source):
+        return labels.fake_probability_from_output(predict_scores(model, source), class_names)
 
-    val_scores = fake_probability(validation[0])
-    threshold = evaluation.choose_threshold(validation[1], val_scores, rule)
-    test_metrics = evaluation.compute_metrics(test[1], fake_probability(test[0]), threshold)
-    val_metrics = evaluation.compute_metrics(validation[1], val_scores, threshold)
+    val_scores = fake_probability(validation)
+    threshold = evaluation.choose_threshold(validation.labels, val_scores, rule)
+    test_metrics = evaluation.compute_metrics(test.labels, fake_probability(test), threshold)
+    val_metrics = evaluation.compute_metrics(validation.labels, val_scores, threshold)
     return threshold, {"validation": _short(val_metrics), "test": _short(test_metrics)}
 
 
-def add_flip_average(model_path: str | Path, data_dir: str | Path, output: str | Path) -> tuple[Path, dict]:
+def add_flip_average(model_path: str | Path, data_dir: str | Path, output: str | Path,
+                     cache_dir: str | Path | None = None) -> tuple[Path, dict]:  # fmt: skip
     """Save a trained model as :func:`~deepfake_detector.model.flip_averaged`, threshold chosen again.
 
     What ``flip_average=True`` does at the end of a run, for a model trained without it: the
@@ -352,13 +435,14 @@ def add_flip_average(model_path: str | Path, data_dir: str | Path, output: str |
     Raises:
         deepfake_detector.model.ModelFileError: the model is missing, broken or already flip-averaged.
         deepfake_detector.data.DatasetError: ``data_dir`` lacks a split, or a class folder with
-            readable images (``load_split`` refuses it).
+            readable images.
     """
     model, metadata = load_model(model_path)
     if metadata.flip_average:
         raise ModelFileError(f"{model_path}: already flip-averaged")
     root = data.find_dataset_root(Path(data_dir))
-    splits = {split: load_split(root, split, metadata.image_size)[:2] for split in ("Validation", "Test")}
+    cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir(data_dir)
+    splits = open_splits(root, metadata.image_size, cache_dir, splits=("Validation", "Test"))
     rule = metadata.threshold_rule.removesuffix(" on Validation")
     averaged = flip_averaged(model)
     threshold, metrics = choose_threshold_and_measure(

@@ -333,16 +333,16 @@ def test_training_class_order_is_real_then_fake():
 
 
 @pytest.mark.parametrize("missing", labels.TRAINING_CLASS_ORDER)
-def test_list_images_missing_class_folder(tmp_path, missing):
+def test_labelled_files_missing_class_folder(tmp_path, missing):
     for class_name in labels.TRAINING_CLASS_ORDER:
         if class_name != missing:
             make_image(class_dir(tmp_path, class_name) / "a.png")
     with pytest.raises(DatasetError, match=f"no {labels.FOLDER_NAMES[missing]}/ folder"):
-        data.list_images(tmp_path)
+        data.labelled_files(tmp_path)
 
 
 @pytest.mark.parametrize("empty", labels.TRAINING_CLASS_ORDER)
-def test_list_images_empty_class_folder(tmp_path, empty):
+def test_labelled_files_empty_class_folder(tmp_path, empty):
     for class_name in labels.TRAINING_CLASS_ORDER:
         if class_name == empty:
             class_dir(tmp_path, class_name).mkdir(parents=True)
@@ -350,10 +350,12 @@ def test_list_images_empty_class_folder(tmp_path, empty):
         else:
             make_image(class_dir(tmp_path, class_name) / "a.png")
     with pytest.raises(DatasetError, match=f"{labels.FOLDER_NAMES[empty]} has no images"):
-        data.list_images(tmp_path)
+        data.labelled_files(tmp_path)
 
 
-def test_list_images_labels_and_unreadable_files(tmp_path):
+def test_split_cache_labels_and_unreadable_files(tmp_path):
+    from deepfake_detector.cache import open_split
+
     real, fake = class_dir(tmp_path, labels.REAL), class_dir(tmp_path, labels.FAKE)
     make_image(real / "r1.png")
     make_image(real / "nested" / "r2.jpg", fmt="JPEG")
@@ -363,29 +365,30 @@ def test_list_images_labels_and_unreadable_files(tmp_path):
     make_image(fake / "f2.webp", fmt="WEBP")
     make_image(fake / "f3.bmp", fmt="BMP")
 
-    listing = data.list_images(tmp_path)
-    assert listing.skipped == 1
-    assert str(real / "x.jpg") not in listing.paths
-    assert len(listing) == 5 and len(listing.labels) == 5
-    assert listing.labels.dtype == np.int32
-    for path, label in zip(listing.paths, listing.labels):
+    split = open_split(tmp_path, tmp_path / ".cache", 16)
+    assert split.info["skipped"] == 1 and str(real / "x.jpg") in split.meta["skipped"]
+    assert len(split) == 5 and split.labels.dtype == np.int32
+    paths = [p for p in data.labelled_files(tmp_path)[0] if not p.endswith("x.jpg")]
+    for path, label in zip(paths, split.labels):
         class_name = labels.REAL if Path(path).is_relative_to(real) else labels.FAKE
         assert label == expected_label(class_name), path
-    assert listing.class_counts() == {labels.REAL: 2, labels.FAKE: 3}
+    assert (split.info["n_real"], split.info["n_fake"]) == (2, 3)
 
 
-def test_list_images_class_with_only_unreadable_files(tmp_path):
+def test_split_cache_class_with_only_unreadable_files(tmp_path):
+    from deepfake_detector.cache import open_split
+
     make_image(class_dir(tmp_path, labels.REAL) / "a.png")
     class_dir(tmp_path, labels.FAKE).mkdir(parents=True)
     (class_dir(tmp_path, labels.FAKE) / "x.jpg").write_bytes(b"garbage" * 10)
     with pytest.raises(DatasetError, match=f"{labels.FOLDER_NAMES[labels.FAKE]} has no readable images"):
-        data.list_images(tmp_path)
+        open_split(tmp_path, tmp_path / ".cache", 16)
 
 
-def test_list_images_one_class_allowed_without_require_both(tmp_path):
+def test_labelled_files_one_class_allowed_without_require_both(tmp_path):
     make_image(class_dir(tmp_path, labels.FAKE) / "a.png")
-    listing = data.list_images(tmp_path, require_both=False)
-    assert listing.labels.tolist() == [expected_label(labels.FAKE)]
+    paths, targets = data.labelled_files(tmp_path, require_both=False)
+    assert targets == [expected_label(labels.FAKE)]
 
 
 def test_decode_images_sizes_order_and_failures(tmp_path):

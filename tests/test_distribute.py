@@ -57,6 +57,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from deepfake_detector import pipeline, training
+from deepfake_detector.cache import ArraySource
 from tests.conftest import synthetic_image
 
 rng = np.random.default_rng(0)
@@ -69,8 +70,8 @@ for distribute, batch_size in (("none", 16), ("mirrored", 8)):
     keras.utils.set_random_seed(config.seed)
     strategy = training.make_strategy(config.distribute)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    train_ds = pipeline.make_dataset(images[:16], labels[:16], global_batch, True, seed=config.seed)
-    val_ds = pipeline.make_dataset(images[16:], labels[16:], global_batch, False)
+    train_ds = pipeline.make_dataset(ArraySource(images[:16], labels[:16]), global_batch, True, seed=config.seed)
+    val_ds = pipeline.make_dataset(ArraySource(images[16:], labels[16:]), global_batch, False)
     with strategy.scope():
         model = training.build_training_model(config)
         for layer in model.layers:

@@ -17,6 +17,7 @@ def face() -> np.ndarray:
 def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name):
     import tensorflow as tf
 
+    from deepfake_detector.cache import ArraySource
     from deepfake_detector.pipeline import AUGMENTATIONS, augment_image, make_dataset
 
     def augmented(seed: int) -> np.ndarray:
@@ -34,7 +35,7 @@ def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name)
 
     images = np.stack([face] * 8)
     targets = np.array([0, 1] * 4)
-    batch_images, batch_targets = next(iter(make_dataset(images, targets, 8, training=True, augment=name, seed=1)))
+    batch_images, batch_targets = next(iter(make_dataset(ArraySource(images, targets), 8, training=True, augment=name, seed=1)))
     assert batch_images.shape == images.shape and batch_images.dtype == tf.uint8
     assert sorted(batch_targets.numpy()[:, 0].tolist()) == sorted(targets.astype(float).tolist())
 

@@ -1,0 +1,270 @@
+"""Each split decoded once into an on-disk cache of model inputs, read back by row.
+
+Training reads every image once per epoch, and the Kaggle archive (190,335 images) does not
+fit in memory decoded. So each split goes through the shared preprocessing
+(:func:`deepfake_detector.preprocessing.load_image`) once, in parallel worker processes,
+into one flat file of uint8 rows at the model's input size; every epoch then reads the rows
+it needs with ``pread``, in a fresh random order. Reads go through the page cache rather than
+a memory map, so the training process's resident memory does not grow with the dataset.
+
+A cache is keyed by its files (path within the split, size, modification time, label) and the
+preprocessing config: change either and it is built again; otherwise every later run and
+every epoch reuse it. It is built in a temporary folder and renamed into place, so a killed
+build leaves nothing that looks finished; a lock file lets concurrent runs (two workers on
+one machine) build it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from deepfake_detector import data
+from deepfake_detector.labels import FOLDER_NAMES, TRAINING_CLASS_ORDER
+from deepfake_detector.preprocessing import ImageError, PreprocessingConfig, load_image
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the file layout or the way images are written changes.
+CACHE_VERSION = 1
+IMAGES_FILE = "images.u8"
+META_FILE = "meta.json"
+#: Files decoded per task handed to a worker.
+CHUNK = 256
+#: Below this many files a split is decoded on threads: starting processes costs more.
+PROCESS_THRESHOLD = 4096
+
+
+class SplitCache:
+    """One split's preprocessed images on disk, with their labels in memory.
+
+    ``read(positions)`` returns the images at those positions (0..len-1) as one uint8 array;
+    it is safe to call from several threads at once.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        meta = json.loads((self.directory / META_FILE).read_text())
+        self.meta = meta
+        self.image_size = int(meta["image_size"])
+        self.labels = np.load(self.directory / "labels.npy")
+        self.rows = np.load(self.directory / "rows.npy")  # row in the images file of each kept image
+        self._row_bytes = self.image_size * self.image_size * 3
+        self._fd: int | None = None
+        self._fd_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def info(self) -> dict:
+        """Counts for logs and the saved model's training record."""
+        return {"n_images": len(self), "skipped": self.meta["n_skipped"],
+                **{f"n_{name}": int((self.labels == i).sum()) for i, name in enumerate(TRAINING_CLASS_ORDER)}}  # fmt: skip
+
+    def _descriptor(self) -> int:
+        with self._fd_lock:
+            if self._fd is None:
+                self._fd = os.open(self.directory / IMAGES_FILE, os.O_RDONLY)
+            return self._fd
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        fd, size = self._descriptor(), self.image_size
+        out = np.empty((len(positions), size, size, 3), np.uint8)
+        for i, row in enumerate(self.rows[np.asarray(positions, np.int64)]):
+            if os.preadv(fd, [out[i]], int(row) * self._row_bytes) != self._row_bytes:
+                raise OSError(f"{self.directory / IMAGES_FILE} is shorter than its index says; delete the folder")
+        return out
+
+    def close(self) -> None:
+        with self._fd_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):  # at interpreter exit ``os`` may be gone already
+            self.close()
+
+
+@dataclass
+class ArraySource:
+    """Images already in memory, read the same way as a :class:`SplitCache` (tests, small tools)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    image_size: int = field(init=False)
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, np.int32)
+        self.image_size = int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        return self.images[np.asarray(positions, np.int64)]
+
+
+class Subset:
+    """Some positions of another source, read the same way (the real images of a split)."""
+
+    def __init__(self, source, positions: np.ndarray):
+        self.source, self.positions = source, np.asarray(positions, np.int64)
+        self.labels = source.labels[self.positions]
+        self.image_size = source.image_size
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        return self.source.read(self.positions[np.asarray(positions, np.int64)])
+
+
+def default_cache_dir(data_dir: str | Path) -> Path:
+    """``DATA/.cache``, beside the images; a per-user folder when ``DATA`` cannot be written."""
+    beside = Path(data_dir) / ".cache"
+    if os.access(beside if beside.exists() else Path(data_dir), os.W_OK):
+        return beside
+    return Path.home() / ".cache" / "deepfake-detector" / "datasets" / hashlib.sha256(
+        str(Path(data_dir).resolve()).encode()).hexdigest()[:12]  # fmt: skip
+
+
+def cache_key(split_dir: Path, paths: list[str], targets: list[int], image_size: int) -> str:
+    """SHA-256 over the preprocessing config and every file's relative path, size, mtime and label."""
+    files = []
+    for path, target in zip(paths, targets):
+        stat = os.stat(path)
+        files.append([os.path.relpath(path, split_dir), stat.st_size, stat.st_mtime_ns, int(target)])
+    described = {"version": CACHE_VERSION, "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "files": files}
+    return hashlib.sha256(json.dumps(described, separators=(",", ":")).encode()).hexdigest()
+
+
+def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, limit: int | None = None,
+               seed: int = 0, workers: int | None = None, processes: bool | None = None,
+               files: tuple[list[str], list[int]] | None = None) -> SplitCache:  # fmt: skip
+    """The cache of one split folder (``Real/`` and ``Fake/``), built first if needed.
+
+    ``limit`` keeps a random subset of that many files (chosen by ``seed``). Files that cannot
+    be decoded are skipped and counted. ``processes`` forces worker processes (True) or threads
+    (False); by default processes are used from :data:`PROCESS_THRESHOLD` files up. ``files``
+    is ``data.labelled_files(split_dir)`` when the caller has listed it already.
+
+    Raises:
+        deepfake_detector.data.DatasetError: no images, one class only, nothing decodable, or
+            too little disk space for the cache (said before anything is decoded).
+    """
+    split_dir = Path(split_dir)
+    paths, targets = files if files is not None else data.labelled_files(split_dir)
+    if limit is not None and limit < len(paths):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(paths))[:limit])
+        paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
+    key = cache_key(split_dir, paths, targets, image_size)
+    cache_dir = Path(cache_dir)
+    prefix = f"{split_dir.name}-{image_size}px-"
+    target = cache_dir / f"{prefix}{key[:16]}"
+    if not (target / META_FILE).exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(cache_dir / f".{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run builds it once; the other waits
+            if not (target / META_FILE).exists():
+                _build(target, split_dir, paths, targets, image_size, workers, processes)
+                for stale in cache_dir.glob(f"{prefix}*"):  # the same split's older contents
+                    if stale != target and stale.is_dir():
+                        log.info("removing the outdated cache %s", stale)
+                        shutil.rmtree(stale, ignore_errors=True)
+        (cache_dir / f".{target.name}.lock").unlink(missing_ok=True)
+    cache = SplitCache(target)
+    if not len(cache):
+        raise data.DatasetError(f"none of the {len(paths)} image file(s) under {split_dir} can be read")
+    for index, name in enumerate(TRAINING_CLASS_ORDER):
+        if not (cache.labels == index).any():
+            raise data.DatasetError(f"{split_dir / FOLDER_NAMES[name]} has no readable images")
+    return cache
+
+
+def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], image_size: int,
+           workers: int | None, processes: bool | None) -> None:  # fmt: skip
+    row_bytes = image_size * image_size * 3
+    needed = len(paths) * row_bytes
+    free = shutil.disk_usage(target.parent).free
+    if needed > free * 0.95:
+        raise data.DatasetError(
+            f"caching {split_dir} at {image_size} px needs {needed / 1e9:.1f} GB and {target.parent} has "
+            f"{free / 1e9:.1f} GB free; pass --cache-dir on a larger disk"
+        )
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        images_file = tmp / IMAGES_FILE
+        with open(images_file, "wb") as file:
+            file.truncate(needed)  # sparse until written; every row is written once
+        workers = workers or os.cpu_count() or 1
+        use_processes = len(paths) >= PROCESS_THRESHOLD if processes is None else processes
+        executor: Executor = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if use_processes
+            else ThreadPoolExecutor(workers)
+        )  # fmt: skip
+        failures: dict[int, str] = {}
+        with executor, tqdm(total=len(paths), desc=f"caching {split_dir.name} at {image_size} px", unit="img") as bar:
+            futures = [executor.submit(decode_rows, str(images_file), image_size, start, paths[start : start + CHUNK])
+                       for start in range(0, len(paths), CHUNK)]  # fmt: skip
+            for future in as_completed(futures):
+                done, failed = future.result()
+                failures.update(failed)
+                bar.update(done)
+        if failures:
+            log.warning("%s: %d image(s) could not be decoded and were skipped", split_dir, len(failures))
+        rows = np.asarray([i for i in range(len(paths)) if i not in failures], np.int64)
+        np.save(tmp / "rows.npy", rows)
+        np.save(tmp / "labels.npy", np.asarray(targets, np.int32)[rows])
+        meta = {"version": CACHE_VERSION, "split_dir": str(split_dir), "image_size": image_size,
+                "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "n_files": len(paths),
+                "n_skipped": len(failures), "skipped": {paths[i]: reason for i, reason in sorted(failures.items())}}  # fmt: skip
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; the folder is shared like the data
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("cached %s: %d images at %d px, %.2f GB, in %.1f s, in %s",
+             split_dir, len(rows), image_size, needed / 1e9, time.perf_counter() - start, target)  # fmt: skip
+
+
+def decode_rows(images_file: str, image_size: int, start: int, paths: list[str]) -> tuple[int, dict[int, str]]:
+    """Decode ``paths`` into rows ``start...`` of ``images_file``; returns (count, {row: reason} of failures).
+
+    Runs in a worker process (PIL holds the GIL for part of each decode), so it imports
+    nothing heavier than the preprocessing.
+    """
+    row_bytes = image_size * image_size * 3
+    failures = {}
+    fd = os.open(images_file, os.O_WRONLY)
+    try:
+        for offset, path in enumerate(paths):
+            try:
+                image = load_image(path, image_size)
+            except (ImageError, OSError) as error:
+                failures[start + offset] = str(error)
+                continue
+            os.pwrite(fd, image.tobytes(), (start + offset) * row_bytes)
+    finally:
+        os.close(fd)
+    return len(paths), failures

@@ -1,0 +1,198 @@
+"""The on-disk cache of decoded splits and the streamed pipeline over it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepfake_detector import cache, data, labels
+from deepfake_detector.preprocessing import load_image
+from tests.conftest import make_dataset, synthetic_image
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = 24
+
+
+@pytest.fixture()
+def split_dir(tmp_path) -> Path:
+    return make_dataset(tmp_path / "data", {"Train": 6}) / "Train"
+
+
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("the cache was built again")
+
+
+def test_rows_are_the_shared_preprocessing_of_each_file_with_its_label(split_dir, tmp_path):
+    split = cache.open_split(split_dir, tmp_path / "cache", SIZE)
+    paths, targets = data.labelled_files(split_dir)
+    assert len(split) == len(paths) == 12
+    images = split.read(np.arange(len(split)))
+    assert images.dtype == np.uint8 and images.shape == (12, SIZE, SIZE, 3)
+    for image, path in zip(images, paths):
+        np.testing.assert_array_equal(image, load_image(path, SIZE))
+    assert split.labels.tolist() == targets
+    real, fake = labels.TRAINING_CLASS_ORDER.index(labels.REAL), labels.TRAINING_CLASS_ORDER.index(labels.FAKE)
+    assert (real, fake) == (0, 1)
+    assert [split.labels[i] for i, p in enumerate(paths) if "/Fake/" in p] == [fake] * 6
+    np.testing.assert_array_equal(split.read(np.array([5, 0, 5])), images[[5, 0, 5]])  # any order, repeats
+
+
+def test_reused_by_a_later_run_and_rebuilt_when_files_or_preprocessing_change(split_dir, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    first = cache.open_split(split_dir, cache_dir, SIZE)
+    monkeypatch.setattr(cache, "decode_rows", _no_decoding)
+    assert cache.open_split(split_dir, cache_dir, SIZE).directory == first.directory  # reused
+    monkeypatch.undo()
+
+    changed = split_dir / "Real" / "real_0.png"
+    synthetic_image(False, np.random.default_rng(99)).save(changed)
+    os.utime(changed, ns=(1, 1_000_000_000))  # a different modification time, whatever the clock
+    second = cache.open_split(split_dir, cache_dir, SIZE)
+    assert second.directory != first.directory and not first.directory.exists()  # the outdated one is gone
+    np.testing.assert_array_equal(second.read(np.array([0]))[0], load_image(changed, SIZE))
+
+    synthetic_image(True, np.random.default_rng(5)).save(split_dir / "Fake" / "fake_new.png")
+    third = cache.open_split(split_dir, cache_dir, SIZE)
+    assert len(third) == 13 and third.directory != second.directory
+
+    other_size = cache.open_split(split_dir, cache_dir, SIZE + 8)
+    assert other_size.read(np.array([0])).shape == (1, SIZE + 8, SIZE + 8, 3)
+    assert third.directory.exists()  # each input size keeps its own
+    assert sorted(p.name.split("-")[1] for p in cache_dir.iterdir() if p.is_dir()) == ["24px", "32px"]
+
+
+def test_unreadable_files_are_skipped_and_counted_and_one_class_refused(split_dir, tmp_path):
+    (split_dir / "Fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    split = cache.open_split(split_dir, tmp_path / "cache", SIZE)
+    assert len(split) == 12 and split.info["skipped"] == 1 and split.info["n_fake"] == 6
+    assert str(split_dir / "Fake" / "broken.jpg") in split.meta["skipped"]
+
+    for path in (split_dir / "Real").iterdir():
+        path.write_bytes(b"garbage")
+    with pytest.raises(data.DatasetError, match="Real has no readable images"):
+        cache.open_split(split_dir, tmp_path / "cache", SIZE)
+
+
+def test_worker_processes_write_the_same_rows_as_threads(split_dir, tmp_path):
+    threads = cache.open_split(split_dir, tmp_path / "a", SIZE, processes=False)
+    processes = cache.open_split(split_dir, tmp_path / "b", SIZE, processes=True, workers=2)
+    np.testing.assert_array_equal(processes.read(np.arange(12)), threads.read(np.arange(12)))
+
+
+def test_too_little_disk_is_refused_before_decoding(split_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    monkeypatch.setattr(cache, "decode_rows", _no_decoding)
+    with pytest.raises(data.DatasetError, match="--cache-dir"):
+        cache.open_split(split_dir, tmp_path / "cache", SIZE)
+
+
+def test_a_failed_build_leaves_nothing_that_looks_finished(split_dir, tmp_path, monkeypatch):
+    def crash(*args):
+        raise KeyboardInterrupt  # what a killed run does mid-build
+
+    monkeypatch.setattr(cache, "decode_rows", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cache.open_split(split_dir, tmp_path / "cache", SIZE, processes=False)
+    assert [p for p in (tmp_path / "cache").iterdir() if p.is_dir()] == []
+    monkeypatch.undo()
+    assert len(cache.open_split(split_dir, tmp_path / "cache", SIZE)) == 12
+
+
+def test_default_cache_dir_is_beside_the_data_unless_read_only(tmp_path, monkeypatch):
+    assert cache.default_cache_dir(tmp_path) == tmp_path / ".cache"
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.default_cache_dir(tmp_path).is_relative_to(tmp_path / "home" / ".cache" / "deepfake-detector")
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def _numbered(count: int) -> cache.ArraySource:
+    """Images whose first pixel holds their own position, labelled by parity."""
+    images = np.zeros((count, 4, 4, 3), np.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(count) // 256, np.arange(count) % 256
+    return cache.ArraySource(images, np.arange(count) % 2)
+
+
+def _positions(dataset) -> list[list[int]]:
+    batches = []
+    for images, targets in dataset:
+        images = images.numpy()
+        found = (images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 0, 1]).tolist()
+        assert targets.numpy()[:, 0].tolist() == [p % 2 for p in found]  # each image keeps its label
+        batches.append(found)
+    return batches
+
+
+def test_training_draws_a_full_permutation_of_positions_every_epoch():
+    from deepfake_detector.pipeline import make_dataset
+
+    dataset = make_dataset(_numbered(300), 32, training=True, seed=4)
+    first, second = _positions(dataset), _positions(dataset)
+    for epoch in (first, second):
+        assert sorted(p for batch in epoch for p in batch) == list(range(300))
+        assert [len(b) for b in epoch] == [32] * 9 + [12]
+    assert first != second  # reshuffled
+    assert _positions(make_dataset(_numbered(300), 32, training=True, seed=4)) == first  # reproducible from the seed
+    assert _positions(make_dataset(_numbered(300), 32, training=False)) == [list(range(i, min(i + 32, 300))) for i in range(0, 300, 32)]
+
+
+def test_each_worker_reads_its_own_equal_share():
+    from deepfake_detector.pipeline import make_dataset
+
+    shares = [[p for batch in _positions(make_dataset(_numbered(301), 16, training=True, seed=2, shard=(3, i))) for p in batch]
+              for i in range(3)]  # fmt: skip
+    assert [len(share) for share in shares] == [100, 100, 100]
+    assert len(set(shares[0]) | set(shares[1]) | set(shares[2])) == 300  # disjoint
+
+
+# ----------------------------------------------------------------------------- the synthetic archive
+
+
+def test_synthetic_archive_has_the_kaggle_layout_and_train_py_caches_it_once(tmp_path):
+    from benchmarks.synthetic_archive import KAGGLE_COUNTS, write_archive
+
+    assert sum(count for *_, count in KAGGLE_COUNTS) == 190_335
+    archive = tmp_path / "archive.zip"
+    written = write_archive(archive, scale=0.0001, corrupt=1, workers=1)  # 2-7 images per class folder, 1 broken per split
+    names = zipfile.ZipFile(archive).namelist()
+    assert written["images"] == len(names)
+    assert "Dataset/Train/Real/real_0.jpg" in names and "Dataset/Validation/Fake/fake_1.jpg" in names
+    assert {name.split("/")[1] for name in names} == {"Train", "Validation", "Test"}
+
+    command = [sys.executable, str(REPO / "train.py"), "--archive", str(archive), "--data-dir", str(tmp_path / "data"),
+               "--output", str(tmp_path / "model.keras"), "--image-size", "32", "--epochs", "1", "--verbose", "0"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "INFO extracted" in done.stderr and done.stderr.count("INFO cached ") == 3
+
+    from deepfake_detector.model import read_metadata
+
+    splits = read_metadata(tmp_path / "model.keras").train_config["splits"]
+    assert {split: info["skipped"] for split, info in splits.items()} == {"Train": 1, "Validation": 1, "Test": 1}
+    assert splits["Train"]["n_images"] == 14
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "INFO extracted" not in again.stderr and "INFO cached " not in again.stderr  # everything reused
+
+
+def test_train_py_refuses_a_split_without_a_class_before_decoding_anything(tmp_path):
+    root = make_dataset(tmp_path / "data", {"Train": 3, "Validation": 2, "Test": 2})
+    for path in (root / "Test" / "Fake").iterdir():
+        path.unlink()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--data-dir", str(root), "--output", str(tmp_path / "m.keras")],
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: ") and "Test/Fake has no images" in done.stderr
+    assert not (root / ".cache").exists() or not any(p.is_dir() for p in (root / ".cache").iterdir())
