@@ -14,8 +14,9 @@ and reports:
   worker processes, sampled every 0.1 s;
 - training images/s (train.py's log, steps after the first);
 then, at the full scale, the input pipeline alone (no model) against the tutorial's
-``image_dataset_from_directory`` on the same extracted Train folder, medians of ``--runs``
-runs taken in turn: images/s without and with the recipe's augmentation.
+``image_dataset_from_directory`` on the same extracted Train folder, both read from the page
+cache (each read once first), medians of ``--runs`` runs taken in turn: images/s without and
+with augmentation.
 """
 
 from __future__ import annotations
@@ -101,6 +102,14 @@ def pipeline_rates(dataset_root: Path, cache_dir: Path, image_size: int, augment
     from deepfake_detector import pipeline
 
     train = pipeline.open_splits(dataset_root, image_size, cache_dir, splits=("Train",))["Train"]
+    # Both read from the page cache, as they do from the second epoch on when memory allows:
+    # this disk reads far slower than either pipeline (printed below).
+    start = time.perf_counter()
+    read = _read_all([train.directory / "images.u8"])
+    print(f"page cache warmed: our Train cache, {read / 1e9:.1f} GB, in {time.perf_counter() - start:.0f} s", flush=True)
+    start = time.perf_counter()
+    read = _read_all(sorted((dataset_root / "Train").rglob("*.jpg")))
+    print(f"page cache warmed: the Train JPEGs, {read / 1e9:.1f} GB, in {time.perf_counter() - start:.0f} s", flush=True)
     feeds = {
         "tutorial loader (image_dataset_from_directory)": keras.utils.image_dataset_from_directory(
             dataset_root / "Train", image_size=(image_size, image_size), batch_size=64, label_mode="binary", seed=1,
@@ -121,6 +130,45 @@ def pipeline_rates(dataset_root: Path, cache_dir: Path, image_size: int, augment
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
+def _get(run: dict | None, key: str, divide: float, spec: str) -> str:
+    return "-" if run is None else format(run[key] / divide, spec)
+
+
+def _read_all(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as file:
+            while chunk := file.read(1 << 24):
+                total += len(chunk)
+    return total
+
+
+def print_runs(results: dict, args: argparse.Namespace) -> None:
+    print()
+    print(f"train.py --arch {args.arch}, {args.steps} steps; Validation and Test scored whole")
+    header = f"{'':38s}" + "".join(f"{f'scale {s:g}':>16s}" for s in results)
+    print(header)
+    rows = [
+        ("archive size (GB)", lambda r: f"{r['archive_gb']:.2f}"),
+        ("extraction (s)", lambda r: f"{r['cold']['extract_s']:.0f}"),
+        ("cache build (s)", lambda r: f"{r['cold']['cache_s']:.0f}"),
+        ("cache size (GB)", lambda r: f"{r['cold']['cache_gb']:.2f}"),
+        ("time to first step, cold (s)", lambda r: f"{r['cold']['first_step_s']:.0f}"),
+        ("time to first step, warm (s)", lambda r: f"{r['warm']['first_step_s']:.1f}" if r["warm"] else "-"),
+        ("whole run, cold / warm (s)", lambda r: f"{r['cold']['wall_s']:.0f} / {_get(r['warm'], 'wall_s', 1, '.0f')}"),
+        ("peak RSS train.py, cold / warm (GB)", lambda r: f"{r['cold']['main_peak_mb'] / 1e3:.2f} / {_get(r['warm'], 'main_peak_mb', 1e3, '.2f')}"),
+        ("peak RSS with cache workers (GB)", lambda r: f"{r['cold']['tree_peak_mb'] / 1e3:.2f}"),
+        ("training images/s, cold / warm", lambda r: f"{r['cold']['train_images_per_s']:.0f} / {_get(r['warm'], 'train_images_per_s', 1, '.0f')}"),
+    ]  # fmt: skip
+    for name, cell in rows:
+        print(f"{name:38s}" + "".join(f"{cell(r):>16s}" for r in results.values()))
+    if args.compare_scale:
+        small, big = results[args.compare_scale], results[args.scale]
+        peak = lambda r: max(run["main_peak_mb"] for run in (r["cold"], r["warm"]) if run)  # noqa: E731
+        print(f"peak RSS of train.py, scale {args.scale:g} / scale {args.compare_scale:g}: "
+              f"{peak(big) / peak(small):.3f} (target <= 1.10)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the Kaggle archive's counts (default: 1)")
@@ -131,6 +179,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="input-pipeline runs, median reported (default: 3)")
     parser.add_argument("--work-dir", type=Path, help="where archives, data and caches go (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (archives are reused from it)")
+    parser.add_argument("--no-warm", dest="warm", action="store_false", help="skip the second (warm cache) runs")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="only the input-pipeline comparison, on the data and cache an earlier --keep run left in --work-dir")
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="full-archive-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -141,7 +192,7 @@ def main() -> None:
           f"{args.steps} steps of {recipe.batch_size}", flush=True)  # fmt: skip
     results = {}
     try:
-        for scale in [args.scale] + ([args.compare_scale] if args.compare_scale else []):
+        for scale in [] if args.pipeline_only else [args.scale] + ([args.compare_scale] if args.compare_scale else []):
             archive = work / f"synthetic-{scale:g}.zip"
             start = time.perf_counter()
             if not archive.exists():
@@ -155,45 +206,25 @@ def main() -> None:
                        "--verbose", "2"]  # fmt: skip
             cold = run_train(command)
             print(f"scale {scale:g} cold: {cold['wall_s']:.0f} s", flush=True)
-            warm = run_train(command)
-            print(f"scale {scale:g} warm: {warm['wall_s']:.0f} s", flush=True)
+            warm = run_train(command) if args.warm else None
+            if warm:
+                print(f"scale {scale:g} warm: {warm['wall_s']:.0f} s", flush=True)
             results[scale] = {"cold": cold, "warm": warm, "data_dir": data_dir,
                               "archive_gb": archive.stat().st_size / 1e9}  # fmt: skip
-        full = results[args.scale]
         from deepfake_detector.cache import default_cache_dir
         from deepfake_detector.data import find_dataset_root
 
-        root = find_dataset_root(full["data_dir"])
+        data_dir = work / f"data-{args.scale:g}"
+        root = find_dataset_root(data_dir)
         augment = recipe.augment if recipe.augment != "none" else "full"  # the seed recipe has none: show the shipped one's
-        rates = pipeline_rates(root, default_cache_dir(full["data_dir"]), recipe.image_size, augment,
+        rates = pipeline_rates(root, default_cache_dir(data_dir), recipe.image_size, augment,
                                args.batches, args.runs)  # fmt: skip
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print()
-    print(f"train.py --arch {args.arch}, {args.steps} steps; Validation and Test scored whole")
-    header = f"{'':38s}" + "".join(f"{f'scale {s:g}':>16s}" for s in results)
-    print(header)
-    rows = [
-        ("archive size (GB)", lambda r: f"{r['archive_gb']:.2f}"),
-        ("extraction (s)", lambda r: f"{r['cold']['extract_s']:.0f}"),
-        ("cache build (s)", lambda r: f"{r['cold']['cache_s']:.0f}"),
-        ("cache size (GB)", lambda r: f"{r['cold']['cache_gb']:.2f}"),
-        ("time to first step, cold (s)", lambda r: f"{r['cold']['first_step_s']:.0f}"),
-        ("time to first step, warm (s)", lambda r: f"{r['warm']['first_step_s']:.1f}"),
-        ("whole run, cold / warm (s)", lambda r: f"{r['cold']['wall_s']:.0f} / {r['warm']['wall_s']:.0f}"),
-        ("peak RSS train.py, cold / warm (GB)", lambda r: f"{r['cold']['main_peak_mb'] / 1e3:.2f} / {r['warm']['main_peak_mb'] / 1e3:.2f}"),
-        ("peak RSS with cache workers (GB)", lambda r: f"{r['cold']['tree_peak_mb'] / 1e3:.2f}"),
-        ("training images/s, cold / warm", lambda r: f"{r['cold']['train_images_per_s']:.0f} / {r['warm']['train_images_per_s']:.0f}"),
-    ]  # fmt: skip
-    for name, cell in rows:
-        print(f"{name:38s}" + "".join(f"{cell(r):>16s}" for r in results.values()))
-    if args.compare_scale:
-        small, big = results[args.compare_scale], results[args.scale]
-        peak = lambda r: max(r["cold"]["main_peak_mb"], r["warm"]["main_peak_mb"])  # noqa: E731
-        print(f"peak RSS of train.py, scale {args.scale:g} / scale {args.compare_scale:g}: "
-              f"{peak(big) / peak(small):.3f} (target <= 1.10)")  # fmt: skip
+    if results:
+        print_runs(results, args)
     print()
     print(f"input pipeline alone at {recipe.image_size} px, scale {args.scale:g} Train, batch 64, "
           f"{args.batches} batches x {args.runs} runs (median images/s)")  # fmt: skip

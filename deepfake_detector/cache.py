@@ -5,7 +5,9 @@ fit in memory decoded. So each split goes through the shared preprocessing
 (:func:`deepfake_detector.preprocessing.load_image`) once, in parallel worker processes,
 into one flat file of uint8 rows at the model's input size; every epoch then reads the rows
 it needs with ``pread``, in a fresh random order. Reads go through the page cache rather than
-a memory map, so the training process's resident memory does not grow with the dataset.
+a memory map, so the training process's resident memory does not grow with the dataset; the
+file is read ahead into the page cache when it is opened, since a disk serves random reads far
+slower than sequential ones.
 
 A cache is keyed by its files (path within the split, size, modification time, label) and the
 preprocessing config: change either and it is built again; otherwise every later run and
@@ -81,6 +83,9 @@ class SplitCache:
         with self._fd_lock:
             if self._fd is None:
                 self._fd = os.open(self.directory / IMAGES_FILE, os.O_RDONLY)
+                # Random reads from a disk are slow and sequential ones fast: have the kernel read
+                # the whole file ahead into the page cache (as far as memory allows), in the background.
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_WILLNEED)
             return self._fd
 
     def read(self, positions: np.ndarray) -> np.ndarray:
@@ -139,10 +144,19 @@ class Subset:
 def default_cache_dir(data_dir: str | Path) -> Path:
     """``DATA/.cache``, beside the images; a per-user folder when ``DATA`` cannot be written."""
     beside = Path(data_dir) / ".cache"
-    if os.access(beside if beside.exists() else Path(data_dir), os.W_OK):
+    if beside.is_dir() or _writable(Path(data_dir)):
         return beside
     return Path.home() / ".cache" / "deepfake-detector" / "datasets" / hashlib.sha256(
         str(Path(data_dir).resolve()).encode()).hexdigest()[:12]  # fmt: skip
+
+
+def _writable(folder: Path) -> bool:
+    """Whether we may add to ``folder``: permitted, and not marked read-only (root is permitted
+    everything, so a folder with no write bits at all counts as read-only too)."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
 
 
 def cache_key(split_dir: Path, paths: list[str], targets: list[int], image_size: int) -> str:

@@ -105,10 +105,15 @@ def test_a_failed_build_leaves_nothing_that_looks_finished(split_dir, tmp_path, 
 
 
 def test_default_cache_dir_is_beside_the_data_unless_read_only(tmp_path, monkeypatch):
-    assert cache.default_cache_dir(tmp_path) == tmp_path / ".cache"
-    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    assert cache.default_cache_dir(data_dir) == data_dir / ".cache"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache.default_cache_dir(tmp_path).is_relative_to(tmp_path / "home" / ".cache" / "deepfake-detector")
+    data_dir.chmod(0o555)  # read-only, as a shared copy is; root may still write, so the bits decide
+    try:
+        assert cache.default_cache_dir(data_dir).is_relative_to(tmp_path / "home" / ".cache" / "deepfake-detector")
+    finally:
+        data_dir.chmod(0o755)
 
 
 # ----------------------------------------------------------------------------- the pipeline
