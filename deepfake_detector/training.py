@@ -257,6 +257,8 @@ def check_config(config: TrainConfig) -> None:
         )
     if not 0.0 <= config.ema_momentum < 1.0:
         raise TrainingSetupError(f"the weight-average momentum must be at least 0 (off) and below 1, got {config.ema_momentum}")
+    if Path(config.output).suffix != ".keras":
+        raise TrainingSetupError(f"--output {config.output}: a model file must end in .keras, or Keras cannot load it back")
     if config.fakes not in FAKES:
         raise TrainingSetupError(f"unknown fakes {config.fakes!r}; choose one of {', '.join(FAKES)}")
     if config.fakes == "both" and config.distribute == "multiworker":

@@ -81,6 +81,12 @@ def test_frozen_blocks_and_unknown_augmentations_are_refused():
         check_config(TrainConfig(arch="seed", frozen_blocks=2))
     with pytest.raises(TrainingSetupError, match="unknown augmentation 'strong'"):
         check_config(TrainConfig(augment="strong"))
+    with pytest.raises(TrainingSetupError, match="must end in .keras"):
+        check_config(TrainConfig(output="runs/seed"))
+    with pytest.raises(TrainingSetupError, match="unknown fakes"):
+        check_config(TrainConfig(fakes="gan"))
+    with pytest.raises(TrainingSetupError, match="steps per epoch"):
+        check_config(TrainConfig(steps_per_epoch=0))
 
 
 def test_the_mobilenet_v2_recipe_is_the_shipped_models():
