@@ -42,7 +42,7 @@ def load_detector(model_path: Path, runtime: str = "keras"):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from deepfake_detector.web import MAX_UPLOAD_BYTES, create_app
+    from deepfake_detector.web import create_app
 
     detector = load_detector(args.model, args.runtime)  # loaded and warmed up before the port opens
     app = create_app(detector)
@@ -51,15 +51,11 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning("Flask development server: not for production use")
         app.run(host=args.host, port=args.port, debug=False, threaded=True)
         return 0
-    import waitress
+    from deepfake_detector.serving import ServerConfig, create_server
 
+    server = create_server(app, args.host, args.port, ServerConfig(threads=args.threads))
     print(f"Serving {detector.name} on {url} with waitress ({args.threads} threads)", flush=True)
-    waitress.serve(
-        app, host=args.host, port=args.port, threads=args.threads, ident="deepfake-detector",
-        # Bodies far over the app's cap are refused from their Content-Length, unread; waitress
-        # spools bodies over 512 KB to a temporary file, never to memory.
-        max_request_body_size=2 * MAX_UPLOAD_BYTES,
-    )  # fmt: skip
+    server.run()
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -153,6 +154,9 @@ class RetinaFaceFinder:
     framing: Framing = field(default_factory=lambda: Framing(scale=2.35))
 
     def __post_init__(self):
+        # Before the import: onnxruntime 1.32 otherwise writes a device id and usage events (OS,
+        # Python path, CPU) under ~/.cache/Microsoft/DeveloperTools/ as it loads.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime
         from retinaface import weights
 
@@ -248,10 +252,14 @@ class ModelInputs:
     boxes: list[FaceBox]  # one per input when faces were found, left to right
     inputs: np.ndarray  # N x S x S x 3 uint8, preprocessed like training
     whole_image: int | None  # index of the input that is the whole image, if one is
+    faces_found: int = 0  # before ``max_faces`` kept the largest
 
 
-def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int) -> ModelInputs:
+def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_faces: int | None = None) -> ModelInputs:
     """Find the faces in an RGB image and make one model input per face.
+
+    ``max_faces`` keeps the largest faces only (a crowd photo can hold hundreds, and each
+    costs a model call); the rest are counted in ``faces_found``.
 
     - No face: the whole image, as without face detection.
     - The largest face's training-style crop covers at least ``FACE_CROP_COVERAGE`` of the
@@ -263,6 +271,10 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int) -> Mod
     boxes = finder.find(image)
     if not boxes:
         return ModelInputs(NONE_FOUND, [], resize(image, image_size)[None], whole_image=0)
+    faces_found = len(boxes)
+    if max_faces is not None and faces_found > max_faces:
+        largest_first = sorted(range(faces_found), key=lambda i: boxes[i].area, reverse=True)
+        boxes = [boxes[i] for i in sorted(largest_first[:max_faces])]  # still left to right
     largest = max(range(len(boxes)), key=lambda i: boxes[i].area)
     framing = finder.framing
     whole = largest if framing.coverage(boxes[largest], image.width, image.height) >= FACE_CROP_COVERAGE else None
@@ -270,7 +282,7 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int) -> Mod
         resize(image if i == whole else image.crop(framing.square(box, image.width, image.height)), image_size)
         for i, box in enumerate(boxes)
     ]
-    return ModelInputs(FOUND, boxes, np.stack(inputs), whole_image=whole)
+    return ModelInputs(FOUND, boxes, np.stack(inputs), whole_image=whole, faces_found=faces_found)
 
 
 # ----------------------------------------------------------------------------- scores
@@ -308,6 +320,7 @@ class ImageScore:
     verdict: str
     crop: np.ndarray | None = None  # the whole-image input, when no face was found
     heatmap: np.ndarray | None = None  # its heatmap, on request
+    faces_found: int = 0  # may exceed len(faces): only the largest are scored
 
     def to_dict(self) -> dict:
         """The API's fields: ``label``, ``fake_probability``, ``threshold`` are the verdict."""
@@ -315,6 +328,8 @@ class ImageScore:
             **self.prediction.to_dict(),
             "verdict": self.verdict,
             "face_detection": self.face_detection,
+            "faces_found": self.faces_found,
+            "faces_scored": len(self.faces),
             "faces": [face.to_dict() for face in self.faces],
         }
         if self.heatmap is not None:
@@ -324,11 +339,24 @@ class ImageScore:
         return result
 
 
-def score_image(detector: "Detector", image: Image.Image, finder: FaceFinder, explain: bool = False) -> ImageScore:
-    """Score every face of an RGB image (the whole image when none is found)."""
-    found = model_inputs(image, finder, detector.image_size)
+def score_image(
+    detector: "Detector", image: Image.Image, finder: FaceFinder, explain: bool = False,
+    max_faces: int | None = None, max_explained: int | None = None,
+) -> ImageScore:  # fmt: skip
+    """Score the faces of an RGB image (the whole image when none is found).
+
+    Args:
+        explain: also compute Grad-CAM heatmaps: for at most ``max_explained`` faces, the
+            highest scores first (those the verdict rests on), each one a backward pass.
+        max_faces: score only the largest faces (see :func:`model_inputs`).
+    """
+    found = model_inputs(image, finder, detector.image_size, max_faces)
     scores = detector.scores(found.inputs)
-    heatmaps = detector.heatmaps(found.inputs) if explain else [None] * len(scores)
+    heatmaps = [None] * len(scores)
+    if explain:
+        chosen = sorted(np.argsort(-scores, kind="stable")[:max_explained])
+        for index, heatmap in zip(chosen, detector.heatmaps(found.inputs[chosen]) if chosen else []):
+            heatmaps[index] = heatmap
     if found.face_detection == NONE_FOUND:
         return ImageScore(
             detector.prediction_for(scores[0]), [], NONE_FOUND, VERDICT_WHOLE_IMAGE,
@@ -338,4 +366,4 @@ def score_image(detector: "Detector", image: Image.Image, finder: FaceFinder, ex
         FaceScore(box, detector.prediction_for(score), crop, heatmap)
         for box, score, crop, heatmap in zip(found.boxes, scores, found.inputs, heatmaps)
     ]
-    return ImageScore(detector.prediction_for(max(scores)), faces, FOUND, VERDICT_HIGHEST_FACE)
+    return ImageScore(detector.prediction_for(max(scores)), faces, FOUND, VERDICT_HIGHEST_FACE, faces_found=found.faces_found)

@@ -19,10 +19,20 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from deepfake_detector.image_structure import JPEG_SIGNATURE, PNG_SIGNATURE, JpegFacts, PngFacts, jpeg_facts, png_facts
+
 #: Formats we decode. Decided from the bytes, never from a name or a content type.
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
 #: Images larger than this many pixels are refused before decoding (decompression bombs).
 MAX_IMAGE_PIXELS = 40_000_000
+#: Most scans a JPEG may have: decoding makes one pass over every block per scan, so 10,000
+#: tiny scans of a 40-megapixel grey picture cost 35 s of CPU from 1.1 MB. Encoders write 1
+#: (baseline) or about 10 (libjpeg's progressive script: 10 for colour, 6 for grey).
+MAX_JPEG_SCANS = 64
+#: Most JPEG markers or PNG chunks walked. Real files have tens (a 20 MB PNG cut into libpng's
+#: 8 KB IDAT chunks has 2,560); PIL reads each one in Python.
+MAX_SEGMENTS = 10_000
+EXIF_ORIENTATION = 0x0112
 #: The resampling filter used for every resize; the shared data was made with Lanczos too.
 RESAMPLE = Image.Resampling.LANCZOS
 
@@ -63,17 +73,27 @@ def open_image(source: ImageSource) -> Image.Image:
         ImageError: empty, unreadable, truncated or too large input.
         UnsupportedFormatError: a real image in a format we do not accept.
     """
+    return decode(probe_image(source))
+
+
+def probe_image(source: ImageSource) -> Image.Image:
+    """Every check that can be made before the pixels are decoded: format, size, cost and
+    completeness. Returns the image still undecoded (``image.size`` is known), for
+    :func:`decode`; a caller can decide on the size first (the web app decodes large
+    images one at a time).
+    """
+    structure = None
     if isinstance(source, Image.Image):
         image = source
     else:
-        if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise ImageError("the file is empty")
-            source = io.BytesIO(source)
+        data = _read(source)
+        if not data:
+            raise ImageError("the file is empty")
+        structure = _walk(data)  # before PIL parses a byte of it
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(source)
+                image = Image.open(io.BytesIO(data))
         except FileNotFoundError:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -91,16 +111,60 @@ def open_image(source: ImageSource) -> Image.Image:
         )
     if width < 1 or height < 1:
         raise ImageError("the image has no pixels")
+    if not _complete(structure):
+        raise ImageError("the image is truncated or corrupt: its pixel data ends early")
+    return image
+
+
+def decode(image: Image.Image) -> Image.Image:
+    """The pixels of an image from :func:`probe_image`: first frame, EXIF orientation, RGB."""
     try:
         image.seek(0)  # first frame of an animation
     except (EOFError, AttributeError):
         pass
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # else exif_transpose copies (160 MB at 40 MP RGBA)
+            image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
         raise ImageError("the image is truncated or corrupt") from error
+
+
+def _read(source: ImageSource) -> bytes:
+    """The encoded bytes of a path, a file object or bytes (uploads arrive as bytes)."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    if isinstance(source, (str, Path)):
+        return Path(source).read_bytes()
+    return source.read()
+
+
+def _walk(data: bytes) -> JpegFacts | PngFacts | None:
+    """Read a JPEG's markers or a PNG's chunks before decoding; refuse the costly ones."""
+    if data.startswith(JPEG_SIGNATURE):
+        facts = jpeg_facts(data, MAX_SEGMENTS)
+        if facts.scans > MAX_JPEG_SCANS:
+            raise ImageTooLargeError(f"the JPEG has more than {MAX_JPEG_SCANS} scans; decoding it would cost too much")
+    elif data.startswith(PNG_SIGNATURE):
+        facts = png_facts(data, MAX_SEGMENTS)
+    else:
+        return None
+    if facts.segments > MAX_SEGMENTS:
+        raise ImageTooLargeError(f"the file has more than {MAX_SEGMENTS:,} segments; decoding it would cost too much")
+    return facts
+
+
+def _complete(facts: JpegFacts | PngFacts | None) -> bool:
+    """Whether the file holds all the pixel data its header promises (checked after the
+    pixel limit, so a bomb's header is refused before its data is inflated). Other formats'
+    decoders refuse short data themselves."""
+    if isinstance(facts, JpegFacts):
+        return facts.complete
+    if isinstance(facts, PngFacts):
+        expected = facts.raw_size()
+        return facts.inflated_size(limit=expected) >= expected
+    return True
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -1,8 +1,9 @@
 """The Flask upload page and JSON API: ``create_app(detector)``.
 
-Uploads are read into memory, decoded by content and never written to disk, so a client's
-file name never reaches the file system. Every failure a client can cause is a 4xx with a
-readable message (JSON ``{"error": ...}`` for the API); nothing leaks a stack trace.
+Uploads are kept in memory (:class:`InMemoryRequest`), decoded by content and never written
+to disk, so a client's file name never reaches the file system. Every failure a client can
+cause is a 4xx with a readable message (JSON ``{"error": ...}`` for the API); nothing leaks a
+stack trace. What one request may cost is bounded by :class:`RequestLimits`.
 
 Each face in an upload is scored on its own (:mod:`deepfake_detector.faces`); the page draws
 the boxes onto the preview server-side, so the strict Content-Security-Policy stays intact.
@@ -13,22 +14,38 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import threading
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 
-from flask import Flask, g, jsonify, render_template, request
+import numpy as np
+from flask import Flask, Request, current_app, g, jsonify, render_template, request
 from PIL import Image, ImageDraw, ImageFont
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from deepfake_detector import faces
 from deepfake_detector.detector import Detector
-from deepfake_detector.preprocessing import ImageError, open_image
+from deepfake_detector.preprocessing import ImageError, decode, probe_image
 
 log = logging.getLogger(__name__)
 
-#: Largest request body accepted (all files together).
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-#: Most files one API request may carry in ``files``.
-MAX_FILES_PER_REQUEST = 16
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask of the server. The costs quoted were measured on 2 cores with
+    the shipped model (``python -m benchmarks.hostile_load``)."""
+
+    upload_bytes: int = 20 * 1024 * 1024  # the whole body, all files together
+    files: int = 16  # files in one ``files`` request
+    form_fields: int = 8  # text fields besides the files (the page sends one: ``explain``)
+    field_bytes: int = 512 * 1024  # largest text field (also the parser's buffer: files stream through it)
+    faces_per_image: int = 20  # the largest faces are scored (a model call each); the rest are only counted
+    explained_faces: int = 8  # Grad-CAM heatmaps per request (a backward pass each), the highest scores first
+    files_seconds: float = 3.0  # a ``files`` request starts no new file after this; the rest come back as 503
+    large_image_pixels: int = 12_000_000  # larger images are decoded and scored one at a time (40 MP RGBA: 640 MB)
+
+
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -49,13 +66,25 @@ class UploadError(ValueError):
         self.status = status
 
 
+class InMemoryRequest(Request):
+    """A request whose multipart files stay in memory: Werkzeug spools each file over 500 KB
+    to a temporary file. Parsing stops at the first file past the app's limit."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        self._file_parts = getattr(self, "_file_parts", 0) + 1
+        most = current_app.extensions["request_limits"].files
+        if self._file_parts > most:
+            raise RequestEntityTooLarge(f"at most {most} files per request")
+        return io.BytesIO()
+
+
 #: Box colours on the preview, as in style.css.
 LABEL_COLOURS = {"fake": (179, 38, 30), "real": (27, 110, 58)}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 
 def create_app(
-    detector: Detector, max_upload_bytes: int = MAX_UPLOAD_BYTES, face_finder: faces.FaceFinder | None = None
+    detector: Detector, limits: RequestLimits = RequestLimits(), face_finder: faces.FaceFinder | None = None
 ) -> Flask:
     """Build the app around an already loaded detector (tests hand in a tiny one).
 
@@ -63,27 +92,42 @@ def create_app(
     at start-up, not on the first request.
     """
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=max_upload_bytes, JSON_SORT_KEYS=False)
+    app.request_class = InMemoryRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=limits.upload_bytes, JSON_SORT_KEYS=False, MAX_FORM_MEMORY_SIZE=limits.field_bytes,
+        MAX_FORM_PARTS=limits.files + limits.form_fields,
+    )  # fmt: skip
     app.extensions["detector"] = detector
+    app.extensions["request_limits"] = limits
     finder = face_finder or faces.default_finder()
     app.extensions["face_finder"] = finder
     model_info = detector.describe()
+    one_large_image = threading.Lock()  # bounds memory: four 40 MP uploads at once took 3 GB
+    if limits.explained_faces:  # Grad-CAM is traced on first use, for seconds: in the background now, not in a request
+        blank = np.zeros((1, detector.image_size, detector.image_size, 3), np.uint8)
+        threading.Thread(target=detector.heatmaps, args=(blank,), name="trace-grad-cam", daemon=True).start()
 
     @app.context_processor
     def page_facts():
         return {"face_finder": finder.name}
 
-    def score(data: bytes, explain: bool = False) -> tuple[dict, Image.Image, faces.ImageScore]:
+    def score(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, faces.ImageScore]:
+        """Score one upload, with heatmaps for at most ``max_explained`` of its faces."""
         if not data:
             raise UploadError("the file is empty")
-        image = open_image(data)
-        analysis = faces.score_image(detector, image, finder, explain=explain)
+        image = probe_image(data)
+        with one_large_image if image.width * image.height > limits.large_image_pixels else nullcontext():
+            image = decode(image)
+            analysis = faces.score_image(
+                detector, image, finder, explain=max_explained > 0,
+                max_faces=limits.faces_per_image, max_explained=max_explained,
+            )  # fmt: skip
         return analysis.to_dict(), image, analysis
 
-    def wants_explanation() -> bool:
-        """``?explain=1`` on the API, or the page's ``explain`` checkbox."""
+    def explain_allowance() -> int:
+        """Heatmaps this request may have: ``?explain=1`` on the API, or the page's checkbox."""
         value = request.args.get("explain") or request.form.get("explain") or ""
-        return value.lower() in TRUE_WORDS
+        return limits.explained_faces if value.lower() in TRUE_WORDS else 0
 
     def read_upload(field: str = "file") -> bytes:
         upload = request.files.get(field)
@@ -109,7 +153,7 @@ def create_app(
     @app.post("/")
     def upload_page():
         try:
-            result, image, analysis = score(read_upload(), explain=wants_explanation())
+            result, image, analysis = score(read_upload(), explain_allowance())
         except (UploadError, ImageError) as error:
             return render_template("index.html", model=model_info, error=str(error)), error.status
         preview = _preview_data_url(image, analysis)
@@ -118,21 +162,26 @@ def create_app(
     @app.post("/api/predict")
     def api_predict():
         many = request.files.getlist("files")
-        explain = wants_explanation()
+        explain_left = explain_allowance()
         if many:
-            if len(many) > MAX_FILES_PER_REQUEST:
-                return _json_error(f"at most {MAX_FILES_PER_REQUEST} files per request", 413)
             results = []
+            deadline = g.start + limits.files_seconds
             for index, upload in enumerate(many):
                 entry = {"index": index, "filename": upload.filename or ""}
+                if time.perf_counter() > deadline:
+                    results.append({**entry, "error": f"not scored: the request took over {limits.files_seconds:g} s; "
+                                    "send this file again", "status": 503})  # fmt: skip
+                    continue
                 try:
-                    entry.update(score(upload.read(), explain)[0])
+                    result, _, analysis = score(upload.read(), explain_left)
+                    entry.update(result)
+                    explain_left -= _heatmap_count(analysis)  # the allowance is for the whole request
                 except (UploadError, ImageError) as error:
                     entry.update(error=str(error), status=error.status)
                 results.append(entry)
             return jsonify(results=results, model=model_info["model"], elapsed_ms=_elapsed_ms())
         try:
-            result = score(read_upload(), explain)[0]
+            result = score(read_upload(), explain_left)[0]
         except (UploadError, ImageError) as error:
             return _json_error(str(error), error.status)
         return jsonify(**result, model=model_info["model"], elapsed_ms=_elapsed_ms())
@@ -142,8 +191,16 @@ def create_app(
         return jsonify(status="ok", **model_info)
 
     @app.errorhandler(RequestEntityTooLarge)
-    def too_large(error):
-        message = f"the upload is larger than {max_upload_bytes // (1024 * 1024)} MB"
+    def too_large(error: RequestEntityTooLarge):
+        if request.content_length is None or request.content_length > limits.upload_bytes:
+            message = f"the upload is larger than {limits.upload_bytes // (1024 * 1024)} MB"
+        elif error.description != RequestEntityTooLarge.description:
+            message = error.description  # InMemoryRequest's: too many files
+        else:  # Werkzeug's form limits
+            message = (
+                f"the form has more than {limits.files + limits.form_fields} parts "
+                f"or a text field over {limits.field_bytes // 1024} KB"
+            )
         if request.path.startswith("/api/"):
             return _json_error(message, 413)
         return render_template("index.html", model=model_info, error=message), 413
@@ -166,6 +223,10 @@ def create_app(
 
 def _elapsed_ms() -> float:
     return round((time.perf_counter() - g.start) * 1000.0, 1)
+
+
+def _heatmap_count(analysis: faces.ImageScore) -> int:
+    return sum(face.heatmap is not None for face in analysis.faces) + (analysis.heatmap is not None)
 
 
 def _json_error(message: str, status: int):

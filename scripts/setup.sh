@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Create .venv with everything the detector, its training recipes and its tests need.
 #   scripts/setup.sh            the Python environment
-#   scripts/setup.sh --browser  also Debian's chromium, for the browser test (apt-get; root or sudo)
+#   scripts/setup.sh --browser  also Debian's chromium and nginx, for the browser test and the
+#                               reverse-proxy test of docs/deployment.md (apt-get; root or sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
+if [ "${1:-}" = "--browser" ] && { ! command -v chromium >/dev/null 2>&1 || [ ! -x /usr/sbin/nginx ]; }; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  $sudo apt-get install -y -qq --no-install-recommends chromium nginx >/dev/null
 fi
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

@@ -92,9 +92,9 @@ def detector(trained_model_path):
 
 @pytest.fixture()
 def client(detector):
-    from deepfake_detector.web import create_app
+    from deepfake_detector.web import RequestLimits, create_app
 
-    app = create_app(detector, max_upload_bytes=2 * 1024 * 1024)
+    app = create_app(detector, RequestLimits(upload_bytes=2 * 1024 * 1024))
     return app.test_client()
 
 

@@ -29,15 +29,17 @@ def running_server(model_path: Path, *extra: str, timeout: float = 120.0, script
 
 
 @contextmanager
-def running_process(model_path: Path, *extra: str, timeout: float = 120.0, script: Path = REPO / "inference.py"):
-    """Like :func:`running_server`, yielding ``(base URL, subprocess.Popen)``."""
+def running_process(model_path: Path, *extra: str, timeout: float = 120.0, script: Path = REPO / "inference.py",
+                    env: dict[str, str] | None = None, root: Path = REPO):  # fmt: skip
+    """Like :func:`running_server`, yielding ``(base URL, subprocess.Popen)``; ``env`` adds to
+    or overrides the environment; ``root`` is the checkout whose package the server imports."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])), **(env or {})}
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{port}.log", "w")
     process = subprocess.Popen(
         [sys.executable, str(script), "--model", str(model_path), "--port", str(port), *extra],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -61,3 +63,33 @@ def running_process(model_path: Path, *extra: str, timeout: float = 120.0, scrip
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of a running process, in MB: VmRSS and VmHWM."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024.0, int(fields["VmHWM"].split()[0]) / 1024.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a running process has used, all its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _FromAddress(requests.adapters.HTTPAdapter):
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def session_from(address: str) -> requests.Session:
+    """A requests session whose connections come from ``address`` (any 127.x.y.z on Linux),
+    so a test can be two clients at once."""
+    session = requests.Session()
+    session.mount("http://", _FromAddress(address))
+    return session

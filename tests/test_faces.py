@@ -254,3 +254,49 @@ def test_batch_rows_one_per_face(detector, finder, two_faces, coffee, tmp_path):
     assert list(table[0]) == ["path", "face_index", "box", "label", "fake_probability", "error"]
     assert table[0]["face_index"] == "0" and table[0]["box"] == " ".join(map(str, rows[0].box))
     assert table[2]["face_index"] == "" and table[2]["box"] == ""
+
+
+# ----------------------------------------------------------------------------- bounded cost
+
+
+class GridFinder:
+    """A stand-in finder: ``count`` square boxes on a grid, growing from left to right."""
+
+    name = "grid"
+
+    def __init__(self, count: int):
+        from deepfake_detector.faces import Framing
+
+        self.count, self.framing = count, Framing(scale=2.35)
+
+    def find(self, image):
+        from deepfake_detector.faces import FaceBox
+
+        boxes = [FaceBox(10 + 30 * (i % 10), 10 + 60 * (i // 10), 8 + i % 10, 8 + i % 10) for i in range(self.count)]
+        return sorted(boxes, key=lambda box: (box.x, box.y))  # left to right, as finders answer
+
+
+def test_only_the_largest_faces_are_scored_and_the_count_found_is_kept(detector):
+    from deepfake_detector.faces import score_image
+
+    image = Image.new("RGB", (400, 400), (90, 120, 150))
+    analysis = score_image(detector, image, GridFinder(30), max_faces=6)
+    assert analysis.faces_found == 30 and len(analysis.faces) == 6
+    assert sorted(face.box.width for face in analysis.faces) == [16, 16, 16, 17, 17, 17]  # the three largest sizes
+    assert [face.box.x for face in analysis.faces] == sorted(face.box.x for face in analysis.faces)
+    body = analysis.to_dict()
+    assert body["faces_found"] == 30 and body["faces_scored"] == 6
+    uncapped = score_image(detector, image, GridFinder(30))
+    assert uncapped.faces_found == len(uncapped.faces) == 30
+
+
+def test_heatmaps_go_to_the_highest_scores_up_to_the_cap(detector):
+    from deepfake_detector.faces import score_image
+
+    image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    analysis = score_image(detector, image, GridFinder(12), explain=True, max_explained=3)
+    explained = [face for face in analysis.faces if face.heatmap is not None]
+    assert len(explained) == 3
+    ranked = sorted((face.prediction.fake_probability for face in analysis.faces), reverse=True)
+    assert sorted(face.prediction.fake_probability for face in explained) == sorted(ranked[:3])
+    assert all(face.heatmap is None for face in score_image(detector, image, GridFinder(4), explain=True, max_explained=0).faces)

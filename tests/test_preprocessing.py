@@ -305,3 +305,42 @@ def test_every_source_type_resizes_identically(tmp_path):
 def test_image_already_at_size_is_untouched():
     image = synthetic_image(True, np.random.default_rng(4), size=S)
     np.testing.assert_array_equal(load_image(image, S), np.asarray(image))
+
+
+# ----------------------------------------------------------------------------- cost and completeness
+
+
+def test_short_pixel_data_is_refused_in_every_accepted_format():
+    """Cut in the middle, or cut and closed again (a JPEG cut after 2 KB and given an EOI
+    marker, a PNG whose header says 6324x6324 with one row of data): 400, never a grey or
+    black image of the declared size."""
+    from tests.hostile import lying_png, noise, short_images
+
+    files = {**short_images(noise(256, seed=5)), "one_row_40mp.png": lying_png(6324)}
+    for name, data in files.items():
+        error = _raises(ImageError, data, 400)
+        assert type(error) is ImageError, name
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_decoding(no_decoding):
+    from tests.hostile import many_scans_jpeg
+
+    data = many_scans_jpeg(side=6324, scans=10_000)  # about 30 s of CPU to decode
+    start = time.perf_counter()
+    error = _raises(ImageTooLargeError, data, 413)
+    assert "scans" in str(error) and time.perf_counter() - start < 1
+
+
+def test_normal_progressive_jpegs_are_within_the_scan_budget():
+    data = image_bytes(_blocks(), "JPEG", progressive=True)
+    assert load_image(data, S).shape == (S, S, 3)
+    assert preprocessing.MAX_JPEG_SCANS >= 6 * 10  # six times libjpeg's own progressive script
+
+
+def test_a_png_of_thousands_of_chunks_is_refused_before_decoding(no_decoding):
+    from tests.hostile import png_chunk
+
+    data = image_bytes(_blocks(), "PNG")
+    padded = data[:33] + png_chunk(b"zzZz", b"") * (preprocessing.MAX_SEGMENTS + 1) + data[33:]
+    error = _raises(ImageTooLargeError, padded, 413)
+    assert "segments" in str(error)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -12,13 +14,30 @@ import requests
 from PIL import Image
 
 from tests.conftest import image_bytes, synthetic_image
-from tests.server import running_server
+from tests.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise, short_images
+from tests.server import memory_mb, running_process
 
 
 @pytest.fixture(scope="module")
-def server_url(trained_model_path):
-    with running_server(trained_model_path) as url:
-        yield url
+def server(trained_model_path):
+    with running_process(trained_model_path) as (url, process):
+        yield url, process
+
+
+@pytest.fixture(scope="module")
+def server_url(server):
+    return server[0]
+
+
+def astronaut_face() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut()).crop((140, 20, 320, 200))
+
+
+def crowd() -> bytes:
+    """512x512 tiled with the astronaut's face at 64 px: RetinaFace finds 64 faces."""
+    return crowd_jpeg([astronaut_face()], side=512, face_px=64)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -103,6 +122,12 @@ def hostile_corpus() -> list[tuple[str, bytes]]:
         ("random.bin", rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()),
         ("../../etc/passwd", png),
         ("name\x00with\nnewline.png", png),
+        ("crowd.jpg", crowd()),
+        ("many_scans.jpg", many_scans_jpeg()),  # 40 MP, 10,000 scans: 30 s of CPU if decoded
+        ("one_row.png", lying_png()),  # says 6324x6324, holds one row
+        ("cut_after_2kb.jpg", cut_jpeg(encode(noise(2048), "JPEG"))),
+        ("flat_40mp.png", encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG")),
+        *((f"short_{name}", data) for name, data in short_images(noise(256, seed=5)).items()),
     ]
     corpus += [(f"noise{i}.jpg", rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes()) for i in range(40)]
     return corpus
@@ -112,10 +137,13 @@ def test_corpus_is_big_enough():
     assert len(hostile_corpus()) >= 200
 
 
-def test_hostile_corpus_never_breaks_the_server(server_url):
-    outcomes = {}
+def test_hostile_corpus_never_breaks_the_server(server):
+    server_url, process = server
+    outcomes, slowest = {}, (0.0, "")
     for name, data in hostile_corpus():
+        start = time.perf_counter()
         response = requests.post(f"{server_url}/api/predict", files={"file": (name, data)}, timeout=30)
+        slowest = max(slowest, (time.perf_counter() - start, name))
         assert response.status_code < 500, (name, response.status_code, response.text[:200])
         body = response.json()
         if response.ok:
@@ -129,7 +157,71 @@ def test_hostile_corpus_never_breaks_the_server(server_url):
     assert outcomes["bomb.png"] == 413 and outcomes["bomb.gif"] == 413
     assert outcomes["icon.ico"] == 415
     assert outcomes["empty.jpg"] == 400
+    assert outcomes["many_scans.jpg"] == 413 and outcomes["crowd.jpg"] == outcomes["flat_40mp.png"] == 200
+    lying = ["one_row.png", "cut_after_2kb.jpg"] + [name for name in outcomes if name.startswith("short_")]
+    assert {name: outcomes[name] for name in lying} == {name: 400 for name in lying}
+    assert slowest[0] < 5, slowest
+    assert memory_mb(process.pid)[1] < 2048, "peak resident memory over 2 GB"
     assert requests.get(f"{server_url}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_a_crowd_has_its_largest_faces_scored_and_says_how_many_it_found(server_url):
+    body = requests.post(f"{server_url}/api/predict", files={"file": ("crowd.jpg", crowd())}, timeout=30).json()
+    assert body["faces_found"] == 64 and body["faces_scored"] == len(body["faces"]) == 20
+    assert [face["box"][0] for face in body["faces"]] == sorted(face["box"][0] for face in body["faces"])
+    assert all("heatmap" not in face for face in body["faces"])
+
+
+def test_explained_faces_are_capped_per_request(server_url):
+    """``?explain=1`` costs a backward pass per face: 8 per request, the highest scores first."""
+    one = requests.post(f"{server_url}/api/predict?explain=1", files={"file": ("c.jpg", crowd())}, timeout=30).json()
+    explained = [face for face in one["faces"] if "heatmap" in face]
+    assert len(explained) == 8
+    lowest_explained = min(face["fake_probability"] for face in explained)
+    assert all(face["fake_probability"] <= lowest_explained for face in one["faces"] if "heatmap" not in face)
+    many = requests.post(f"{server_url}/api/predict?explain=1", files=[("files", ("c.jpg", crowd()))] * 3, timeout=60).json()
+    counts = [sum("heatmap" in face for face in entry["faces"]) for entry in many["results"]]
+    assert counts == [8, 0, 0]
+
+
+def test_waitress_own_errors_are_json_with_the_security_headers(server_url):
+    """Answers waitress makes before the app sees the request: headers too large, a body over
+    the cap (refused from its Content-Length), a malformed request line."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(server_url)
+    start = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: "
+    requests_and_statuses = [
+        # exactly waitress's header limit, unterminated: it answers on the last byte, with none left unread
+        (start + b"a" * (262_144 - len(start)), 431),
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"GET /\x00 HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400),
+    ]
+    for raw, status in requests_and_statuses:
+        with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+            sock.sendall(raw)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == str(status).encode(), head[:100]
+        for header in (b"Content-Security-Policy", b"X-Content-Type-Options", b"Referrer-Policy", b"X-Frame-Options"):
+            assert header in head, (status, header)
+        assert b"application/json" in head and json.loads(body)["error"]
+        if status == 413:
+            assert json.loads(body)["error"] == "the upload is larger than 20 MB"
+
+
+@pytest.mark.parametrize("field, message", [("files", "at most 16 files per request"), ("note", "more than 24 parts")])
+def test_thousands_of_parts_get_their_own_message(server_url, field, message):
+    filename = '; filename="a.png"' if field == "files" else ""
+    part = f'--b\r\nContent-Disposition: form-data; name="{field}"{filename}\r\n\r\nx\r\n'.encode()
+    body = part * 3000 + b"--b--\r\n"
+    response = requests.post(f"{server_url}/api/predict", data=body, timeout=30,
+                             headers={"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+    assert response.status_code == 413
+    assert message in response.json()["error"] and "larger than" not in response.json()["error"]
 
 
 def test_many_files_in_one_request(server_url):

@@ -17,7 +17,8 @@ def test_api_answers_the_documented_json(client, detector, fake_png):
     response = post_api(client, fake_png)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"label", "fake_probability", "threshold", "verdict", "face_detection", "faces", "model", "elapsed_ms"}
+    assert set(body) == {"label", "fake_probability", "threshold", "verdict", "face_detection", "faces_found",
+                         "faces_scored", "faces", "model", "elapsed_ms"}  # fmt: skip
     assert body["label"] in ("fake", "real")
     assert 0.0 <= body["fake_probability"] <= 1.0
     assert body["threshold"] == pytest.approx(detector.threshold)
@@ -127,3 +128,34 @@ def test_unknown_api_route_is_json_404(client):
 def test_healthz_names_the_model(client, detector):
     body = client.get("/healthz").get_json()
     assert body["status"] == "ok" and body["model"] == detector.name
+
+
+def test_a_files_request_stops_starting_files_after_its_time(detector, fake_png):
+    from deepfake_detector.web import RequestLimits, create_app
+
+    client = create_app(detector, RequestLimits(files_seconds=0.0)).test_client()
+    files = [(io.BytesIO(fake_png), f"{i}.png") for i in range(3)]
+    body = client.post("/api/predict", data={"files": files}, content_type="multipart/form-data").get_json()
+    assert [entry["status"] for entry in body["results"]] == [503, 503, 503]
+    assert "send this file again" in body["results"][0]["error"]
+
+
+def test_page_says_how_many_faces_were_found_and_scored(detector, fake_png):
+    from tests.test_faces import GridFinder
+
+    from deepfake_detector.web import RequestLimits, create_app
+
+    client = create_app(detector, RequestLimits(faces_per_image=5), face_finder=GridFinder(12)).test_client()
+    html = client.post("/", data={"file": (io.BytesIO(fake_png), "x.png")}, content_type="multipart/form-data").get_data(as_text=True)
+    assert "12 faces found, the 5 largest scored" in html and html.count("Face 5:") == 1 and "Face 6:" not in html
+
+
+def test_uploads_are_parsed_into_memory_not_temporary_files(client, fake_png, monkeypatch):
+    from werkzeug import formparser
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a temporary file was made for the upload")
+
+    monkeypatch.setattr(formparser, "SpooledTemporaryFile", refuse)  # Werkzeug's default: on disk above 500 KB
+    big = image_bytes(synthetic_image(True, np.random.default_rng(9), size=700), "BMP")  # 1.5 MB, over Werkzeug's 500 KB
+    assert post_api(client, big, "big.bmp").status_code == 200

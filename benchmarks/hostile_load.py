@@ -1,0 +1,261 @@
+"""Hostile load: the attacks of the security review against the real server on 127.0.0.1.
+
+    python -m benchmarks.hostile_load [--model PATH] [--checkout DIR] [--repeats 3] [--cases crowd,scans]
+
+Each case gets a fresh ``python inference.py`` (``--checkout`` runs another copy of the repository,
+e.g. ``git worktree add /tmp/before HEAD``, with this one's payloads). Printed per case: the
+answers' status codes; wall time and the server's CPU time (user + system, all threads), medians
+of ``--repeats`` runs; the server's resident memory before, at its peak and 2 s after the last
+run; the size of the answer; and how long a normal upload (a 256x256 face JPEG) from another
+address took while the attack ran. A server over ``--rss-limit-mb`` is stopped, and a run that
+has no answer after ``--timeout`` seconds is given up on; both are printed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import requests
+from PIL import Image
+
+from benchmarks.common import face_files, jpegs_256
+from deepfake_detector.detector import DEFAULT_MODEL_PATH
+from tests.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise
+from tests.server import REPO, cpu_seconds, memory_mb, running_process, session_from
+
+OTHER_ADDRESS = "127.0.0.2"
+
+
+@dataclass
+class Payloads:
+    crowd: bytes  # 1024x1024, tiled with 40 px LFW faces
+    many_scans: bytes  # progressive, 40 MP of grey, 10,000 scans
+    one_row_png: bytes  # says 6324x6324, holds one row
+    cut_jpeg: bytes  # a 2048x2048 photo's first 2 KB, closed with EOI
+    flat_png: bytes  # a real 40 MP RGBA PNG (one colour, so it is small)
+    normal: bytes  # a 256x256 face JPEG
+
+
+@dataclass
+class Case:
+    name: str
+    what: str
+    run: Callable[[str, Payloads, float], list[tuple[int | str, int]]]  # (url, payloads, timeout) -> [(status, bytes)]
+
+
+def post(url: str, files, query: str = "", timeout: float = 180.0) -> tuple[int | str, int]:
+    """(status, answer size); status 0: no answer. A ``files`` answer's status is how many of
+    its files were scored, written "200: 9/16 scored"."""
+    try:
+        response = requests.post(f"{url}/api/predict{query}", files=files, timeout=timeout)
+    except requests.RequestException:
+        return 0, 0
+    status = response.status_code
+    results = response.json().get("results") if status == 200 else None
+    if results is not None:
+        status = f"200: {sum('label' in entry for entry in results)}/{len(results)} scored"
+    return status, len(response.content)
+
+
+def concurrently(count: int, job: Callable[[], tuple[int, int]]) -> list[tuple[int, int]]:
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: job(), range(count)))
+
+
+def slow_clients(url: str, payloads: Payloads, timeout: float) -> list[tuple[int, int]]:
+    """100 connections trickling a request one byte a second for 10 s."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    request = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    sockets = []
+    for _ in range(100):
+        try:
+            sockets.append(socket.create_connection((address.hostname, address.port), timeout=5))
+        except OSError:
+            break
+    for byte in range(10):
+        for sock in sockets:
+            try:
+                sock.send(request[byte : byte + 1])
+            except OSError:
+                pass
+        time.sleep(1)
+    for sock in sockets:
+        sock.close()
+    return [(0, 0)] * (100 - len(sockets)) + [(-1, 0)] * len(sockets)  # -1: held open, no answer expected
+
+
+def many_parts(url: str, payloads: Payloads, timeout: float) -> list[tuple[int, int]]:
+    body = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n' * 3000 + b"--b--\r\n"
+    try:
+        response = requests.post(f"{url}/api/predict", data=body, timeout=timeout,
+                                 headers={"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+        return [(response.status_code, len(response.content))]
+    except requests.RequestException:
+        return [(0, 0)]
+
+
+CASES = [
+    Case("normal", "one 256x256 face JPEG", lambda u, p, t: [post(u, {"file": ("a.jpg", p.normal)}, timeout=t)]),
+    Case("crowd", "1024x1024 JPEG tiled with 40 px faces", lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, timeout=t)]),
+    Case("crowd-explain", "the same with ?explain=1",
+         lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, "?explain=1", t)]),
+    Case("crowd-explain-x16", "16 of them in one request, ?explain=1",
+         lambda u, p, t: [post(u, [("files", ("c.jpg", p.crowd))] * 16, "?explain=1", t)]),
+    Case("crowd-explain-4-at-once", "4 such single requests at once",
+         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("c.jpg", p.crowd)}, "?explain=1", t))),
+    Case("scans", "progressive JPEG, 10,000 scans of 40 MP (1.1 MB)",
+         lambda u, p, t: [post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t)]),
+    Case("scans-4-at-once", "4 of them at once",
+         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t))),
+    Case("one-row-png", "PNG: header 6324x6324, one row of data",
+         lambda u, p, t: [post(u, {"file": ("r.png", p.one_row_png)}, timeout=t)]),
+    Case("cut-jpeg", "2048x2048 JPEG cut after 2 KB, EOI added",
+         lambda u, p, t: [post(u, {"file": ("j.jpg", p.cut_jpeg)}, timeout=t)]),
+    Case("flat-40mp-png", "a real 40 MP RGBA PNG (170 KB)",
+         lambda u, p, t: [post(u, {"file": ("f.png", p.flat_png)}, timeout=t)]),
+    Case("flat-40mp-png-4-at-once", "4 of them at once",
+         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("f.png", p.flat_png)}, timeout=t))),
+    Case("parts", "3,000 form fields in one request", many_parts),
+    Case("slow-clients", "100 connections sending 1 byte/s for 10 s", slow_clients),
+]
+
+
+def make_payloads() -> Payloads:
+    faces = [Image.open(path) for path in face_files("Test")[:64]]
+    return Payloads(
+        crowd=crowd_jpeg(faces, side=1024, face_px=40),
+        many_scans=many_scans_jpeg(6324, 10_000),
+        one_row_png=lying_png(6324),
+        cut_jpeg=cut_jpeg(encode(noise(2048), "JPEG"), 2048),
+        flat_png=encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG"),
+        normal=jpegs_256(1)[0],
+    )
+
+
+class MemoryWatch:
+    """Samples the server's resident memory every 50 ms; stops the server over a limit."""
+
+    def __init__(self, process, limit_mb: float):
+        self.process, self.limit_mb = process, limit_mb
+        self.killed = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        while not self._stop.wait(0.05):
+            try:
+                if memory_mb(self.process.pid)[0] > self.limit_mb:
+                    self.killed = True
+                    self.process.kill()
+                    return
+            except (FileNotFoundError, ProcessLookupError):
+                return
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def settle(pid: int, idle_cpu: float = 0.05, limit: float = 60.0) -> None:
+    """Wait until the process uses less than ``idle_cpu`` CPU seconds in half a second."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        start = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - start < idle_cpu:
+            return
+
+
+def run_case(case: Case, payloads: Payloads, args) -> dict:
+    root = Path(args.checkout).resolve()
+    with running_process(args.model, script=root / "inference.py", root=root) as (url, process):
+        post(url, {"file": ("a.jpg", payloads.normal)})  # first request: lazy imports, pools
+        settle(process.pid)  # the server traces Grad-CAM in the background after it starts
+        resident_before, _ = memory_mb(process.pid)
+        open(f"/proc/{process.pid}/clear_refs", "w").write("5")  # the peak counts from here
+        watch = MemoryWatch(process, args.rss_limit_mb)
+        walls, cpus, answers, normal_ms = [], [], [], []
+        for _ in range(args.repeats):
+            cpu_start = cpu_seconds(process.pid)
+            result: list = []
+            elapsed: list = []
+
+            def attack_once():
+                start = time.perf_counter()
+                result.extend(case.run(url, payloads, args.timeout))
+                elapsed.append(time.perf_counter() - start)
+
+            attack = threading.Thread(target=attack_once)
+            attack.start()
+            time.sleep(0.5)
+            if case.name != "normal":  # a normal client of another address, while the attack runs
+                probe_start = time.perf_counter()
+                try:
+                    ok = session_from(OTHER_ADDRESS).post(f"{url}/api/predict", timeout=args.timeout,
+                                                          files={"file": ("a.jpg", payloads.normal)}).ok  # fmt: skip
+                except requests.RequestException:
+                    ok = False
+                normal_ms.append((time.perf_counter() - probe_start) * 1000 if ok else float("inf"))
+            attack.join()
+            walls.append(elapsed[0])
+            if watch.killed:
+                break
+            cpus.append(cpu_seconds(process.pid) - cpu_start)
+            answers = result
+        watch.stop()
+        if not watch.killed:
+            time.sleep(2)
+            resident_after, peak = memory_mb(process.pid)
+    if watch.killed:
+        return dict(case=case, killed=True, wall=max(walls))
+    return dict(case=case, killed=False, answers=answers, wall=statistics.median(walls), cpu=statistics.median(cpus),
+                before=resident_before, peak=peak, after=resident_after,
+                normal_ms=statistics.median(normal_ms) if normal_ms else None)  # fmt: skip
+
+
+def describe(result: dict, args) -> str:
+    case = result["case"]
+    if result["killed"]:
+        return f"| {case.name} | {case.what} | stopped: resident memory passed {args.rss_limit_mb:.0f} MB after {result['wall']:.1f} s | | | | |"
+    statuses = sorted({status for status, _ in result["answers"]}, key=str)
+    words = {0: "no answer", -1: "held open"}
+    answers = ", ".join(f"{sum(s == status for s, _ in result['answers'])}x {words.get(status, status)}" for status in statuses)
+    size = max(size for _, size in result["answers"])
+    size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} KB"
+    normal = result["normal_ms"]
+    normal_text = "" if normal is None else ("no answer" if normal == float("inf") else f"{normal / 1000:.2f} s")
+    return (f"| {case.name} | {case.what} | {answers} | {result['wall']:.2f} s | {result['cpu']:.1f} s | "
+            f"{result['before']:.0f} / {result['peak']:.0f} / {result['after']:.0f} | {size_text} | {normal_text} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
+    parser.add_argument("--checkout", default=str(REPO), help="the repository copy whose inference.py is served (default: this one)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per case; times are medians")
+    parser.add_argument("--cases", help=f"comma-separated, of: {', '.join(case.name for case in CASES)} (default: all)")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for one answer")
+    parser.add_argument("--rss-limit-mb", type=float, default=8000.0, help="stop a server whose resident memory passes this")
+    args = parser.parse_args()
+    chosen = [case for case in CASES if not args.cases or case.name in args.cases.split(",")]
+    payloads = make_payloads()
+    print(f"server: {Path(args.checkout).resolve()}/inference.py, model {args.model}, {args.repeats} runs per case (medians)")
+    print("| case | attack | answers | wall | server CPU | server RSS MB before / peak / 2 s after | answer | a normal upload meanwhile |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in chosen:
+        print(describe(run_case(case, payloads, args), args), flush=True)
+
+
+if __name__ == "__main__":
+    main()
