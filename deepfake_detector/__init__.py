@@ -1,3 +1,3 @@
-"""Deepfake Detector: tells real from fake (manipulated or generated) face images."""
+"""Deepfake Detector: tells real from fake face images (measured on face swaps)."""
 
 __version__ = "0.2.0"
