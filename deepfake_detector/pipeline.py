@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from deepfake_detector import cache, data, selfblend
 from deepfake_detector.files import write_atomically
-from deepfake_detector.labels import REAL, TRAINING_CLASS_ORDER
+from deepfake_detector.labels import FAKE, REAL, TRAINING_CLASS_ORDER
 
 ImageSource = Union[cache.SplitCache, cache.ArraySource, cache.Subset, "BlendedSource"]
 
@@ -153,6 +153,7 @@ def make_dataset(source: ImageSource, batch_size: int, training: bool, augment: 
 
 
 REAL_INDEX = TRAINING_CLASS_ORDER.index(REAL)
+FAKE_INDEX = TRAINING_CLASS_ORDER.index(FAKE)
 #: ``TrainConfig.fakes``: the dataset's own fakes; self-blends of its real images only (its
 #: fakes unused, a test of fakes never seen); or both.
 FAKES = ("dataset", "self-blended", "both")
@@ -170,7 +171,7 @@ def _with_self_blends(batches: tf.data.Dataset, positions: tf.data.Dataset, land
 
         def with_blend():
             blended = tf.numpy_function(_blend, [image, tf.gather(landmarks, position), blend_seed], tf.uint8, stateful=False)
-            pair_targets = tf.constant([[float(REAL_INDEX)], [float(1 - REAL_INDEX)]])
+            pair_targets = tf.constant([[float(REAL_INDEX)], [float(FAKE_INDEX)]])
             return tf.stack([image, tf.ensure_shape(blended, image.shape)]), pair_targets
 
         return tf.cond(tf.equal(target[0], float(REAL_INDEX)), with_blend, lambda: (image[None], target[None]))
@@ -192,7 +193,7 @@ class BlendedSource:
     def __init__(self, reals: ImageSource, landmarks: np.ndarray, seed: int):
         self.reals, self.landmarks, self.seed = reals, np.asarray(landmarks, np.float32), seed
         count = len(reals)
-        self.labels = np.r_[np.full(count, REAL_INDEX), np.full(count, 1 - REAL_INDEX)].astype(np.int32)
+        self.labels = np.r_[np.full(count, REAL_INDEX), np.full(count, FAKE_INDEX)].astype(np.int32)
         self.image_size = reals.image_size
 
     def __len__(self) -> int:

@@ -49,6 +49,7 @@ from deepfake_detector.model import (
 )
 from deepfake_detector.pipeline import (
     AUGMENTATIONS,
+    FAKE_INDEX,
     FAKES,
     REAL_INDEX,
     BlendedSource,
@@ -403,7 +404,7 @@ def training_sources(splits: dict, config: TrainConfig):
     n_real = int((splits["Train"].labels == REAL_INDEX).sum())
     n_fake = len(splits["Train"])  # the dataset's fakes (all but n_real) and one self-blend per real image
     total = n_real + n_fake
-    class_weight = {REAL_INDEX: total / (2 * n_real), 1 - REAL_INDEX: total / (2 * n_fake)}
+    class_weight = {REAL_INDEX: total / (2 * n_real), FAKE_INDEX: total / (2 * n_fake)}
     log.info("both: %d real, %d fake training images per epoch (self-blends included); class weights %s",
              n_real, n_fake, {k: round(v, 3) for k, v in class_weight.items()})  # fmt: skip
     return splits["Train"], splits["Validation"], train_landmarks, class_weight
