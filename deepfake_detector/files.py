@@ -19,6 +19,7 @@ def write_atomically(path: str | Path, content: bytes | str) -> Path:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as scratch:
         try:
             scratch.write(data)
+            scratch.flush()  # a full disk shows here, not later in close(), so the scratch file goes too
         except BaseException:
             scratch.close()
             os.unlink(scratch.name)

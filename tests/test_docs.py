@@ -24,3 +24,19 @@ def test_readme_accuracy_rows_match_their_committed_reports():
         expected = [report["accuracy"], report["roc_auc"], report["real_accuracy"], report["fake_accuracy"],
                     report["perturbations"]["jpeg:50"]["roc_auc"]]  # fmt: skip
         assert _cells(row)[1:6] == [f"{value:.3f}" for value in expected], report_path.name
+
+
+def _readme_commands() -> list[str]:
+    """The two commands README.md starts with (the lines of its first bash block)."""
+    block = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_ci_runs_exactly_the_readme_test_command_and_the_install_is_plain_pip():
+    serve, test = _readme_commands()
+    assert serve.endswith("inference.py") and test.endswith("pytest -q")
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci == test
+    for command in (serve, test):
+        assert "pip install -r requirements.txt &&" in command and "--no-deps" not in command
+    assert "--no-deps" not in (ROOT / "requirements.txt").read_text()

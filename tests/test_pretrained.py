@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from deepfake_detector import model as model_module
-from deepfake_detector import pretrained
+from deepfake_detector import pretrained, weights
 
 skimage_data = pytest.importorskip("skimage.data")
 
 EGYPTIAN_CAT_ETC = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
 BN_EPS = 1e-5
+
+
+@pytest.fixture
+def empty_weights_dir(tmp_path, monkeypatch):
+    """An empty folder in place of the shipped weights (the checked-path cache cleared around it)."""
+    weights.verified_path.cache_clear()
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    yield tmp_path
+    weights.verified_path.cache_clear()
+
+
+def test_shipped_weights_are_the_files_the_code_was_checked_with():
+    assert set(weights.SHA256) == {weights.RETINAFACE_ONNX, weights.MOBILENET_V2_PTH}
+    for name, expected in weights.SHA256.items():
+        path = weights.WEIGHTS_DIR / name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == expected, f"{name} differs from the one checked in"
+        assert weights.verified_path(name) == path
+    assert pretrained.torchvision_checkpoint_path() == weights.WEIGHTS_DIR / "mobilenet_v2-b0353104.pth"
+
+
+def test_a_missing_or_altered_weights_file_is_refused(empty_weights_dir):
+    name = weights.MOBILENET_V2_PTH
+    with pytest.raises(weights.WeightsFileError, match="is missing"):
+        pretrained.torchvision_checkpoint_path()
+    shipped = (Path(weights.__file__).parent / name).read_bytes()
+    altered = bytearray(shipped)
+    altered[len(altered) // 2] ^= 1  # one bit in the middle of the tensors
+    (empty_weights_dir / name).write_bytes(bytes(altered))
+    with pytest.raises(weights.WeightsFileError, match="was altered"):
+        pretrained.torchvision_checkpoint_path()
+    (empty_weights_dir / name).write_bytes(shipped)
+    assert pretrained.torchvision_checkpoint_path() == empty_weights_dir / name
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +239,7 @@ def test_lite0_detector_freezes_its_stem_and_first_blocks():
 
 def test_lite0_detector_round_trips_and_is_explained_on_its_backbone(tmp_path):
     from deepfake_detector.explain import Explainer
-    from deepfake_detector.model import ModelMetadata, build_model, load_model, save_model
+    from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, build_model, load_model, save_model
     from deepfake_detector.preprocessing import PreprocessingConfig
 
     detector = build_model("efficientnet_lite0", 64, pretrained=True)
@@ -213,5 +248,5 @@ def test_lite0_detector_round_trips_and_is_explained_on_its_backbone(tmp_path):
     before = np.asarray(detector(images, training=False))
     loaded, _ = load_model(save_model(detector, metadata, tmp_path / "lite.keras"))
     np.testing.assert_allclose(np.asarray(loaded(images, training=False)), before, atol=1e-6)
-    explainer = Explainer(loaded, metadata.class_names, 0.5, 64)
+    explainer = Explainer(DeepfakeDetectorModel.load(tmp_path / "lite.keras"))
     assert explainer.method == "grad-cam" and explainer.chain[explainer.target].name == "efficientnet_lite0"
