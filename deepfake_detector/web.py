@@ -1,9 +1,10 @@
 """The Flask upload page and JSON API: ``create_app(detector)``.
 
-Uploads are kept in memory (:class:`InMemoryRequest`), decoded by content and never written
-to disk, so a client's file name never reaches the file system. Every failure a client can
-cause is a 4xx with a readable message (JSON ``{"error": ...}`` for the API); nothing leaks a
-stack trace. What one request may cost is bounded by :class:`RequestLimits`.
+Uploads are kept in memory (:class:`InMemoryRequest`) and decoded by content; by default
+nothing of them is written to disk. With an :class:`~deepfake_detector.uploads.UploadStore`
+each scored upload is kept under a name made from its content, never the client's. Every
+failure a client can cause is a 4xx with a readable message (JSON ``{"error": ...}`` for the
+API); nothing leaks a stack trace. What one request may cost is bounded by :class:`RequestLimits`.
 
 Each face in an upload is scored on its own (:mod:`deepfake_detector.faces`); the page draws
 the boxes onto the preview server-side, so the strict Content-Security-Policy stays intact.
@@ -18,6 +19,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flask import Flask, Request, current_app, g, jsonify, render_template, request
@@ -27,8 +29,16 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from deepfake_detector import faces
 from deepfake_detector.detector import Detector
 from deepfake_detector.preprocessing import ImageError, decode, probe_image
+from deepfake_detector.uploads import UploadStore
 
 log = logging.getLogger(__name__)
+
+#: The page's files sit at the top of the checkout, beside ``inference.py``: Flask's layout for
+#: a single-module app, as in the tutorial this project began as. Found from this file, never
+#: from the working folder.
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
 
 
 @dataclass(frozen=True)
@@ -84,14 +94,20 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 
 def create_app(
-    detector: Detector, limits: RequestLimits = RequestLimits(), face_finder: faces.FaceFinder | None = None
+    detector: Detector, limits: RequestLimits = RequestLimits(), face_finder: faces.FaceFinder | None = None,
+    upload_store: UploadStore | None = None,
 ) -> Flask:
     """Build the app around an already loaded detector (tests hand in a tiny one).
 
     ``face_finder`` defaults to :func:`deepfake_detector.faces.default_finder`, loaded here,
-    at start-up, not on the first request.
+    at start-up, not on the first request. ``upload_store``, when given, keeps every upload
+    that was scored (page and API, each file of a ``files`` request); without it nothing is
+    written anywhere.
     """
-    app = Flask(__name__)
+    if not (TEMPLATES / "index.html").is_file():
+        raise FileNotFoundError(f"no {TEMPLATES / 'index.html'}: the page's templates/ and static/ belong "
+                                "at the top of the checkout, beside inference.py")  # fmt: skip
+    app = Flask(__name__, template_folder=str(TEMPLATES), static_folder=str(STATIC))
     app.request_class = InMemoryRequest
     app.config.update(
         MAX_CONTENT_LENGTH=limits.upload_bytes, JSON_SORT_KEYS=False, MAX_FORM_MEMORY_SIZE=limits.field_bytes,
@@ -109,20 +125,24 @@ def create_app(
 
     @app.context_processor
     def page_facts():
-        return {"face_finder": finder.name}
+        return {"face_finder": finder.name, "keeps_uploads": upload_store is not None}
 
     def score(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, faces.ImageScore]:
         """Score one upload, with heatmaps for at most ``max_explained`` of its faces."""
         if not data:
             raise UploadError("the file is empty")
         image = probe_image(data)
+        image_format = image.format  # decode() may convert, which forgets it
         with one_large_image if image.width * image.height > limits.large_image_pixels else nullcontext():
             image = decode(image)
             analysis = faces.score_image(
                 detector, image, finder, explain=max_explained > 0,
                 max_faces=limits.faces_per_image, max_explained=max_explained,
             )  # fmt: skip
-        return analysis.to_dict(), image, analysis
+        result = analysis.to_dict()
+        if upload_store is not None:  # never raises: a full or broken disk costs no answer
+            upload_store.keep(data, image_format, {**result, "model": model_info["model"]})
+        return result, image, analysis
 
     def explain_allowance() -> int:
         """Heatmaps this request may have: ``?explain=1`` on the API, or the page's checkbox."""

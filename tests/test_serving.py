@@ -155,7 +155,7 @@ def documented_nginx_config() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(NGINX is None, reason="Debian's nginx is not installed here (scripts/setup.sh --browser installs it; CI has it)")
+@pytest.mark.skipif(NGINX is None, reason="Debian's nginx is not installed here (scripts/install-test-tools.sh installs it; CI has it)")
 def test_nginx_with_the_documented_config_limits_one_address_and_serves_another(trained_model_path, tmp_path):
     site = documented_nginx_config()
     assert "listen 80;" in site and "server 127.0.0.1:5000;" in site

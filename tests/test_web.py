@@ -2,6 +2,7 @@
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,19 @@ def test_uploads_are_parsed_into_memory_not_temporary_files(client, fake_png, mo
     monkeypatch.setattr(formparser, "SpooledTemporaryFile", refuse)  # Werkzeug's default: on disk above 500 KB
     big = image_bytes(synthetic_image(True, np.random.default_rng(9), size=700), "BMP")  # 1.5 MB, over Werkzeug's 500 KB
     assert post_api(client, big, "big.bmp").status_code == 200
+
+
+def test_page_and_its_files_are_found_from_any_working_folder(detector, tmp_path, monkeypatch):
+    """templates/ and static/ sit at the top of the checkout, beside inference.py (Flask's
+    single-module layout), and are found from web.py, never from the working folder."""
+    from deepfake_detector import web
+
+    repo = Path(__file__).resolve().parent.parent
+    assert (web.TEMPLATES, web.STATIC) == (repo / "templates", repo / "static")
+    monkeypatch.chdir(tmp_path)
+    client = web.create_app(detector).test_client()
+    html = client.get("/").get_data(as_text=True)
+    for name in ("style.css", "favicon.svg"):
+        assert f"/static/{name}" in html
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200 and response.data == (repo / "static" / name).read_bytes()
