@@ -3,6 +3,7 @@
     python export.py --model models/deepfake_detector.keras --format savedmodel --output serving/deepfake_detector/1
     python export.py --model models/deepfake_detector.keras --format tflite --output exports/tflite
     python export.py --model run.keras --format flip-averaged --data-dir ../shared/data/lfw-faceswap --output run.flip.keras
+    python export.py --model deepfake_detector_model.keras --format adopt --output models/tutorial.keras [--data-dir data]
 
 savedmodel: a TensorFlow SavedModel for TensorFlow Serving; its serving_default signature
 takes encoded image files (image_bytes: string [None]) and returns fake_probability
@@ -14,6 +15,10 @@ input size). See deepfake_detector/export.py for the preprocessing differences.
 flip-averaged: a .keras model whose network averages each image's score with its mirror
 image's, as train.py's mobilenet_v2 recipe saves it; for a model trained without that.
 The threshold is chosen again on the Validation split of --data-dir, by the model's rule.
+adopt: a .keras model trained by the original tutorial's train.py (which has no metadata)
+saved as one of ours: classes as image_dataset_from_directory ordered them (Fake, Real), its
+input size, the nearest-neighbour resize of the tutorial's inference.py, threshold 0.5; with
+--data-dir, the threshold is chosen on its Validation split (EER) instead.
 """
 
 import argparse
@@ -23,34 +28,46 @@ from pathlib import Path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from deepfake_detector.detector import DEFAULT_MODEL_PATH
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="a .keras model saved by train.py (default: the shipped model)")
-    parser.add_argument("--format", default="savedmodel", choices=["savedmodel", "tflite", "flip-averaged"], help="default: savedmodel")
+    parser.add_argument("--model", type=Path, help="a .keras model saved by train.py, for adopt one saved by the original "
+                        "tutorial's (default: the shipped models/deepfake_detector.keras)")
+    parser.add_argument("--format", default="savedmodel", choices=["savedmodel", "tflite", "flip-averaged", "adopt"], help="default: savedmodel")
     parser.add_argument("--output", type=Path, required=True,
-                        help="a new (or empty) folder to write the export into; for flip-averaged, a .keras file")
-    parser.add_argument("--data-dir", type=Path, help="flip-averaged: the dataset whose Validation split sets the threshold")
+                        help="a new (or empty) folder to write the export into; for flip-averaged and adopt, a .keras file")
+    parser.add_argument("--data-dir", type=Path,
+                        help="flip-averaged (required) and adopt (optional): the dataset whose Validation split sets the threshold")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from deepfake_detector.data import DatasetError
-    from deepfake_detector.export import ExportError, export
-    from deepfake_detector.model import ModelFileError
-    from deepfake_detector.training import add_flip_average
+    from deepfake_detector.detector import DEFAULT_MODEL_PATH
+    from deepfake_detector.export import ExportError, adopt_tutorial_model, export
+    from deepfake_detector.model import ModelFileError, read_metadata
+    from deepfake_detector.preprocessing import DEFAULT_RESAMPLE
+    from deepfake_detector.training import TrainConfig, add_flip_average
 
+    args.model = args.model or DEFAULT_MODEL_PATH
     try:
         if args.format == "flip-averaged":
             if args.data_dir is None:
                 raise ExportError("flip-averaged needs --data-dir: its Validation split sets the new threshold")
             if args.output.suffix != ".keras":
                 raise ExportError(f"flip-averaged writes a .keras file; {args.output} does not end in .keras")
+            resample = read_metadata(args.model).preprocessing.get("resample", DEFAULT_RESAMPLE)
+            if resample != DEFAULT_RESAMPLE:  # the training cache it scores Validation from resizes with ours
+                raise ExportError(f"{args.model} resizes with {resample!r}; flip-averaged chooses its threshold on "
+                                  f"images resized with {DEFAULT_RESAMPLE!r}, so it takes only models trained here")  # fmt: skip
             path, metrics = add_flip_average(args.model, args.data_dir, args.output)
             val, test = metrics["validation"], metrics["test"]
             print(f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
                   f"accuracy {test['accuracy']:.4f} (threshold {test['threshold']:.3f})")  # fmt: skip
+        elif args.format == "adopt":
+            path, metadata = adopt_tutorial_model(args.model, args.output, args.data_dir, TrainConfig.threshold_rule)
+            val = metadata.metrics.get("validation")
+            print(f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule})"
+                  + (f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else ""))  # fmt: skip
         else:
             path = export(args.model, args.format, args.output)
     except (ModelFileError, ExportError, DatasetError) as error:

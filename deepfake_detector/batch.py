@@ -52,12 +52,12 @@ def expand_paths(inputs: Iterable[str | Path]) -> Iterator[str]:
             yield str(item)
 
 
-def _decode(path: str, image_size: int, finder: FaceFinder | None) -> tuple[np.ndarray | None, list[FaceBox] | None, str]:
+def _decode(path: str, image_size: int, resample: str, finder: FaceFinder | None) -> tuple[np.ndarray | None, list[FaceBox] | None, str]:
     """(model inputs N x S x S x 3, face boxes or None for the whole image, error)."""
     try:
         if finder is None:
-            return load_image(path, image_size)[None], None, ""
-        found = model_inputs(open_image(path), finder, image_size)
+            return load_image(path, image_size, resample)[None], None, ""
+        found = model_inputs(open_image(path), finder, image_size, resample=resample)
         return found.inputs, found.boxes or None, ""
     except FileNotFoundError:
         return None, None, "no such file"
@@ -75,8 +75,8 @@ def score_files(
 
     Without ``finder`` each path is one whole-image row; with one, each face is a row.
     """
-    size = detector.image_size
-    for batch in decoded_batches(paths, lambda path: _decode(path, size, finder), batch_size, workers):
+    size, resample = detector.image_size, detector.resample
+    for batch in decoded_batches(paths, lambda path: _decode(path, size, resample, finder), batch_size, workers):
         good = [inputs for _, (inputs, _, _) in batch if inputs is not None]
         scores = iter(_scores_in_chunks(detector, good, batch_size))
         for path, (inputs, boxes, error) in batch:

@@ -3,8 +3,9 @@
 Training, evaluation, the batch CLI and the web service all call :func:`load_image`, so a
 served image is seen exactly as training saw it: decode by content (never by file name),
 apply the EXIF orientation, convert any mode (palette, grayscale, 16-bit, alpha, CMYK) to
-RGB, and resize to the model's square input with an antialiasing filter. Pixel scaling
-lives inside the model itself, so the array handed over is plain ``uint8`` RGB.
+RGB, and resize to the model's square input with the filter its metadata names (Lanczos,
+which antialiases, for every model trained here). Pixel scaling lives inside the model
+itself, so the array handed over is plain ``uint8`` RGB.
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ MAX_JPEG_SCANS = 64
 #: 8 KB IDAT chunks has 2,560); PIL reads each one in Python.
 MAX_SEGMENTS = 10_000
 EXIF_ORIENTATION = 0x0112
-#: The resampling filter used for every resize; the shared data was made with Lanczos too.
-RESAMPLE = Image.Resampling.LANCZOS
+#: The resize filters a model's preprocessing may name (``PreprocessingConfig.resample``).
+#: Models trained here use Lanczos (the shared data was made with it too); "nearest" is
+#: what the original tutorial's inference did (``keras.utils.load_img``'s default), for the
+#: models trained by its code that ``export.py --format adopt`` takes in.
+RESAMPLE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
+DEFAULT_RESAMPLE = "lanczos"
+#: The filter of the models trained here, also used by the resize perturbation.
+RESAMPLE = RESAMPLE_FILTERS[DEFAULT_RESAMPLE]
 
 ImageSource = Union[bytes, str, Path, BinaryIO, Image.Image]
 
@@ -58,9 +65,12 @@ class PreprocessingConfig:
     """What a model expects; saved in its metadata."""
 
     image_size: int = 128  # square input side in pixels; the original recipe used 128
-    resample: str = "lanczos"
+    resample: str = DEFAULT_RESAMPLE  # a name in RESAMPLE_FILTERS
     color: str = "RGB"
     dtype: str = "uint8"  # 0..255; the model's first layer rescales
+
+    def __post_init__(self):
+        resample_filter(self.resample)
 
     def to_dict(self) -> dict:
         return dict(image_size=self.image_size, resample=self.resample, color=self.color, dtype=self.dtype)
@@ -190,13 +200,23 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize(image: Image.Image, image_size: int) -> np.ndarray:
-    """Resize an RGB image to ``image_size`` square with the shared filter; uint8 HxWx3."""
+def resample_filter(name: str) -> Image.Resampling:
+    """The PIL filter of a ``resample`` name in a model's preprocessing; ValueError if unknown."""
+    if name not in RESAMPLE_FILTERS:
+        raise ValueError(f"unknown resample {name!r}; use one of {', '.join(RESAMPLE_FILTERS)}")
+    return RESAMPLE_FILTERS[name]
+
+
+def resize(image: Image.Image, image_size: int, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
+    """Resize an RGB image to ``image_size`` square with the model's filter; uint8 HxWx3."""
     if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), RESAMPLE, reducing_gap=None)
+        image = image.resize((image_size, image_size), resample_filter(resample), reducing_gap=None)
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_image(source: ImageSource, image_size: int) -> np.ndarray:
-    """Decode, orient, convert and resize: the model input for one image (uint8 HxWx3)."""
-    return resize(open_image(source), image_size)
+def load_image(source: ImageSource, image_size: int, resample: str = DEFAULT_RESAMPLE) -> np.ndarray:
+    """Decode, orient, convert and resize: the model input for one image (uint8 HxWx3).
+
+    ``resample`` is the model's own (its metadata's ``preprocessing["resample"]``).
+    """
+    return resize(open_image(source), image_size, resample)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import IMAGE_SIZE, image_bytes, synthetic_image
 
@@ -67,6 +68,18 @@ def test_tf_resize_stays_close_to_pil_lanczos():
     # Measured: mean 0.1 level, 99% of values within 1, up to 9 where Lanczos rings at the
     # fake square's hard edges (PIL rounds between its two passes, TF does not).
     assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 1 and difference.max() <= 16
+
+
+@pytest.mark.parametrize("size", [(45, 61), (300, 200), (128, 129)], ids=["up", "down", "one-pixel-off"])
+def test_tf_nearest_resize_picks_the_same_pixels_as_pil(size):
+    """An adopted tutorial model's "nearest" resize is exact in the SavedModel too."""
+    from deepfake_detector.export import decode_and_resize
+    from deepfake_detector.preprocessing import load_image
+
+    noise = np.random.default_rng(4).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    encoded = image_bytes(Image.fromarray(noise))
+    ours = decode_and_resize(encoded, 128, "nearest").numpy()
+    assert ours.dtype == np.uint8 and np.array_equal(ours, load_image(encoded, 128, "nearest"))
 
 
 def test_tflite_scores_preprocessed_images_like_the_keras_model(trained_model_path, pngs, keras_probabilities, tmp_path):
