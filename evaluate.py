@@ -3,6 +3,7 @@
     python evaluate.py --data-dir data                  # the Test split of the dataset in data/
     python evaluate.py --model models/x.keras --data-dir photos --json report.json --plots plots
     python evaluate.py --data-dir data --perturb "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"
+    python evaluate.py --archive deepfake-and-real-images.zip --data-dir data   # the Kaggle zip, extracted first
 
 --data-dir is a folder holding Real/ and/or Fake/, or a dataset with Train/Validation/Test
 (--split picks one). Fake is the positive class. Bad input exits with status 2.
@@ -23,6 +24,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a .keras model saved by train.py (default: the shipped models/deepfake_detector.keras)")
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with Real/ and Fake/, or a dataset root with Train/Validation/Test")
+    parser.add_argument("--archive", type=Path, help="a dataset zip (the Kaggle archive) to extract into --data-dir first, "
+                                                     "unless a dataset is already there")
     parser.add_argument("--split", default="Test", choices=SPLITS, help="split to use when --data-dir is a dataset root (default: Test)")
     parser.add_argument("--json", type=Path, help="write the report (metrics and context) to this JSON file")
     parser.add_argument("--plots", type=Path, help="write roc.png, confusion_matrix.png and score_histogram.png to this folder")
@@ -47,6 +50,10 @@ def main(args: argparse.Namespace) -> int:
         return fail(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         perturbations = parse_spec(args.perturb) if args.perturb is not None else []
+        if args.archive is not None:
+            from deepfake_detector.dataset import DatasetHandler
+
+            DatasetHandler(dataset_download_dir=args.data_dir, archive=args.archive).unzip_dataset()
         folder, split = resolve_folder(args.data_dir, args.split)
     except PerturbationSpecError as error:
         return fail(f"--perturb: {error}")

@@ -1,7 +1,9 @@
 """Train a deepfake detector: ``python train.py`` (the original recipe on the Kaggle data).
 
-``python train.py --data-dir ../shared/data/lfw-faceswap`` trains offline on any folder
-with Train/Validation/Test, each holding Real/ and Fake/.
+It writes ``deepfake_detector_model.keras`` in the working folder, keeping the best epoch so
+far in ``deepfake_detector_model_best.keras`` while it trains, as the original tutorial did;
+``python inference.py`` then serves it. ``python train.py --data-dir ../shared/data/lfw-faceswap``
+trains offline on any folder with Train/Validation/Test, each holding Real/ and Fake/.
 
 Scaling out: ``--distribute mirrored`` trains on every GPU of this machine;
 ``--distribute multiworker`` on several machines, one process each, described by the
@@ -13,6 +15,22 @@ import argparse
 import logging
 import sys
 
+#: The tutorial's names, importable from here as in the tutorial (``from train import TrainModel``);
+#: loaded on first use, so ``--help`` does not wait for TensorFlow.
+TUTORIAL_NAMES = {
+    "DatasetHandler": "deepfake_detector.dataset",
+    "DeepfakeDetectorModel": "deepfake_detector.model",
+    "TrainModel": "deepfake_detector.training",
+}
+
+
+def __getattr__(name: str):
+    if name in TUTORIAL_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(TUTORIAL_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,7 +41,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default="data", help="dataset folder; the Kaggle archive is fetched here if it is empty (default: data)")
     parser.add_argument("--archive", help="a deepfake-and-real-images zip you already have")
     parser.add_argument("--sha256", help="expected SHA-256 of the archive")
-    parser.add_argument("--output", default="models/deepfake_detector.keras", help="where to save the model")
+    parser.add_argument("--output", default="deepfake_detector_model.keras",
+                        help="where to save the model, a .keras file; its best epoch so far is kept beside it as "
+                             "NAME_best.keras (default: deepfake_detector_model.keras, in the working folder)")
     parser.add_argument("--epochs", type=int, help="default: 50 (seed), 15 (pretrained backbones)")
     parser.add_argument("--learning-rate", type=float, help="default: 1e-4 (seed), 6e-4 (pretrained backbones)")
     parser.add_argument("--batch-size", type=int, help="default: 64")
@@ -67,7 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from deepfake_detector.data import DatasetError
-    from deepfake_detector.training import TrainConfig, TrainingSetupError, train
+    from deepfake_detector.training import TrainConfig, TrainingSetupError, TrainModel
 
     config = TrainConfig.for_arch(
         args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
@@ -78,20 +98,23 @@ def main(args: argparse.Namespace) -> int:
         flip_average=args.flip_average, distribute=args.distribute, mixed_precision=args.mixed_precision,
         backup_dir=args.backup_dir, verbose=args.verbose,
     )  # fmt: skip
+    trainer = TrainModel(config=config)
     try:
-        path, metrics = train(config)
+        history, evaluation_metrics = trainer.run_training()
     except (DatasetError, TrainingSetupError) as error:
         print(f"train.py: {error}", file=sys.stderr)
         return 2
-    if path is None:
+    if trainer.output_path is None:
         print("worker finished; the chief worker saved the model")
         return 0
-    test = metrics["test"]
+    test = trainer.metrics["test"]
     print(
-        f"saved {path} | test: loss {test['log_loss']:.4f} accuracy {test['accuracy']:.4f} "
+        f"saved {trainer.output_path} | test: loss {test['log_loss']:.4f} accuracy {test['accuracy']:.4f} "
         f"precision {test['precision']:.4f} recall {test['recall']:.4f} roc_auc {test['roc_auc']:.4f} "
         f"(threshold {test['threshold']:.3f}; fake is positive)"
     )
+    # The tutorial's line: [loss, accuracy, precision, recall] on Test at 0.5 (fake positive here).
+    print(f"evaluation metrics: {evaluation_metrics}")
     return 0
 
 

@@ -100,8 +100,9 @@ def pipeline_rates(dataset_root: Path, cache_dir: Path, image_size: int, augment
     import keras
 
     from deepfake_detector import pipeline
+    from deepfake_detector.dataset import DatasetHandler
 
-    train = pipeline.open_splits(dataset_root, image_size, cache_dir, splits=("Train",))["Train"]
+    train = DatasetHandler(dataset_download_dir=dataset_root, image_size=image_size, cache_dir=cache_dir).splits(("Train",))["Train"]
     # Both read from the page cache, as they do from the second epoch on when memory allows:
     # this disk reads far slower than either pipeline (printed below).
     start = time.perf_counter()

@@ -21,8 +21,8 @@ import numpy as np
 
 from benchmarks.common import SHARED_DATA
 from deepfake_detector.model import build_model
-from deepfake_detector.cache import default_cache_dir
-from deepfake_detector.pipeline import make_dataset, open_splits
+from deepfake_detector.dataset import DatasetHandler
+from deepfake_detector.pipeline import make_dataset
 from deepfake_detector.training import TrainConfig, compile_model
 
 
@@ -61,7 +61,7 @@ def main() -> None:
         SHARED_DATA / "Train", image_size=(size, size), batch_size=batch, label_mode="binary", seed=1
     ).repeat()
     start = time.perf_counter()
-    train = open_splits(SHARED_DATA, size, default_cache_dir(SHARED_DATA), splits=("Train",))["Train"]
+    train = DatasetHandler(dataset_download_dir=SHARED_DATA, image_size=size).splits(("Train",))["Train"]
     decode_seconds = time.perf_counter() - start
     ours = make_dataset(train, batch, training=True, augment="none").repeat()
     ours_augmented = make_dataset(train, batch, training=True, augment="full").repeat()

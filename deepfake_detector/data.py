@@ -60,7 +60,7 @@ def download(url: str, destination: str | Path, sha256: str | None = None, timeo
     destination = Path(destination)
     if destination.exists():
         if sha256:
-            _check_sha256(destination, sha256, remove=False)
+            check_sha256(destination, sha256, remove=False)
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
@@ -124,7 +124,7 @@ def download(url: str, destination: str | Path, sha256: str | None = None, timeo
                     "removed the partial file, run again"
                 )
     if sha256:
-        _check_sha256(part, sha256, remove=True)
+        check_sha256(part, sha256, remove=True)
     os.replace(part, destination)
     return destination
 
@@ -154,7 +154,7 @@ def _content_range(value: str | None) -> tuple[int | None, int | None, int | Non
     return tuple(None if group in (None, "*") else int(group) for group in match.groups())
 
 
-def _check_sha256(path: Path, expected: str, remove: bool) -> None:
+def check_sha256(path: Path, expected: str, remove: bool) -> None:
     expected = expected.strip().lower()
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -206,8 +206,8 @@ def extract(archive: str | Path, target: str | Path) -> Path:
 # ----------------------------------------------------------------------------- folders
 
 
-def find_dataset_root(directory: str | Path) -> Path:
-    """The folder under ``directory`` that holds ``Train/``, ``Validation/`` and ``Test/``."""
+def find_dataset_root(directory: str | Path, splits: tuple[str, ...] = SPLITS) -> Path:
+    """The folder under ``directory`` that holds the ``splits`` folders (``Train/``, ``Validation/`` and ``Test/``)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetError(f"{directory}: no such folder")
@@ -218,11 +218,11 @@ def find_dataset_root(directory: str | Path) -> Path:
         level.sort(key=lambda p: p.name != "Dataset")  # ``Dataset/`` first, then by name
         candidates += level
     for candidate in candidates:
-        if all((candidate / split).is_dir() for split in SPLITS):
+        if all((candidate / split).is_dir() for split in splits):
             return candidate
-    best = max(candidates, key=lambda c: sum((c / split).is_dir() for split in SPLITS))
-    found = [split for split in SPLITS if (best / split).is_dir()]
-    missing = ", ".join(f"{split}/" for split in SPLITS if split not in found)
+    best = max(candidates, key=lambda c: sum((c / split).is_dir() for split in splits))
+    found = [split for split in splits if (best / split).is_dir()]
+    missing = ", ".join(f"{split}/" for split in splits if split not in found)
     where = f"{best} has {', '.join(f'{split}/' for split in found)} but no {missing}" if found else (
         f"{directory}: no {missing} folders"
     )

@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from deepfake_detector import labels
 from deepfake_detector.files import write_atomically
-from deepfake_detector.model import ModelMetadata, load_model
-from deepfake_detector.preprocessing import ImageSource, load_image, open_image
+from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, load_model
+from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, ImageSource, load_image, open_image
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,21 @@ class Detector:
     """A model plus its metadata, ready to score images."""
 
     def __init__(self, model, metadata: ModelMetadata, name: str | None = None, warm_up: bool = True,
-                 runtime: str = "keras", threads: int | None = None, model_path: str | Path | None = None):
+                 runtime: str = "keras", threads: int | None = None, model_path: str | Path | None = None,
+                 origin: str = ""):  # fmt: skip
         """``threads``: the TFLite runtime's compute threads (default: every CPU). ``model_path``:
-        the file the model came from, which lets the TFLite runtime reuse its cached conversion."""
+        the file the model came from, which lets the TFLite runtime reuse its cached conversion.
+        ``origin``: where the model comes from, in words (shown on the page and by ``/healthz``)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.model = model
+        self.detector_model = DeepfakeDetectorModel(model, metadata)  # applies the class order
         self.runtime = runtime
         self.metadata = metadata
+        self.origin = origin
         self.name = name or metadata.name
         self.image_size = metadata.image_size
+        self.resample = metadata.preprocessing.get("resample", DEFAULT_RESAMPLE)  # the resize filter it was made for
         self.threshold = float(metadata.threshold)
         self._explainer = None  # Grad-CAM, built on first use by heatmaps()
         self._finder = None  # the default face detector, built on first use by predict_faces()
@@ -78,16 +83,15 @@ class Detector:
 
     @classmethod
     def from_path(cls, path: str | Path = DEFAULT_MODEL_PATH, warm_up: bool = True, runtime: str = "keras",
-                  threads: int | None = None) -> "Detector":
+                  threads: int | None = None, origin: str = "") -> "Detector":
         """Load a saved model; raises :class:`deepfake_detector.model.ModelFileError`."""
         model, metadata = load_model(path)
         log.info("loaded %s (%s, threshold %.3f, %s runtime)", path, metadata.arch, metadata.threshold, runtime)
         return cls(model, metadata, name=Path(path).name, warm_up=warm_up, runtime=runtime, threads=threads,
-                   model_path=path)
+                   model_path=path, origin=origin)
 
     def _scores(self, images: tf.Tensor) -> tf.Tensor:
-        output = self.model(tf.cast(images, tf.float32), training=False)[:, 0]
-        return labels.fake_probability_from_output(output, self.metadata.class_names)
+        return self.detector_model.fake_probability(tf.cast(images, tf.float32))[:, 0]
 
     def scores(self, images: np.ndarray) -> np.ndarray:
         """``fake_probability`` for a batch of preprocessed uint8 images (N x S x S x 3)."""
@@ -108,7 +112,7 @@ class Detector:
         return self.prediction_for(self.scores(self.preprocess(source)[None])[0])
 
     def preprocess(self, source: ImageSource) -> np.ndarray:
-        return load_image(source, self.image_size)
+        return load_image(source, self.image_size, self.resample)
 
     def predict_batch(self, images: Iterable[np.ndarray]) -> list[Prediction]:
         batch = np.stack(list(images))
@@ -140,7 +144,7 @@ class Detector:
             if self._explainer is None:
                 from deepfake_detector.explain import Explainer
 
-                self._explainer = Explainer(self.model, self.metadata.class_names, self.threshold, self.image_size)
+                self._explainer = Explainer(self.detector_model)
         return self._explainer.heatmaps(images, self.scores)
 
     def describe(self) -> dict:
@@ -155,6 +159,7 @@ class Detector:
             "image_size": self.image_size,
             "flip_average": bool(self.metadata.flip_average),
             "runtime": self.runtime,
+            "origin": self.origin,
         }
 
 

@@ -77,6 +77,10 @@ def tpr_at_fpr(y_true: np.ndarray, fake_probability: np.ndarray, max_fpr: float)
     return float(tpr[allowed].max()) if allowed.any() else 0.0
 
 
+#: How a decision threshold can be chosen on Validation (``train.py --threshold-rule``).
+THRESHOLD_RULES = ("eer", "balanced_accuracy")
+
+
 def choose_threshold(y_true: np.ndarray, fake_probability: np.ndarray, rule: str = "eer") -> float:
     """A decision threshold from validation scores.
 
@@ -92,7 +96,7 @@ def choose_threshold(y_true: np.ndarray, fake_probability: np.ndarray, rule: str
         fpr, tpr, thresholds = roc_points(y_true, fake_probability)
         i = int(np.argmax(tpr - fpr))  # balanced accuracy = (tpr + 1 - fpr) / 2
         return _cut_between(thresholds, i)
-    raise ValueError(f"unknown threshold rule {rule!r}; use 'eer' or 'balanced_accuracy'")
+    raise ValueError(f"unknown threshold rule {rule!r}; use one of {', '.join(THRESHOLD_RULES)}")
 
 
 def compute_metrics(y_true, fake_probability, threshold: float = 0.5) -> dict:
@@ -153,6 +157,20 @@ def compute_metrics(y_true, fake_probability, threshold: float = 0.5) -> dict:
         result["log_loss"] = float(skm.log_loss(y_true, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))
     result["notes"] = notes
     return result
+
+
+def tutorial_metrics(y_true, fake_probability) -> list[float]:
+    """The original tutorial's ``evaluation metrics: [loss, accuracy, precision, recall]``: log-loss,
+    then the rest at threshold 0.5, with fake as the positive class (the tutorial's was real)."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    scores = np.asarray(fake_probability, dtype=np.float64).ravel()
+    predicted = (scores >= 0.5).astype(np.int64)
+    return [
+        float(skm.log_loss(y_true, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        float(skm.accuracy_score(y_true, predicted)),
+        float(skm.precision_score(y_true, predicted, zero_division=0)),
+        float(skm.recall_score(y_true, predicted, zero_division=0)),
+    ]
 
 
 def format_table(rows: dict[str, dict], keys=None) -> str:
@@ -248,12 +266,12 @@ def score_folder(
     paths, targets = _labelled_files(folder)
     conditions: list[Perturbation | None] = [None, *perturbations]
     names = [CLEAN, *(p.name for p in perturbations)]
-    size = detector.image_size
+    size, resample = detector.image_size, detector.resample
 
     def prepare(path: str):
         try:
             original = open_image(Path(path).read_bytes())
-            inputs = [load_image(original if c is None else c.apply(original), size) for c in conditions]
+            inputs = [load_image(original if c is None else c.apply(original), size, resample) for c in conditions]
             return np.stack(inputs), None
         except (ImageError, OSError) as error:
             return None, str(error)

@@ -26,8 +26,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deepfake_detector import labels
-from deepfake_detector.model import flip_average_member
+from deepfake_detector.model import DeepfakeDetectorModel, flip_average_member
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,15 @@ def _is_last_conv_block(layer) -> bool:
 class Explainer:
     """Heatmaps for a batch of preprocessed uint8 images, for one model."""
 
-    def __init__(self, model: keras.Model, class_names, threshold: float, image_size: int):
+    def __init__(self, detector_model: DeepfakeDetectorModel):
+        model = detector_model.model
         self.whole = model  # gives the label to explain
         member = flip_average_member(model)
         self.mirrored = member is not None
         self.model = member if self.mirrored else model
-        self.fake_is_one = labels.fake_index(class_names) == 1
-        self.threshold = float(threshold)
-        self.image_size = int(image_size)
+        self.fake_is_one = detector_model.output_is_fake
+        self.threshold = detector_model.threshold
+        self.image_size = detector_model.image_size
         self.chain = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
         targets = [i for i, layer in enumerate(self.chain) if _is_last_conv_block(layer)]
         self.target = targets[-1] if targets and self._is_a_chain() else None

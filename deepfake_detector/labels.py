@@ -1,7 +1,8 @@
 """The one place that knows the classes.
 
 Training assigns integer labels in ``TRAINING_CLASS_ORDER`` (so ``fake`` is 1 and the
-sigmoid output is P(fake)); that order is saved with every model and read back, and every
+sigmoid output is P(fake)); that order is saved with every model and read back, and
+:meth:`deepfake_detector.model.DeepfakeDetectorModel.fake_probability` applies it, so every
 number a user sees is a ``fake_probability``.
 """
 
@@ -21,11 +22,6 @@ def fake_index(class_names) -> int:
     if sorted(class_names) != sorted(TRAINING_CLASS_ORDER):
         raise ValueError(f"class names {class_names} are not {list(TRAINING_CLASS_ORDER)}")
     return class_names.index(FAKE)
-
-
-def fake_probability_from_output(sigmoid_output, class_names):
-    """Turn a model's sigmoid output (P(class 1)) into P(fake), using the saved class order."""
-    return sigmoid_output if fake_index(class_names) == 1 else 1.0 - sigmoid_output
 
 
 def label_for(fake_probability: float, threshold: float) -> str:

@@ -8,8 +8,10 @@ else (nanoGPT keeps ``model_args`` in its checkpoint for the same reason).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
@@ -20,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from deepfake_detector import __version__, labels
-from deepfake_detector.preprocessing import PreprocessingConfig
+from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, PreprocessingConfig, resample_filter
 
 METADATA_ENTRY = "deepfake_detector.json"
 METADATA_FORMAT = "deepfake-detector-model/1"
@@ -366,7 +369,9 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     except zipfile.BadZipFile as error:
         raise ModelFileError(f"{path}: not a .keras model file") from error
     except KeyError as error:
-        raise ModelFileError(f"{path}: has no {METADATA_ENTRY}; save models with train.py") from error
+        raise ModelFileError(f"{path}: has no {METADATA_ENTRY}; save models with train.py, or adopt one trained with "
+                             f"the original tutorial's code: python export.py --model {path} --format adopt "
+                             "--output NEW.keras") from error  # fmt: skip
     try:
         data: dict[str, Any] = json.loads(raw)
         if data.get("format") != METADATA_FORMAT:
@@ -379,6 +384,7 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         if not 0.0 <= float(metadata.threshold) <= 1.0:
             raise ValueError(f"threshold {metadata.threshold} is outside 0..1")
         metadata.image_size  # noqa: B018 - must be present
+        resample_filter(metadata.preprocessing.get("resample", DEFAULT_RESAMPLE))
     except (ValueError, TypeError, KeyError) as error:
         raise ModelFileError(f"{path}: bad metadata: {_one_line(error)}") from error
     return metadata
@@ -407,3 +413,180 @@ def _check_consistent(model: keras.Model, metadata: ModelMetadata, path: Path) -
     if averaged != bool(metadata.flip_average):
         raise ModelFileError(f"{path}: metadata says flip_average={bool(metadata.flip_average)} "
                              f"but the network {'is' if averaged else 'is not'} flip-averaged")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class DeepfakeDetectorModel:
+    """A network and its metadata together; the one place that applies the class order.
+
+    The original tutorial's class of this name built, compiled, trained, evaluated and saved
+    its CNN; this one does the same and also carries what every later user of the network
+    needs (architecture, class order, input size and resize, decision threshold), so that
+    scoring, evaluation, explanations and exports all ask it for ``fake_probability``.
+
+    ``DeepfakeDetectorModel()`` builds the tutorial's architecture (``seed``, 128 px);
+    ``DeepfakeDetectorModel(arch="mobilenet_v2", image_size=160)`` another; ``load(path)``
+    reads a saved one; ``DeepfakeDetectorModel(network, metadata)`` wraps a network in hand.
+    """
+
+    def __init__(self, model: keras.Model | None = None, metadata: ModelMetadata | None = None, *,
+                 arch: str = "seed", image_size: int | None = None, pretrained: bool = True):  # fmt: skip
+        if metadata is None:
+            if model is not None:
+                raise ValueError("a network needs its metadata (class order, input size, threshold)")
+            metadata = ModelMetadata(arch=arch, preprocessing=PreprocessingConfig(image_size=image_size or 128).to_dict())
+        if model is None:
+            model = build_model(metadata.arch, metadata.image_size, pretrained=pretrained)
+        self.model = model  # the Keras network, as in the tutorial
+        self.metadata = metadata
+        self._output_is_fake = labels.fake_index(metadata.class_names) == 1  # checks the class order too
+
+    # -- what it is
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def image_size(self) -> int:
+        return self.metadata.image_size
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata.threshold)
+
+    @property
+    def output_is_fake(self) -> bool:
+        """Whether the network's sigmoid is P(fake) (our class order) rather than P(real)."""
+        return self._output_is_fake
+
+    # -- scoring
+    def fake_probability_of(self, output):
+        """P(fake) from the network's sigmoid output, P(class 1) in the saved class order."""
+        return output if self._output_is_fake else 1.0 - output
+
+    def fake_probability(self, images):
+        """P(fake) for a batch of images (N x S x S x 3, 0..255), shape (N, 1): a tensor for a
+        tensor (usable inside ``tf.function`` and exports), a NumPy array otherwise."""
+        output = self.fake_probability_of(self.model(images, training=False))
+        return output if keras.ops.is_tensor(images) else keras.ops.convert_to_numpy(output)
+
+    # -- the tutorial's life cycle
+    def compile_model(self, learning_rate=1e-4, *, optimizer: str = "adam", weight_decay: float = 0.0,
+                      ema_momentum: float = 0.0, label_smoothing: float = 0.0) -> None:  # fmt: skip
+        """Binary cross-entropy with accuracy, precision, recall and ROC AUC, fake positive.
+
+        ``learning_rate`` may be a schedule. ``optimizer``: adam (the tutorial's) or adamw;
+        ``ema_momentum`` > 0 keeps a moving average of the weights, written into the network
+        when training ends.
+        """
+        if not self._output_is_fake:
+            raise ValueError(f"{self.name}: training labels are {list(labels.TRAINING_CLASS_ORDER)} "
+                             f"but this network's class order is {self.metadata.class_names}")  # fmt: skip
+        ema = dict(use_ema=True, ema_momentum=ema_momentum) if ema_momentum else {}
+        if optimizer == "adam":
+            chosen = keras.optimizers.Adam(learning_rate, **ema)
+        elif optimizer == "adamw":
+            chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose adam or adamw")
+        self.model.compile(
+            optimizer=chosen,
+            loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+            metrics=[
+                keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.Precision(name="precision"),
+                keras.metrics.Recall(name="recall"),
+                keras.metrics.AUC(name="auc"),
+            ],
+        )
+
+    def train_model(self, train_data, val_data, epochs: int, callbacks=None, **fit_options):
+        """``model.fit`` on batches of (images, labels real=0/fake=1); returns its History.
+
+        Without ``callbacks``, the tutorial's: early stopping after 10 epochs without a better
+        val_loss (restoring the best), the learning rate cut tenfold after 5, and the best
+        epoch kept as a loadable model in ``deepfake_detector_model_best.keras``.
+        """
+        if callbacks is None:
+            callbacks = tutorial_callbacks(self, Path(BEST_SUFFIX.join(("deepfake_detector_model", ".keras"))))
+        return self.model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks, **fit_options)
+
+    def evaluate_model(self, test_data) -> list[float]:
+        """The tutorial's ``[loss, accuracy, precision, recall]`` on batches of (images, labels),
+        at threshold 0.5 with fake positive (:func:`deepfake_detector.evaluation.tutorial_metrics`)."""
+        from deepfake_detector import evaluation
+
+        truths, scores = [], []
+        for images, batch_labels in test_data:
+            scores.append(np.ravel(self.fake_probability(images)))
+            truths.append(np.ravel(keras.ops.convert_to_numpy(batch_labels)))
+        return evaluation.tutorial_metrics(np.concatenate(truths), np.concatenate(scores))
+
+    def save_model(self, path: str | Path) -> Path:
+        """One ``.keras`` file holding the network and this metadata (written atomically)."""
+        return save_model(self.model, self.metadata, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DeepfakeDetectorModel":
+        """A saved model; :class:`ModelFileError` (one line) if it is not one of ours."""
+        return cls(*load_model(path))
+
+
+#: ``NAME.keras`` keeps its best epoch so far in ``NAME_best.keras`` while it trains.
+BEST_SUFFIX = "_best"
+
+
+def best_path(output: str | Path) -> Path:
+    """Where a run saving ``output`` keeps its best epoch so far (the tutorial's ``_best.keras``)."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}{BEST_SUFFIX}{output.suffix}")
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """The best epoch so far (lowest ``monitor``) saved as a loadable model, as the tutorial's
+    ``ModelCheckpoint`` did, and with its metadata, so ``inference.py --model`` serves it.
+
+    Its threshold is a plain 0.5 (the final model's is chosen on Validation when training
+    ends) and it is the network as trained, without flip averaging or weight averaging.
+    ``initial_best``: the best value of a run being resumed.
+    """
+
+    def __init__(self, detector_model: DeepfakeDetectorModel, path: str | Path, monitor: str = "val_loss",
+                 verbose: int = 1, initial_best: float = math.inf):  # fmt: skip
+        super().__init__()
+        self.detector_model, self.path, self.monitor = detector_model, Path(path), monitor
+        self.verbose, self.best = verbose, initial_best
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or not math.isfinite(current):
+            return
+        if current >= self.best:
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}", flush=True)
+            return
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                  f"saving model to {self.path}", flush=True)  # fmt: skip
+        self.best = float(current)
+        metadata = dataclasses.replace(
+            self.detector_model.metadata, threshold=0.5, flip_average=False,
+            threshold_rule=f"fixed 0.5 (best epoch so far, {self.monitor} {current:.4f}; "
+                           "the finished model's threshold is chosen on Validation)",
+            train_config={**self.detector_model.metadata.train_config, "best_epoch": epoch + 1, self.monitor: float(current)},
+        )  # fmt: skip
+        save_model(self.model, metadata, self.path)
+
+
+def tutorial_callbacks(detector_model: DeepfakeDetectorModel, best: str | Path | None) -> list[keras.callbacks.Callback]:
+    """The tutorial's three callbacks: early stopping (patience 10, best weights restored), the
+    learning rate cut tenfold after 5 epochs without progress, and the best epoch kept at ``best``."""
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7, verbose=1),
+    ]
+    if best is not None:
+        callbacks.append(BestModelCheckpoint(detector_model, best))
+    return callbacks

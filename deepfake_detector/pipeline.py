@@ -11,14 +11,13 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from deepfake_detector import cache, data, selfblend
+from deepfake_detector import cache, selfblend
 from deepfake_detector.files import write_atomically
 from deepfake_detector.labels import FAKE, REAL, TRAINING_CLASS_ORDER
 
@@ -238,17 +237,3 @@ def split_landmarks(split: cache.SplitCache) -> np.ndarray:
 def images_only(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """The images of a (images, targets) dataset, for ``model.predict``."""
     return dataset.map(lambda images, targets: images)
-
-
-def open_splits(root: Path, image_size: int, cache_dir: Path, limit: int | None = None, seed: int = 0,
-                splits=data.SPLITS) -> dict[str, cache.SplitCache]:  # fmt: skip
-    """Every split of a dataset root as a :class:`~deepfake_detector.cache.SplitCache`, built if needed.
-
-    Every split's folders are listed (and a missing class refused) before any is decoded.
-    """
-    listed = {split: data.labelled_files(root / split) for split in splits}
-    opened = {}
-    for split in splits:
-        opened[split] = cache.open_split(root / split, cache_dir, image_size, limit, seed, files=listed[split])
-        log.info("%s: %s (cache %s)", split, opened[split].info, opened[split].directory)
-    return opened

@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import Flask
 from waitress.channel import HTTPChannel
@@ -33,7 +34,8 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 from werkzeug.wsgi import ClosingIterator
 
-from deepfake_detector.web import SECURITY_HEADERS, RequestLimits
+from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
+from deepfake_detector.web import SECURITY_HEADERS, RequestLimits, create_app
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +136,64 @@ def _returning_memory(wsgi_app):
         return ClosingIterator(body, [due.set])
 
     return application
+
+
+# ----------------------------------------------------------------------------- the tutorial's seam
+
+#: What ``python train.py`` writes in the working folder; ``python inference.py`` serves it when present.
+TRAINED_MODEL = Path("deepfake_detector_model.keras")
+
+
+def default_model_path() -> tuple[Path, str]:
+    """The model to serve when none is named, and why: the one ``python train.py`` just wrote in
+    the working folder (as in the tutorial), else the shipped one."""
+    if TRAINED_MODEL.is_file():
+        return TRAINED_MODEL, f"trained here ({TRAINED_MODEL.name}, from python train.py)"
+    return DEFAULT_MODEL_PATH, f"shipped ({DEFAULT_MODEL_PATH.parent.name}/{DEFAULT_MODEL_PATH.name})"
+
+
+class InferenceModel:
+    """A trained model behind the upload page and JSON API: the tutorial's ``InferenceModel``.
+
+    ``model`` is the :class:`~deepfake_detector.model.DeepfakeDetectorModel` (network and
+    metadata), ``detector`` scores with it, ``app`` is the Flask app
+    (:func:`deepfake_detector.web.create_app`), ``predict_image(path)`` scores one file, and
+    ``run()`` serves with waitress (never Flask's debug server). With no ``model_path``, the
+    model ``python train.py`` wrote in the working folder, else the shipped one
+    (:func:`default_model_path`). ``upload_store`` keeps each upload for review
+    (:class:`deepfake_detector.uploads.UploadStore`); by default nothing is written.
+
+    Raises:
+        deepfake_detector.model.ModelFileError: the model is missing or not one of ours.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, *, runtime: str = "tflite", host: str = "127.0.0.1",
+                 port: int = 5000, server: ServerConfig = ServerConfig(), upload_store=None,
+                 limits: RequestLimits = RequestLimits()):  # fmt: skip
+        if model_path is None:
+            model_path, origin = default_model_path()
+        else:
+            origin = f"given ({Path(model_path).name})"
+        self.model_path = Path(model_path)
+        self.detector = Detector.from_path(self.model_path, runtime=runtime, origin=origin)  # loaded and warmed up
+        self.model = self.detector.detector_model
+        self.app = create_app(self.detector, limits, upload_store=upload_store)
+        self.host, self.port, self.server_config = host, port, server
+        log.info("serving the %s model", origin)
+
+    def predict_image(self, file_path: str | Path) -> tuple[float, float]:
+        """``(fake_probability, percentage)`` for an image file, as the page scores it: the
+        highest of its faces' scores, or the whole image's when no face is found.
+
+        Raises:
+            deepfake_detector.preprocessing.ImageError: not a readable image.
+        """
+        probability = float(self.detector.predict_faces(Path(file_path)).prediction.fake_probability)
+        return probability, probability * 100.0
+
+    def run(self) -> None:
+        """Serve on ``host:port`` with waitress until interrupted."""
+        server = create_server(self.app, self.host, self.port, self.server_config)
+        print(f"Serving {self.detector.name} ({self.detector.origin} model) on http://{self.host}:{self.port}/ "
+              f"with waitress ({self.server_config.threads} threads)", flush=True)  # fmt: skip
+        server.run()

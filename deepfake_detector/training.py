@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -38,10 +39,14 @@ from deepfake_detector.distribute import (
     make_strategy,
     read_tf_config,
 )
+from deepfake_detector.dataset import ARCHIVE_NAME, DatasetHandler
 from deepfake_detector.model import (
     PRETRAINED_ARCHITECTURES,
+    BestModelCheckpoint,
+    DeepfakeDetectorModel,
     ModelFileError,
     ModelMetadata,
+    best_path,
     flip_averaged,
     freeze_leading_blocks,
     load_model,
@@ -56,7 +61,6 @@ from deepfake_detector.pipeline import (
     ImageSource,
     images_only,
     make_dataset,
-    open_splits,
     split_landmarks,
 )
 from deepfake_detector.preprocessing import PreprocessingConfig
@@ -71,7 +75,7 @@ class TrainConfig:
     data_dir: str = "data"  # a folder with Train/Validation/Test (downloaded here if empty)
     archive: str | None = None  # a Kaggle zip the user already has
     sha256: str | None = None  # checksum of the downloaded archive, when known
-    output: str = "models/deepfake_detector.keras"
+    output: str = "deepfake_detector_model.keras"  # the tutorial's file, in the working folder
     image_size: int = 128  # the original recipe's input side
     epochs: int = 50
     batch_size: int = 64
@@ -121,74 +125,51 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- training
 
 
-def prepare_data_dir(config: TrainConfig) -> Path:
-    """The dataset root: given, extracted from ``--archive``, or downloaded from Kaggle."""
-    directory = Path(config.data_dir)
-    archive_name = "deepfake-and-real-images.zip"
-    try:
-        return data.find_dataset_root(directory)
-    except data.DatasetError:
-        # Download only into an empty folder or one holding our own partial download.
-        ours = {archive_name, archive_name + ".part", "extracted"}
-        if directory.exists() and not config.archive and any(p.name not in ours for p in directory.iterdir()):
-            raise
-    archive = Path(config.archive) if config.archive else directory / archive_name
-    if not config.archive:
-        log.info("downloading the Kaggle archive to %s", archive)
-        data.download(data.KAGGLE_URL, archive, sha256=config.sha256)
-    elif config.sha256:
-        data._check_sha256(archive, config.sha256, remove=False)
-    return data.find_dataset_root(data.extract(archive, directory / "extracted"))
-
-
-def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
-    if config.schedule == "cosine":
-        total = max(1, config.epochs * steps_per_epoch)
-        warmup = config.warmup_epochs * steps_per_epoch
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
-            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
-        )  # fmt: skip
-    elif config.schedule == "plateau":
-        learning_rate = config.learning_rate
-    else:
+def learning_rate_for(config: TrainConfig, steps_per_epoch: int):
+    """The recipe's learning rate: a constant (the plateau recipe) or warm-up then cosine decay."""
+    if config.schedule == "plateau":
+        return config.learning_rate
+    if config.schedule != "cosine":
         raise ValueError(f"unknown schedule {config.schedule!r}")
-    # Weight averaging: the optimizer keeps the average beside the weights (it is backed up
-    # with them) and writes it into the model when fit ends, before the threshold is chosen.
-    ema = dict(use_ema=True, ema_momentum=config.ema_momentum) if config.ema_momentum else {}
-    if config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate, **ema)
-    elif config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **ema)
-    else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}")
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[
-            keras.metrics.BinaryAccuracy(name="accuracy"),
-            keras.metrics.Precision(name="precision"),
-            keras.metrics.Recall(name="recall"),
-            keras.metrics.AUC(name="auc"),
-        ],
-    )
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = config.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
+        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+    )  # fmt: skip
 
 
-def make_callbacks(config: TrainConfig, checkpoint: Path | None = None) -> list[keras.callbacks.Callback]:
-    """Early stopping and the plateau schedule, as the recipe asks; the learning rate is logged.
+def metadata_for(config: TrainConfig, name: str = "deepfake-detector") -> ModelMetadata:
+    """What a network trained by ``config`` is, before its threshold is chosen."""
+    return ModelMetadata(arch=config.arch, class_names=list(labels.TRAINING_CLASS_ORDER),
+                         preprocessing=PreprocessingConfig(image_size=config.image_size).to_dict(), name=name)  # fmt: skip
 
-    With ``checkpoint``, the weights of the best epoch so far (lowest val_loss) are kept there
-    while training runs, as the original recipe did.
+
+def compile_model(model: keras.Model | DeepfakeDetectorModel, config: TrainConfig, steps_per_epoch: int) -> None:
+    """Compile for ``config``'s recipe (:meth:`DeepfakeDetectorModel.compile_model`).
+
+    With ``ema_momentum``, the optimizer keeps the weight average beside the weights (it is
+    backed up with them) and writes it into the model when fit ends, before the threshold is chosen.
     """
-    callbacks = []
-    if checkpoint is not None:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            checkpoint, monitor="val_loss", save_best_only=True, save_weights_only=True))
+    if not isinstance(model, DeepfakeDetectorModel):
+        model = DeepfakeDetectorModel(model, metadata_for(config))
+    model.compile_model(learning_rate_for(config, steps_per_epoch), optimizer=config.optimizer,
+                        weight_decay=config.weight_decay, ema_momentum=config.ema_momentum,
+                        label_smoothing=config.label_smoothing)  # fmt: skip
+
+
+def make_callbacks(config: TrainConfig, best: BestModelCheckpoint | None = None) -> list[keras.callbacks.Callback]:
+    """Early stopping and the plateau schedule as the recipe asks (speaking as the tutorial's
+    did), the best epoch kept by ``best``, and the learning rate logged."""
+    callbacks: list[keras.callbacks.Callback] = []
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
     if config.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7))
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7, verbose=1 if config.verbose else 0))
+    if best is not None:
+        callbacks.append(best)
     callbacks.append(LearningRateLogger())
     return callbacks
 
@@ -279,106 +260,150 @@ def check_config(config: TrainConfig) -> None:
 # ----------------------------------------------------------------------------- one run
 
 
-def train(config: TrainConfig) -> tuple[Path | None, dict]:
-    """Run one training; returns the saved model's path and its metadata's metrics.
+class TrainModel:
+    """One training run, from the dataset to the saved model: the tutorial's ``TrainModel``.
 
-    With several workers every worker trains, but only the chief writes the model, its
-    metadata and its plots; the others write them to a temporary folder that is then
-    removed (as the TF multi-worker guide does) and return ``None`` as the path.
+    The first seven arguments are the tutorial's and go to :class:`DatasetHandler`
+    (``dataset_download_dir`` defaults to ``config.data_dir``); ``config`` is the recipe (the
+    tutorial's by default, ``TrainConfig.for_arch`` for the others). ``run_training`` returns
+    ``(history, evaluation_metrics)`` as the tutorial's did; afterwards ``output_path`` is the
+    saved model (None on a worker that is not the chief) and ``metrics`` its Validation and
+    Test metrics at the threshold chosen on Validation.
 
-    Raises:
-        TrainingSetupError: a config this machine cannot run (see :func:`check_config`).
-        deepfake_detector.data.DatasetError: missing or one-class data.
+    The same run scales out with ``tf.distribute`` (``config.distribute``). Training state is
+    backed up every epoch, so a run that is killed continues from its last finished epoch
+    when started again with the same recipe.
     """
-    check_config(config)
-    strategy = make_strategy(config.distribute)  # first: multi-worker set-up needs a fresh runtime
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
-    chief = is_chief(strategy)
-    task = task_name(strategy)
-    log.info("distribute: %s (%s), %d replica(s)%s; global batch %d = %d per replica x %d",
-             config.distribute, STRATEGY_CLASSES[config.distribute], replicas,
-             f", this process is {task}" if task else "", global_batch, config.batch_size, replicas)  # fmt: skip
-    if config.mixed_precision:
-        log.info("mixed precision: mixed_float16 compute, float32 variables and output")
 
-    # The recipe decides whether a backup can be resumed; where it is written and how chatty
-    # the run is do not.
-    recipe = {k: v for k, v in dataclasses.asdict(config).items()
-              if k not in ("backup_dir", "verbose", "flip_average", "cache_dir")}  # fmt: skip
-    backup = ResumableBackup(backup_dir_for(config, strategy), recipe)
-    backup.check_same_run()
-    # A resumed run re-seeds its shuffles and dropout with the epochs done: restarted with the
-    # same seed it would replay the first epochs' batches and masks, which the network has fitted.
-    run_seed = config.seed + backup.saved_epoch()
-    keras.utils.set_random_seed(run_seed)
-    root = prepare_data_dir(config)
-    log.info("dataset: %s", root)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else cache.default_cache_dir(config.data_dir)
-    splits = open_splits(root, config.image_size, cache_dir, config.max_images_per_split, config.seed)
-    train_source, validation, blend_landmarks, class_weight = training_sources(splits, config)
-    shard = input_shard(strategy)  # several workers: each reads its share of the cache
-    train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks)
-    val_ds = make_dataset(validation, global_batch, False, shard=shard)
-    with strategy.scope():
-        model = build_training_model(config)
-        if config.frozen_blocks:
-            frozen = freeze_leading_blocks(model, config.frozen_blocks)
-            log.info("frozen: %s blocks 0-%d (%d layers)", config.arch, config.frozen_blocks - 1, frozen)
-        compile_model(model, config, steps_per_epoch=config.steps_per_epoch or len(train_ds))
+    def __init__(self, dataset_url: str = data.KAGGLE_URL, dataset_download_dir: str | Path | None = None,
+                 dataset_file: str = ARCHIVE_NAME, dataset_dir: str | Path | None = None, train_dir: str = "Train",
+                 test_dir: str = "Test", val_dir: str = "Validation", *, config: TrainConfig | None = None):  # fmt: skip
+        self.config = config or TrainConfig()
+        c = self.config
+        self.dataset_handler = DatasetHandler(
+            dataset_url, dataset_download_dir if dataset_download_dir is not None else c.data_dir, dataset_file,
+            dataset_dir, train_dir, test_dir, val_dir, archive=c.archive, sha256=c.sha256, image_size=c.image_size,
+            batch_size=c.batch_size, cache_dir=c.cache_dir, max_images_per_split=c.max_images_per_split, seed=c.seed,
+        )  # fmt: skip
+        self.output_path: Path | None = None
+        self.metrics: dict = {}
 
-    # Before the backup in the list: it records the logs the callbacks before it completed.
-    # Every worker writes (saving takes part in collective ops); only the chief's files stay.
-    output, scratch = Path(config.output), None
-    if not chief:
-        scratch = Path(tempfile.mkdtemp(prefix="deepfake-detector-worker-"))
-        output = scratch / output.name
-    best_checkpoint = output.with_name(f".{output.stem}.best.weights.h5")
-    callbacks = [*make_callbacks(config, best_checkpoint), ThroughputLogger(global_batch), backup]
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        work_around_keras_multi_worker_gaps(model)
-    start = time.time()
-    with strategy.scope():
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-                  class_weight=class_weight, verbose=config.verbose, callbacks=callbacks)  # fmt: skip
-    train_seconds = time.time() - start
-    # The plateau recipe restores its best epoch through EarlyStopping; the cosine recipe keeps
-    # its last epoch (the schedule has annealed).
-    history = backup.history  # every epoch, also those before a resume
-    # A plain float32 copy without the optimizer: the saved file is the same whatever the
-    # strategy, and a third of the size (AdamW keeps two slots per weight).
-    model = single_device_copy(model, config)
-    if config.flip_average:
-        model = flip_averaged(model)
+    def run_training(self, learning_rate: float | None = None, epochs: int | None = None):
+        """Download and extract the data if needed, train, choose the threshold, evaluate, save.
 
-    threshold, metrics = choose_threshold_and_measure(model, validation, splits["Test"], config.threshold_rule)
-    metadata = ModelMetadata(
-        arch=config.arch,
-        class_names=list(labels.TRAINING_CLASS_ORDER),
-        preprocessing=PreprocessingConfig(image_size=config.image_size).to_dict(),
-        threshold=threshold,
-        threshold_rule=f"{config.threshold_rule} on Validation",
-        flip_average=config.flip_average,
-        name=output.stem,
-        train_config={**dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
-                      "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
-                      "replicas": replicas, "global_batch_size": global_batch,
-                      "train_seconds": round(train_seconds, 1), "dataset": str(root),
-                      "splits": {split: source.info for split, source in splits.items()}, "history": history},
-        metrics=metrics,
-    )  # fmt: skip
-    save_model(model, metadata, output)
-    _write_curves(history, output.with_suffix(".curves.png"))
-    backup.remove()
-    best_checkpoint.unlink(missing_ok=True)  # the saved model holds the weights now
-    if task:  # the workers' shared parent folder goes with the last of them
-        with contextlib.suppress(OSError):
-            backup.directory.parent.rmdir()
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
-        log.info("%s done; the chief wrote the model", task)
-        return None, metadata.metrics
-    return output, metadata.metrics
+        ``learning_rate`` and ``epochs`` override the recipe's (the tutorial's: 1e-4 and 50).
+        Returns the Keras ``History`` (every epoch, also those before a resume) and the
+        tutorial's ``[loss, accuracy, precision, recall]`` on Test at 0.5, fake positive.
+
+        Raises:
+            TrainingSetupError: a config this machine cannot run (see :func:`check_config`),
+                before any data is touched.
+            deepfake_detector.data.DatasetError: missing, unreadable or one-class data.
+        """
+        config = dataclasses.replace(self.config, **{k: v for k, v in (("learning_rate", learning_rate),
+                                                                        ("epochs", epochs)) if v is not None})  # fmt: skip
+        self.config = config
+        check_config(config)
+        strategy = make_strategy(config.distribute)  # first: multi-worker set-up needs a fresh runtime
+        replicas = strategy.num_replicas_in_sync
+        global_batch = config.batch_size * replicas
+        chief = is_chief(strategy)
+        task = task_name(strategy)
+        log.info("distribute: %s (%s), %d replica(s)%s; global batch %d = %d per replica x %d",
+                 config.distribute, STRATEGY_CLASSES[config.distribute], replicas,
+                 f", this process is {task}" if task else "", global_batch, config.batch_size, replicas)  # fmt: skip
+        if config.mixed_precision:
+            log.info("mixed precision: mixed_float16 compute, float32 variables and output")
+
+        # The recipe decides whether a backup can be resumed; where it is written and how chatty
+        # the run is do not.
+        recipe = {k: v for k, v in dataclasses.asdict(config).items()
+                  if k not in ("backup_dir", "verbose", "flip_average", "cache_dir")}  # fmt: skip
+        backup = ResumableBackup(backup_dir_for(config, strategy), recipe)
+        backup.check_same_run()
+        # A resumed run re-seeds its shuffles and dropout with the epochs done: restarted with the
+        # same seed it would replay the first epochs' batches and masks, which the network has fitted.
+        run_seed = config.seed + backup.saved_epoch()
+        keras.utils.set_random_seed(run_seed)
+        handler = self.dataset_handler
+        handler.download_dataset()
+        handler.unzip_dataset()
+        splits = handler.splits()
+        train_source, validation, blend_landmarks, class_weight = training_sources(splits, config)
+        shard = input_shard(strategy)  # several workers: each reads its share of the cache
+        train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks)
+        val_ds = make_dataset(validation, global_batch, False, shard=shard)
+
+        # Every worker writes (saving takes part in collective ops); only the chief's files stay.
+        output, scratch = Path(config.output), None
+        if not chief:
+            scratch = Path(tempfile.mkdtemp(prefix="deepfake-detector-worker-"))
+            output = scratch / output.name
+        with strategy.scope():
+            detector_model = DeepfakeDetectorModel(build_training_model(config), metadata_for(config, output.stem))
+            if config.frozen_blocks:
+                frozen = freeze_leading_blocks(detector_model.model, config.frozen_blocks)
+                log.info("frozen: %s blocks 0-%d (%d layers)", config.arch, config.frozen_blocks - 1, frozen)
+            compile_model(detector_model, config, steps_per_epoch=config.steps_per_epoch or len(train_ds))
+        model = detector_model.model
+        detector_model.metadata.train_config = {k: v for k, v in recipe.items() if k != "output"}
+        best = BestModelCheckpoint(detector_model, best_path(output), verbose=1 if config.verbose else 0,
+                                   initial_best=min(backup.history.get("val_loss", []), default=math.inf))  # fmt: skip
+        # Before the backup in the list: it records the logs the callbacks before it completed.
+        callbacks = [*make_callbacks(config, best), ThroughputLogger(global_batch), backup]
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            work_around_keras_multi_worker_gaps(model)
+        start = time.time()
+        with strategy.scope():
+            fitted = detector_model.train_model(train_ds, val_ds, config.epochs, callbacks,
+                                                steps_per_epoch=config.steps_per_epoch, class_weight=class_weight,
+                                                verbose=config.verbose)  # fmt: skip
+        train_seconds = time.time() - start
+        # The plateau recipe restores its best epoch through EarlyStopping; the cosine recipe keeps
+        # its last epoch (the schedule has annealed).
+        history = backup.history  # every epoch, also those before a resume
+        fitted.history = history
+        # A plain float32 copy without the optimizer: the saved file is the same whatever the
+        # strategy, and a third of the size (AdamW keeps two slots per weight).
+        model = single_device_copy(model, config)
+        if config.flip_average:
+            model = flip_averaged(model)
+        final = DeepfakeDetectorModel(model, metadata_for(config, output.stem))
+        threshold, metrics, test_scores = choose_threshold_and_measure(final, validation, splits["Test"], config.threshold_rule)
+        evaluation_metrics = evaluation.tutorial_metrics(splits["Test"].labels, test_scores)
+        final.metadata = dataclasses.replace(
+            final.metadata,
+            threshold=threshold,
+            threshold_rule=f"{config.threshold_rule} on Validation",
+            flip_average=config.flip_average,
+            train_config={**dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
+                          "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
+                          "replicas": replicas, "global_batch_size": global_batch,
+                          "train_seconds": round(train_seconds, 1), "dataset": str(handler.find()),
+                          "splits": {split: source.info for split, source in splits.items()}, "history": history},
+            metrics=metrics,
+        )  # fmt: skip
+        final.save_model(output)
+        _write_curves(history, output.with_suffix(".curves.png"))
+        backup.remove()
+        self.metrics = final.metadata.metrics
+        if task:  # the workers' shared parent folder goes with the last of them
+            with contextlib.suppress(OSError):
+                backup.directory.parent.rmdir()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+            log.info("%s done; the chief wrote the model", task)
+            self.output_path = None
+        else:
+            self.output_path = output
+        return fitted, evaluation_metrics
+
+
+def train(config: TrainConfig) -> tuple[Path | None, dict]:
+    """``TrainModel(config=config).run_training()``; returns the saved path and the metrics."""
+    trainer = TrainModel(config=config)
+    trainer.run_training()
+    return trainer.output_path, trainer.metrics
 
 
 def training_sources(splits: dict, config: TrainConfig):
@@ -410,21 +435,23 @@ def training_sources(splits: dict, config: TrainConfig):
     return splits["Train"], splits["Validation"], train_landmarks, class_weight
 
 
-def choose_threshold_and_measure(model: keras.Model, validation: ImageSource, test: ImageSource, rule: str,
-                                 class_names=labels.TRAINING_CLASS_ORDER) -> tuple[float, dict]:  # fmt: skip
-    """The decision threshold chosen on Validation by ``rule``, and both splits' metrics at it.
+def choose_threshold_and_measure(detector_model: DeepfakeDetectorModel, validation: ImageSource, test: ImageSource,
+                                 rule: str) -> tuple[float, dict, np.ndarray]:  # fmt: skip
+    """The decision threshold chosen on Validation by ``rule``, both splits' metrics at it, and
+    Test's P(fake) scores.
 
     Both splits stream from their sources. Test is scored once, after the choice.
     """
 
     def fake_probability(source):
-        return labels.fake_probability_from_output(predict_scores(model, source), class_names)
+        return detector_model.fake_probability_of(predict_scores(detector_model.model, source))
 
     val_scores = fake_probability(validation)
     threshold = evaluation.choose_threshold(validation.labels, val_scores, rule)
-    test_metrics = evaluation.compute_metrics(test.labels, fake_probability(test), threshold)
+    test_scores = fake_probability(test)
+    test_metrics = evaluation.compute_metrics(test.labels, test_scores, threshold)
     val_metrics = evaluation.compute_metrics(validation.labels, val_scores, threshold)
-    return threshold, {"validation": _short(val_metrics), "test": _short(test_metrics)}
+    return threshold, {"validation": _short(val_metrics), "test": _short(test_metrics)}, test_scores
 
 
 def add_flip_average(model_path: str | Path, data_dir: str | Path, output: str | Path,
@@ -443,14 +470,13 @@ def add_flip_average(model_path: str | Path, data_dir: str | Path, output: str |
     model, metadata = load_model(model_path)
     if metadata.flip_average:
         raise ModelFileError(f"{model_path}: already flip-averaged")
-    root = data.find_dataset_root(Path(data_dir))
-    cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir(data_dir)
-    splits = open_splits(root, metadata.image_size, cache_dir, splits=("Validation", "Test"))
+    splits = DatasetHandler(dataset_download_dir=data_dir, image_size=metadata.image_size, cache_dir=cache_dir).splits(("Validation", "Test"))
     rule = metadata.threshold_rule.removesuffix(" on Validation")
+    if rule not in evaluation.THRESHOLD_RULES:  # a fixed threshold (a best-epoch checkpoint, an adopted model)
+        rule = TrainConfig.threshold_rule
     averaged = flip_averaged(model)
-    threshold, metrics = choose_threshold_and_measure(
-        averaged, splits["Validation"], splits["Test"], rule, metadata.class_names
-    )
+    threshold, metrics, _ = choose_threshold_and_measure(DeepfakeDetectorModel(averaged, metadata), splits["Validation"],
+                                                         splits["Test"], rule)  # fmt: skip
     metadata = dataclasses.replace(
         metadata, threshold=threshold, flip_average=True, metrics=metrics, created="", versions={}, name=Path(output).stem,
         train_config={**metadata.train_config, "flip_average": True, "flip_average_added_from": str(model_path)},

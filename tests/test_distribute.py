@@ -151,8 +151,9 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
         assert "MultiWorkerMirroredStrategy), 2 replica(s), this process is worker-" in log
     assert "saved " in logs[0] and "the chief worker saved the model" in logs[1]
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.keras"))
-    assert written == [Path("out/model.keras")]
-    assert sorted(p.name for p in output.parent.iterdir()) == ["model.curves.png", "model.keras"]  # no backups left
+    assert written == [Path("out/model.keras"), Path("out/model_best.keras")]
+    # no backups left; the best epoch is kept as the tutorial did
+    assert sorted(p.name for p in output.parent.iterdir()) == ["model.curves.png", "model.keras", "model_best.keras"]
     assert not any((tmp_path / "tmp1").iterdir())  # the non-chief's scratch output was removed
     metadata = _metadata(output)
     assert metadata.train_config["replicas"] == 2 and metadata.train_config["global_batch_size"] == 8
@@ -188,7 +189,8 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, caplog, capsy
     caplog.set_level("INFO", logger="deepfake_detector")
     assert train.main(train.get_args_parser().parse_args(command[2:])) == 0
     assert "resuming from epoch 3: 2 epoch(s) done" in caplog.text
-    epochs = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch ")]
+    epochs = [line.split()[1] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("Epoch ") and "/" in line.split()[1]]  # fmt: skip
     assert epochs == ["3/4", "4/4"]
     train_config = _metadata(output).train_config
     assert train_config["epochs_run"] == 4 and train_config["resumed_from_epoch"] == 3

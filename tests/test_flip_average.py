@@ -93,10 +93,10 @@ def test_both_runtimes_score_it_alike_and_mirror_images_alike(averaged_path, fac
 
 def test_heatmaps_explain_the_member_and_mirror_with_the_image(averaged_path, faces):
     from deepfake_detector.explain import Explainer
-    from deepfake_detector.model import load_model
+    from deepfake_detector.model import DeepfakeDetectorModel
 
-    model, metadata = load_model(averaged_path)
-    explainer = Explainer(model, metadata.class_names, metadata.threshold, metadata.image_size)
+    detector_model = DeepfakeDetectorModel.load(averaged_path)
+    explainer = Explainer(detector_model)
     assert explainer.method == "grad-cam" and explainer.mirrored
     maps = explainer.heatmaps(faces)
     assert maps.shape == (4, IMAGE_SIZE, IMAGE_SIZE) and np.isfinite(maps).all()

@@ -14,10 +14,31 @@ from tests.conftest import image_bytes, synthetic_image
 def test_fake_index_follows_saved_order():
     assert labels.fake_index(["real", "fake"]) == 1
     assert labels.fake_index(["Fake", "Real"]) == 0
-    assert labels.fake_probability_from_output(0.9, ["real", "fake"]) == pytest.approx(0.9)
-    assert labels.fake_probability_from_output(0.9, ["fake", "real"]) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         labels.fake_index(["cat", "dog"])
+
+
+def test_the_model_applies_its_saved_class_order():
+    """DeepfakeDetectorModel.fake_probability is the one place the class order is applied."""
+    import keras
+
+    from deepfake_detector.model import DeepfakeDetectorModel
+
+    inputs = keras.Input((4, 4, 3))
+    constant = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros",
+                                  bias_initializer=keras.initializers.Constant(np.log(9.0)))  # sigmoid = 0.9
+    network = keras.Model(inputs, constant(keras.layers.Flatten()(inputs)))
+    images = np.zeros((2, 4, 4, 3), np.float32)
+    ours = DeepfakeDetectorModel(network, ModelMetadata(arch="test", preprocessing={"image_size": 4}))
+    tutorial = DeepfakeDetectorModel(network, ModelMetadata(arch="test", class_names=["fake", "real"],
+                                                            preprocessing={"image_size": 4}))  # fmt: skip
+    np.testing.assert_allclose(ours.fake_probability(images), 0.9, rtol=1e-5)
+    np.testing.assert_allclose(tutorial.fake_probability(images), 0.1, rtol=1e-4)
+    assert ours.output_is_fake and not tutorial.output_is_fake
+    with pytest.raises(ValueError):
+        tutorial.compile_model()  # our labels would train it backwards
+    with pytest.raises(ValueError):
+        DeepfakeDetectorModel(network, ModelMetadata(arch="test", class_names=["cat", "dog"]))
 
 
 def test_trained_model_calls_fakes_fake_python_api(detector):

@@ -1,0 +1,180 @@
+"""``DatasetHandler``: the dataset found or fetched, and its splits as streamed ``tf.data`` datasets.
+
+The original tutorial's class of this name downloaded the Kaggle archive, unzipped it and
+read each split with ``image_dataset_from_directory``. This one keeps its constructor and
+methods, and does each step the way a 190,000-image archive needs:
+
+* ``download_dataset``: TLS-verified, resumable, with an optional SHA-256
+  (:func:`deepfake_detector.data.download`), and only when no dataset is there already;
+* ``unzip_dataset``: extraction that refuses members outside the folder, renamed into place
+  when complete (:func:`deepfake_detector.data.extract`);
+* ``load_split_data``: each split decoded once by the one preprocessing path into an on-disk
+  cache (:mod:`deepfake_detector.cache`) and streamed from it (:func:`pipeline.make_dataset`),
+  so memory stays flat in dataset size. Labels are real=0, fake=1
+  (:data:`deepfake_detector.labels.TRAINING_CLASS_ORDER`), not the alphabetical order
+  ``image_dataset_from_directory`` gives (Fake=0, Real=1).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import tensorflow as tf
+
+from deepfake_detector import cache, data
+from deepfake_detector.data import DatasetError
+from deepfake_detector.pipeline import make_dataset
+
+log = logging.getLogger(__name__)
+
+#: The tutorial's name for the downloaded archive.
+ARCHIVE_NAME = "dataset.zip"
+#: Where ``unzip_dataset`` extracts, inside the download folder.
+EXTRACTED = "extracted"
+
+
+class DatasetHandler:
+    """Finds or fetches a dataset with ``Train/``, ``Validation/`` and ``Test/`` (each with
+    ``Real/`` and ``Fake/``) and serves its splits.
+
+    The first seven arguments are the tutorial's (with defaults): the archive at
+    ``dataset_url`` is downloaded into ``dataset_download_dir`` as ``dataset_file`` and
+    extracted there; ``dataset_dir`` is the folder holding the three split folders, named
+    ``train_dir``, ``val_dir`` and ``test_dir``. When ``dataset_dir`` is None or missing, the
+    split folders are looked for in ``dataset_download_dir`` and two levels down (an archive
+    extracted to ``extracted/`` holds ``Dataset/``). The keyword-only arguments are ours:
+    ``archive`` (a zip already downloaded), ``sha256`` (its expected checksum), the input size
+    and batch size, the cache folder, a per-split image limit for trials, and the seed.
+    """
+
+    def __init__(self, dataset_url: str = data.KAGGLE_URL, dataset_download_dir: str | Path = "data",
+                 dataset_file: str = ARCHIVE_NAME, dataset_dir: str | Path | None = None, train_dir: str = "Train",
+                 test_dir: str = "Test", val_dir: str = "Validation", *, archive: str | Path | None = None,
+                 sha256: str | None = None, image_size: int = 128, batch_size: int = 64,
+                 cache_dir: str | Path | None = None, max_images_per_split: int | None = None,
+                 seed: int = 1337):  # fmt: skip
+        self.dataset_url = dataset_url
+        self.dataset_download_dir = Path(dataset_download_dir)
+        self.dataset_file = dataset_file
+        self.dataset_dir = Path(dataset_dir) if dataset_dir is not None else None
+        self.train_dir, self.test_dir, self.val_dir = train_dir, test_dir, val_dir
+        self.archive = Path(archive) if archive else None
+        self.sha256 = sha256
+        self.image_size, self.batch_size = image_size, batch_size
+        self.cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir(self.dataset_download_dir)
+        self.max_images_per_split, self.seed = max_images_per_split, seed
+        self._splits: dict[str, cache.SplitCache] = {}
+
+    # ------------------------------------------------------------------ finding and fetching
+
+    @property
+    def split_dirs(self) -> dict[str, str]:
+        """Each split's folder name, by the split's role (``Train``, ``Validation``, ``Test``)."""
+        return {"Train": self.train_dir, "Validation": self.val_dir, "Test": self.test_dir}
+
+    def find(self) -> Path:
+        """The folder holding the three split folders.
+
+        Raises:
+            DatasetError: none found (the message names what is missing and where).
+        """
+        names = tuple(self.split_dirs.values())
+        if self.dataset_dir is not None and all((self.dataset_dir / name).is_dir() for name in names):
+            return self.dataset_dir
+        return data.find_dataset_root(self.dataset_download_dir, names)
+
+    def _found(self) -> Path | None:
+        try:
+            return self.find()
+        except DatasetError:
+            return None
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive or self.dataset_download_dir / self.dataset_file
+
+    def download_dataset(self) -> bool:
+        """Fetch the archive unless a dataset or the archive is already here; True when done.
+
+        Downloads only into an empty folder, or one holding nothing but this handler's own
+        files, so a mistyped folder full of other things is refused rather than filled.
+
+        Raises:
+            DatasetError: the folder is not empty, or the download failed (the partial file
+                keeps its bytes, so running again resumes), or the checksum is wrong.
+        """
+        if (root := self._found()) is not None:
+            log.info("dataset already at %s", root)
+            return True
+        archive = self.archive_path
+        if archive.is_file():
+            log.info("dataset file %s already exists", archive)
+            if self.sha256:
+                data.check_sha256(archive, self.sha256, remove=False)
+            return True
+        if self.archive is not None:
+            raise DatasetError(f"{self.archive}: no such archive")
+        directory = self.dataset_download_dir
+        ours = {self.dataset_file, self.dataset_file + ".part", EXTRACTED, self.cache_dir.name}
+        if directory.exists() and any(path.name not in ours for path in directory.iterdir()):
+            self.find()  # raises, naming what the folder lacks
+        log.info("downloading %s to %s", self.dataset_url, archive)
+        data.download(self.dataset_url, archive, sha256=self.sha256)
+        return True
+
+    def unzip_dataset(self) -> bool:
+        """Extract the archive into ``dataset_download_dir/extracted`` unless a dataset is found; True when done.
+
+        Raises:
+            DatasetError: no archive to extract, a corrupt or unsafe archive, or one without
+                the three split folders.
+        """
+        if (root := self._found()) is not None:
+            log.info("dataset is extracted at %s", root)
+            return True
+        archive = self.archive_path
+        if not archive.is_file():
+            raise DatasetError(f"{archive}: no dataset archive to extract (download it first)")
+        root = data.find_dataset_root(data.extract(archive, self.dataset_download_dir / EXTRACTED),
+                                      tuple(self.split_dirs.values()))  # fmt: skip
+        log.info("dataset extracted to %s", root)
+        return True
+
+    # ------------------------------------------------------------------ the splits
+
+    def splits(self, roles: tuple[str, ...] = data.SPLITS) -> dict[str, cache.SplitCache]:
+        """The splits named in ``roles`` (``Train``, ``Validation``, ``Test``), each a
+        :class:`~deepfake_detector.cache.SplitCache`, built on first use.
+
+        Every split's folders are listed (and a missing class refused) before any is decoded.
+        """
+        missing = [role for role in roles if role not in self._splits]
+        if missing:
+            root = self.find()
+            log.info("dataset: %s", root)
+            listed = {role: data.labelled_files(root / self.split_dirs[role]) for role in missing}
+            for role in missing:
+                split = cache.open_split(root / self.split_dirs[role], self.cache_dir, self.image_size,
+                                         self.max_images_per_split, self.seed, files=listed[role])  # fmt: skip
+                log.info("%s: %s (cache %s)", role, split.info, split.directory)
+                self._splits[role] = split
+        return {role: self._splits[role] for role in roles}
+
+    def get_image_dataset_from_directory(self, dir_name: str, training: bool | None = None,
+                                         augment: str = "none") -> tf.data.Dataset:  # fmt: skip
+        """One split, by its folder name, as batches of (uint8 images, labels real=0/fake=1).
+
+        ``training`` (default: for the training folder) draws a fresh shuffle every epoch and
+        applies ``augment`` (:data:`deepfake_detector.pipeline.AUGMENTATIONS`); otherwise the
+        files keep their order.
+        """
+        roles = {name: role for role, name in self.split_dirs.items()}
+        if dir_name not in roles:
+            raise DatasetError(f"{dir_name!r} is not one of this dataset's split folders ({', '.join(roles)})")
+        training = dir_name == self.train_dir if training is None else training
+        return make_dataset(self.splits()[roles[dir_name]], self.batch_size, training, augment, self.seed)
+
+    def load_split_data(self) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+        """``(train, test, val)``, in the tutorial's order."""
+        return tuple(self.get_image_dataset_from_directory(name) for name in (self.train_dir, self.test_dir, self.val_dir))
