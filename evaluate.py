@@ -15,65 +15,54 @@ import logging
 import sys
 from pathlib import Path
 
+from deepfake_detector.cli import fail, run
+from deepfake_detector.data import SPLITS
+from deepfake_detector.errors import PerturbationSpecError
+
 PROG = "evaluate.py"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from deepfake_detector.data import SPLITS
-
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a .keras model saved by train.py (default: the shipped models/deepfake_detector.keras)")
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with Real/ and Fake/, or a dataset root with Train/Validation/Test")
     parser.add_argument("--archive", type=Path, help="a dataset zip (the Kaggle archive) to extract into --data-dir first, "
                                                      "unless a dataset is already there")
-    parser.add_argument("--split", default="Test", choices=SPLITS, help="split to use when --data-dir is a dataset root (default: Test)")
+    parser.add_argument("--split", default="Test", choices=SPLITS, help="split to use when --data-dir is a dataset root (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write the report (metrics and context) to this JSON file")
     parser.add_argument("--plots", type=Path, help="write roc.png, confusion_matrix.png and score_histogram.png to this folder")
     parser.add_argument("--perturb", metavar="SPEC", help='also score perturbed copies, e.g. "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"')
-    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: %(default)s)")
     return parser
 
 
-def fail(message) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
-    return 2
-
-
-def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+def evaluate(args: argparse.Namespace) -> int:
     # Input is checked before TensorFlow is imported: a typo costs no start-up time.
-    from deepfake_detector.data import DatasetError
-    from deepfake_detector.evaluation import evaluate_folder, format_table, resolve_folder
-    from deepfake_detector.perturbations import PerturbationSpecError, parse_spec
+    from deepfake_detector.data import DatasetHandler
+    from deepfake_detector.evaluation import evaluate_folder, resolve_folder
+    from deepfake_detector.metrics import format_table
+    from deepfake_detector.perturbations import parse_spec
 
     if args.batch_size < 1:
-        return fail(f"--batch-size must be at least 1, got {args.batch_size}")
+        return fail(PROG, f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         perturbations = parse_spec(args.perturb) if args.perturb is not None else []
-        if args.archive is not None:
-            from deepfake_detector.dataset import DatasetHandler
-
-            DatasetHandler(dataset_download_dir=args.data_dir, archive=args.archive).unzip_dataset()
-        folder, split = resolve_folder(args.data_dir, args.split)
     except PerturbationSpecError as error:
-        return fail(f"--perturb: {error}")
-    except DatasetError as error:
-        return fail(error)
+        return fail(PROG, f"--perturb: {error}")
+    if args.archive is not None:
+        DatasetHandler(dataset_download_dir=args.data_dir, archive=args.archive).unzip_dataset()
+    folder, split = resolve_folder(args.data_dir, args.split)
 
     from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
-    from deepfake_detector.model import ModelFileError
 
     model_path = args.model or DEFAULT_MODEL_PATH
     if not model_path.is_file():
-        return fail(f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH")
-    try:
-        detector = Detector.from_path(model_path)
-    except ModelFileError as error:
-        return fail(error)
+        return fail(PROG, f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH")
+    detector = Detector.from_path(model_path)
     try:
         report = evaluate_folder(detector, folder, perturbations, batch_size=args.batch_size, plots_dir=args.plots)
-    except (DatasetError, OSError) as error:  # OSError: e.g. the --plots folder cannot be written
-        return fail(error)
+    except OSError as error:  # e.g. the --plots folder cannot be written
+        return fail(PROG, error)
     report = {"model_path": str(model_path), "split": split, **report}
 
     rows = {"clean": report, **report.get("perturbations", {})}
@@ -89,11 +78,16 @@ def main(args: argparse.Namespace) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2) + "\n")
         except OSError as error:
-            return fail(f"cannot write {args.json}: {error}")
+            return fail(PROG, f"cannot write {args.json}: {error}")
         print(f"wrote {args.json}")
     if args.plots:
         print(f"plots in {args.plots}")
     return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return run(PROG, evaluate, args)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,18 @@ import logging
 import sys
 from pathlib import Path
 
+from deepfake_detector.cli import choices_help, run
+from deepfake_detector.recipes import EXPORT_FORMATS
+
+PROG = "export.py"
+DEFAULT_FORMAT = "savedmodel"
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a .keras model saved by train.py, for adopt one saved by the original "
                         "tutorial's (default: the shipped models/deepfake_detector.keras)")
-    parser.add_argument("--format", default="savedmodel", choices=["savedmodel", "tflite", "flip-averaged", "adopt"], help="default: savedmodel")
+    parser.add_argument("--format", default=DEFAULT_FORMAT, choices=EXPORT_FORMATS, help=choices_help(EXPORT_FORMATS, DEFAULT_FORMAT))
     parser.add_argument("--output", type=Path, required=True,
                         help="a new (or empty) folder to write the export into; for flip-averaged and adopt, a .keras file")
     parser.add_argument("--data-dir", type=Path,
@@ -39,42 +45,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def export(args: argparse.Namespace) -> int:
+    from deepfake_detector.detector import DEFAULT_MODEL_PATH
+
+    model = args.model or DEFAULT_MODEL_PATH
+    if args.format == "flip-averaged":
+        from deepfake_detector.export import add_flip_average
+
+        path, metrics = add_flip_average(model, args.data_dir, args.output)
+        val, test = metrics["validation"], metrics["test"]
+        print(f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
+              f"accuracy {test['accuracy']:.4f} (threshold {test['threshold']:.3f})")  # fmt: skip
+    elif args.format == "adopt":
+        from deepfake_detector.adopt import adopt_tutorial_model
+
+        path, metadata = adopt_tutorial_model(model, args.output, args.data_dir)
+        val = metadata.metrics.get("validation")
+        print(f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule})"
+              + (f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else ""))  # fmt: skip
+    else:
+        from deepfake_detector.export import export as export_folder
+
+        path = export_folder(model, args.format, args.output)
+    print(f"exported {model} as {args.format} to {path}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from deepfake_detector.data import DatasetError
-    from deepfake_detector.detector import DEFAULT_MODEL_PATH
-    from deepfake_detector.export import ExportError, adopt_tutorial_model, export
-    from deepfake_detector.model import ModelFileError, read_metadata
-    from deepfake_detector.preprocessing import DEFAULT_RESAMPLE
-    from deepfake_detector.training import TrainConfig, add_flip_average
-
-    args.model = args.model or DEFAULT_MODEL_PATH
-    try:
-        if args.format == "flip-averaged":
-            if args.data_dir is None:
-                raise ExportError("flip-averaged needs --data-dir: its Validation split sets the new threshold")
-            if args.output.suffix != ".keras":
-                raise ExportError(f"flip-averaged writes a .keras file; {args.output} does not end in .keras")
-            resample = read_metadata(args.model).preprocessing.get("resample", DEFAULT_RESAMPLE)
-            if resample != DEFAULT_RESAMPLE:  # the training cache it scores Validation from resizes with ours
-                raise ExportError(f"{args.model} resizes with {resample!r}; flip-averaged chooses its threshold on "
-                                  f"images resized with {DEFAULT_RESAMPLE!r}, so it takes only models trained here")  # fmt: skip
-            path, metrics = add_flip_average(args.model, args.data_dir, args.output)
-            val, test = metrics["validation"], metrics["test"]
-            print(f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
-                  f"accuracy {test['accuracy']:.4f} (threshold {test['threshold']:.3f})")  # fmt: skip
-        elif args.format == "adopt":
-            path, metadata = adopt_tutorial_model(args.model, args.output, args.data_dir, TrainConfig.threshold_rule)
-            val = metadata.metrics.get("validation")
-            print(f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule})"
-                  + (f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else ""))  # fmt: skip
-        else:
-            path = export(args.model, args.format, args.output)
-    except (ModelFileError, ExportError, DatasetError) as error:
-        print(f"export.py: {error}", file=sys.stderr)
-        return 2
-    print(f"exported {args.model} as {args.format} to {path}")
-    return 0
+    return run(PROG, export, args)
 
 
 if __name__ == "__main__":

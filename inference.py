@@ -1,7 +1,7 @@
 """Serve the detector, or score files from the command line.
 
     python inference.py                          # the upload page and API on http://127.0.0.1:5000
-    python inference.py --model models/x.keras --port 8080
+    python inference.py --model models/x.keras --port 8080      (or: python inference.py serve ...)
     python inference.py --keep-uploads           # also store each upload in uploads/ for review
     python inference.py predict photos/ a.jpg --output results.csv   # one row per face
 
@@ -14,8 +14,15 @@ import logging
 import sys
 from pathlib import Path
 
+from deepfake_detector.cli import choices_help, fail, run
+from deepfake_detector.decoding import MAX_DEFAULT_THREADS
+from deepfake_detector.recipes import RUNTIMES, SERVING_RUNTIME
+
+PROG = "inference.py"
+PREDICT_PROG = f"{PROG} predict"
 #: Where --keep-uploads stores uploads: the top-level uploads/ folder of the tutorial's layout.
 UPLOADS_DIR = Path(__file__).resolve().parent / "uploads"
+MODEL_HELP = "a .keras model saved by train.py (default: ./deepfake_detector_model.keras if train.py wrote one, else the shipped model)"
 
 
 def __getattr__(name: str):
@@ -28,79 +35,77 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _serve_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--model", type=Path, help=MODEL_HELP)
+    options.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    options.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    options.add_argument("--threads", type=int, default=4, help="request threads of the production server (default: %(default)s)")
+    options.add_argument("--runtime", default=SERVING_RUNTIME, choices=RUNTIMES, help=choices_help(RUNTIMES, SERVING_RUNTIME))
+    options.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress (debug stays off)")
+    options.add_argument("--keep-uploads", action="store_true",
+                         help="store each scored upload in uploads/ under a name made from its content, with a JSON "
+                              "sidecar (verdict, scores, model, time), for review or retraining (default: kept in memory only)")
+    options.add_argument("--keep-uploads-max-mb", type=float, default=1024.0,
+                         help="stop storing uploads once uploads/ holds this many MB; answers are unaffected (default: %(default)g)")
+    return options
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="a .keras model saved by train.py (default: "
-                                                   "./deepfake_detector_model.keras if train.py wrote one, else the shipped model)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    parser.add_argument("--threads", type=int, default=4, help="request threads of the production server (default: 4)")
-    parser.add_argument("--runtime", default="tflite", choices=["tflite", "keras"],
-                        help="tflite: the model converted at start-up and run by LiteRT, fastest per upload "
-                             "(default); keras: TensorFlow")
-    parser.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress (debug stays off)")
-    parser.add_argument("--keep-uploads", action="store_true",
-                        help="store each scored upload in uploads/ under a name made from its content, with a JSON "
-                             "sidecar (verdict, scores, model, time), for review or retraining (default: kept in memory only)")
-    parser.add_argument("--keep-uploads-max-mb", type=float, default=1024.0,
-                        help="stop storing uploads once uploads/ holds this many MB; answers are unaffected (default: 1024)")
+    """``serve`` (also what runs with no command) and ``predict``."""
+    serve_options = _serve_options()
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[serve_options])  # fmt: skip
+    commands = parser.add_subparsers(dest="command", title="commands")
+    commands.add_parser("serve", parents=[serve_options], help="serve the upload page and JSON API (the default)",
+                        description="Serve the upload page and JSON API; options go after the command.")  # fmt: skip
+    predict = commands.add_parser(
+        "predict", prog=PREDICT_PROG, help="score image files and folders",
+        description=(
+            "Score image files and folders (recursively): one row per face found (face_index, box "
+            "= x y width height), or one whole-image row with both empty when a file has no face. "
+            "An image's verdict is its highest fake_probability. Exit status 1 if any file failed."
+        ),
+    )  # fmt: skip
+    predict.add_argument("paths", nargs="+", help="image files and folders")
+    predict.add_argument("--model", type=Path, help=MODEL_HELP)
+    predict.add_argument("--output", help="results file: .csv for CSV, anything else for JSON lines (default: CSV on stdout)")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per model call (default: %(default)s)")
+    predict.add_argument("--workers", type=int, help=f"decoding threads (default: twice the CPUs, at most {MAX_DEFAULT_THREADS})")
+    predict.add_argument("--no-faces", action="store_true", help="score each whole image, without face detection")
     return parser
 
 
 def load_detector(model_path: Path | None, runtime: str = "keras"):
+    """The model to score with; raises :class:`deepfake_detector.errors.ModelFileError`."""
     from deepfake_detector.detector import Detector
-    from deepfake_detector.model import ModelFileError
     from deepfake_detector.serving import default_model_path
 
     origin = ""
     if model_path is None:
         model_path, origin = default_model_path()
-    try:
-        return Detector.from_path(model_path, runtime=runtime, origin=origin)
-    except ModelFileError as error:
-        raise SystemExit(f"inference.py: {error}")
+    return Detector.from_path(model_path, runtime=runtime, origin=origin)
 
 
 def serve(args: argparse.Namespace) -> int:
-    from deepfake_detector.model import ModelFileError
     from deepfake_detector.serving import InferenceModel, ServerConfig
 
     store = None
     if args.keep_uploads:
         if args.keep_uploads_max_mb < 0:
-            raise SystemExit("inference.py: --keep-uploads-max-mb must be 0 or more")
+            return fail(PROG, "--keep-uploads-max-mb must be 0 or more")
         from deepfake_detector.uploads import UploadStore
 
         store = UploadStore(UPLOADS_DIR, int(args.keep_uploads_max_mb * 2**20))
-    try:  # loaded and warmed up before the port opens
-        inference_model = InferenceModel(args.model, runtime=args.runtime, host=args.host, port=args.port,
-                                          server=ServerConfig(threads=args.threads), upload_store=store)  # fmt: skip
-    except ModelFileError as error:
-        raise SystemExit(f"inference.py: {error}")
+    # Loaded and warmed up before the port opens.
+    inference_model = InferenceModel(args.model, runtime=args.runtime, host=args.host, port=args.port,
+                                      server=ServerConfig(threads=args.threads), upload_store=store)  # fmt: skip
     if args.dev:
         logging.getLogger(__name__).warning("Flask development server: not for production use")
         inference_model.app.run(host=args.host, port=args.port, debug=False, threaded=True)
         return 0
     inference_model.run()
     return 0
-
-
-def get_predict_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="inference.py predict",
-        description=(
-            "Score image files and folders (recursively): one row per face found (face_index, box "
-            "= x y width height), or one whole-image row with both empty when a file has no face. "
-            "An image's verdict is its highest fake_probability. Exit status 1 if any file failed."
-        ),
-    )
-    parser.add_argument("paths", nargs="+", help="image files and folders")
-    parser.add_argument("--model", type=Path, help="a .keras model (default: as for serving)")
-    parser.add_argument("--output", help="results file: .csv for CSV, anything else for JSON lines (default: CSV on stdout)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
-    parser.add_argument("--workers", type=int, help="decoding threads (default: 2 x CPUs, at least 2)")
-    parser.add_argument("--no-faces", action="store_true", help="score each whole image, without face detection")
-    return parser
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -113,8 +118,7 @@ def predict(args: argparse.Namespace) -> int:
     finder = None if args.no_faces else default_finder()
     paths = list(expand_paths(args.paths))
     if not paths:
-        print("inference.py predict: no image files found", file=sys.stderr)
-        return 2
+        return fail(PREDICT_PROG, "no image files found")
     writer = RowWriter(args.output, stream=sys.stdout)
     failures = []
     try:
@@ -128,7 +132,7 @@ def predict(args: argparse.Namespace) -> int:
     finally:
         writer.close()
     if failures:
-        print(f"inference.py predict: {len(failures)} of {len(paths)} file(s) failed:", file=sys.stderr)
+        print(f"{PREDICT_PROG}: {len(failures)} of {len(paths)} file(s) failed:", file=sys.stderr)
         for row in failures:
             print(f"  {row.path}: {row.error}", file=sys.stderr)
         return 1
@@ -137,9 +141,10 @@ def predict(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if argv[:1] == ["predict"]:
-        return predict(get_predict_parser().parse_args(argv[1:]))
-    return serve(get_args_parser().parse_args(argv))
+    args = get_args_parser().parse_args(argv)
+    if args.command == "predict":
+        return run(PREDICT_PROG, predict, args)
+    return run(PROG, serve, args)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,29 @@ continues from its last finished epoch when the same command is run again.
 """
 
 import argparse
+import dataclasses
 import logging
 import sys
 
+from deepfake_detector.cli import choices_help, recipe_defaults, run
+from deepfake_detector.recipes import (
+    ARCHITECTURES,
+    AUGMENTATIONS,
+    DATASET_FAKES,
+    FAKES,
+    NO_AUGMENTATION,
+    SELF_BLEND_AUGMENTATION,
+    STRATEGIES,
+    THRESHOLD_RULES,
+    VERBOSITY,
+    TrainConfig,
+)
+
+PROG = "train.py"
 #: The tutorial's names, importable from here as in the tutorial (``from train import TrainModel``);
 #: loaded on first use, so ``--help`` does not wait for TensorFlow.
 TUTORIAL_NAMES = {
-    "DatasetHandler": "deepfake_detector.dataset",
+    "DatasetHandler": "deepfake_detector.data",
     "DeepfakeDetectorModel": "deepfake_detector.model",
     "TrainModel": "deepfake_detector.training",
 }
@@ -33,77 +49,67 @@ def __getattr__(name: str):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="seed", choices=["seed", "mobilenet_v2", "efficientnet_lite0"],
-                        help="seed: the original 4-block CNN and recipe (default); "
-                             "mobilenet_v2: the recipe of the shipped model; "
-                             "efficientnet_lite0: the same fine-tuning recipe on ImageNet EfficientNet-Lite0")
-    parser.add_argument("--data-dir", default="data", help="dataset folder; the Kaggle archive is fetched here if it is empty (default: data)")
+    """Every option is a ``TrainConfig`` field of the same name; those left out take the recipe's value."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default=TrainConfig.arch, choices=ARCHITECTURES,
+                        help=choices_help(ARCHITECTURES, TrainConfig.arch))
+    parser.add_argument("--data-dir", default=TrainConfig.data_dir,
+                        help="dataset folder; the Kaggle archive is fetched here if it is empty (default: %(default)s)")
     parser.add_argument("--archive", help="a deepfake-and-real-images zip you already have")
     parser.add_argument("--sha256", help="expected SHA-256 of the archive")
-    parser.add_argument("--output", default="deepfake_detector_model.keras",
+    parser.add_argument("--output", default=TrainConfig.output,
                         help="where to save the model, a .keras file; its best epoch so far is kept beside it as "
-                             "NAME_best.keras (default: deepfake_detector_model.keras, in the working folder)")
-    parser.add_argument("--epochs", type=int, help="default: 50 (seed), 15 (pretrained backbones)")
-    parser.add_argument("--learning-rate", type=float, help="default: 1e-4 (seed), 6e-4 (pretrained backbones)")
-    parser.add_argument("--batch-size", type=int, help="default: 64")
-    parser.add_argument("--seed", type=int, help="random seed (default: 1337)")
-    parser.add_argument("--threshold-rule", choices=["eer", "balanced_accuracy"],
-                        help="how the decision threshold is chosen on Validation (default: eer)")
+                             "NAME_best.keras (default: %(default)s, in the working folder)")
+    parser.add_argument("--epochs", type=int, help=recipe_defaults("epochs"))
+    parser.add_argument("--learning-rate", type=float, help=recipe_defaults("learning_rate"))
+    parser.add_argument("--batch-size", type=int, help=recipe_defaults("batch_size"))
+    parser.add_argument("--seed", type=int, help=f"random seed ({recipe_defaults('seed')})")
+    parser.add_argument("--threshold-rule", choices=THRESHOLD_RULES,
+                        help="how the decision threshold is chosen on Validation: "
+                             + choices_help(THRESHOLD_RULES, TrainConfig.threshold_rule))
     parser.add_argument("--cache-dir", help="where each split is cached decoded at the input size, once, for every "
                                             "epoch and later run (default: DATA/.cache, or a per-user folder "
                                             "if DATA cannot be written; about 9.4 GB for the Kaggle archive at 128 px)")
     parser.add_argument("--steps-per-epoch", type=int, help="cap on training steps per epoch, for trials and benchmarks "
                                                             "(Validation and Test are still scored whole)")
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
-    parser.add_argument("--image-size", type=int, help="square input side in pixels (default: 160 for mobilenet_v2, else 128)")
-    parser.add_argument("--augment", choices=["none", "light", "full", "selfblend"],
-                        help="training augmentation: none (seed default), full (pretrained backbones' default: flip, shift, "
-                             "rescale, blur, JPEG), light (flip, shift, JPEG), selfblend (full plus colour jitter; "
-                             "the default with --fakes self-blended or both)")
-    parser.add_argument("--fakes", choices=["dataset", "self-blended", "both"],
-                        help="training fakes: dataset (its own, default); self-blended (each real face blended with an "
-                             "altered copy of itself, the dataset's fakes unused: Test then measures fakes never seen); both")
+    parser.add_argument("--image-size", type=int, help=f"square input side in pixels ({recipe_defaults('image_size')})")
+    augmentations = {NO_AUGMENTATION: "no augmentation", **AUGMENTATIONS}
+    parser.add_argument("--augment", choices=augmentations,
+                        help=f"training augmentation: {choices_help(augmentations)} ({recipe_defaults('augment')}; "
+                             f"{SELF_BLEND_AUGMENTATION} with --fakes other than {DATASET_FAKES})")
+    parser.add_argument("--fakes", choices=FAKES, help="training fakes: " + choices_help(FAKES, TrainConfig.fakes))
     parser.add_argument("--frozen-blocks", type=int,
-                        help="pretrained backbones: leading feature blocks (the stem is block 0) kept at their ImageNet weights "
-                             "(default: 4 for mobilenet_v2, else 0)")
+                        help="pretrained backbones: leading feature blocks (the stem is block 0) kept at their ImageNet "
+                             f"weights ({recipe_defaults('frozen_blocks')})")
     parser.add_argument("--ema-momentum", type=float,
                         help="save an exponential moving average of the weights with this momentum per step; "
-                             "0 turns it off (default: 0.998 for pretrained backbones, 0 for seed)")
+                             f"0 turns it off ({recipe_defaults('ema_momentum')})")
     parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction,
                         help="save a model whose network averages each image's score with its mirror image's "
-                             "(default: on for the pretrained backbones, off for seed)")
-    parser.add_argument("--distribute", default="none", choices=["none", "mirrored", "multiworker"],
-                        help="none: one device (default); mirrored: every GPU of this machine (or the CPU); "
-                             "multiworker: one process per machine, configured by TF_CONFIG")
+                             f"({recipe_defaults('flip_average')})")
+    parser.add_argument("--distribute", default=TrainConfig.distribute, choices=STRATEGIES,
+                        help=choices_help(STRATEGIES, TrainConfig.distribute))
     parser.add_argument("--mixed-precision", action="store_true",
                         help="compute in float16 on GPUs (mixed_float16); refused without a GPU")
     parser.add_argument("--backup-dir", help="where training state is backed up every epoch, to resume "
                                              "(default: .NAME.backup/ beside --output)")
-    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], help="0 silent, 1 progress bar (default), 2 one line per epoch")
+    parser.add_argument("--verbose", type=int, choices=VERBOSITY, help=choices_help(VERBOSITY, TrainConfig.verbose))
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    from deepfake_detector.data import DatasetError
-    from deepfake_detector.training import TrainConfig, TrainingSetupError, TrainModel
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    """The recipe of ``--arch`` with every option given on the command line in place of its value."""
+    options = vars(args)
+    overrides = {field.name: options[field.name] for field in dataclasses.fields(TrainConfig) if field.name in options}
+    return TrainConfig.for_arch(overrides.pop("arch"), **overrides)
 
-    config = TrainConfig.for_arch(
-        args.arch, data_dir=args.data_dir, archive=args.archive, sha256=args.sha256, output=args.output,
-        epochs=args.epochs, learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-        threshold_rule=args.threshold_rule, max_images_per_split=args.max_images_per_split, cache_dir=args.cache_dir,
-        steps_per_epoch=args.steps_per_epoch,
-        image_size=args.image_size, frozen_blocks=args.frozen_blocks, augment=args.augment, fakes=args.fakes, ema_momentum=args.ema_momentum,
-        flip_average=args.flip_average, distribute=args.distribute, mixed_precision=args.mixed_precision,
-        backup_dir=args.backup_dir, verbose=args.verbose,
-    )  # fmt: skip
+
+def train(config: TrainConfig) -> int:
+    from deepfake_detector.training import TrainModel
+
     trainer = TrainModel(config=config)
-    try:
-        history, evaluation_metrics = trainer.run_training()
-    except (DatasetError, TrainingSetupError) as error:
-        print(f"train.py: {error}", file=sys.stderr)
-        return 2
+    history, evaluation_metrics = trainer.run_training()
     if trainer.output_path is None:
         print("worker finished; the chief worker saved the model")
         return 0
@@ -116,6 +122,11 @@ def main(args: argparse.Namespace) -> int:
     # The tutorial's line: [loss, accuracy, precision, recall] on Test at 0.5 (fake positive here).
     print(f"evaluation metrics: {evaluation_metrics}")
     return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return run(PROG, train, config_from(args))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.common import face_files, peak_rss_mb
 from deepfake_detector.batch import score_files
-from deepfake_detector.data import decode_images
+from deepfake_detector.decoding import decode_images
 from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
 
 

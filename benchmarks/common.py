@@ -1,4 +1,8 @@
-"""Shared helpers for the benchmark scripts: test images from the shared data, percentiles."""
+"""Shared helpers for the benchmark scripts: test images from the shared data, percentiles.
+
+Servers, hostile uploads and synthetic archives come from ``harness/``, which the tests use too;
+nothing here imports ``tests/``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from harness.server import memory_mb
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data" / "lfw-faceswap"
@@ -39,7 +45,4 @@ def percentiles(milliseconds, points=(50, 90, 99)) -> dict[str, float]:
 
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a running process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    raise RuntimeError("VmHWM not found")
+    return memory_mb(pid)[1]

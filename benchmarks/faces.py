@@ -181,7 +181,7 @@ def measure_accuracy(detector: Detector, finder: faces.FaceFinder, limit: int | 
 def measure_api(model: Path, finder: faces.FaceFinder, requests_count: int) -> None:
     import requests
 
-    from tests.server import running_server
+    from harness.server import running_server
 
     lfw = sorted((SHARED_DATA / "Test" / "Real").glob("*.jpg"))
     from skimage import data

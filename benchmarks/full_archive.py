@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.synthetic_archive import write_archive
+from harness.archive import write_archive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,7 +100,7 @@ def pipeline_rates(dataset_root: Path, cache_dir: Path, image_size: int, augment
     import keras
 
     from deepfake_detector import pipeline
-    from deepfake_detector.dataset import DatasetHandler
+    from deepfake_detector.data import DatasetHandler
 
     train = DatasetHandler(dataset_download_dir=dataset_root, image_size=image_size, cache_dir=cache_dir).splits(("Train",))["Train"]
     # Both read from the page cache, as they do from the second epoch on when memory allows:
@@ -186,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="full-archive-"))
     work.mkdir(parents=True, exist_ok=True)
-    from deepfake_detector.training import TrainConfig
+    from deepfake_detector.recipes import TrainConfig
 
     recipe = TrainConfig.for_arch(args.arch)
     print(f"work folder {work}; train.py --arch {args.arch} ({recipe.image_size} px, augmentation '{recipe.augment}'), "

@@ -27,8 +27,8 @@ from PIL import Image
 
 from benchmarks.common import face_files, jpegs_256
 from deepfake_detector.detector import DEFAULT_MODEL_PATH
-from tests.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise
-from tests.server import REPO, cpu_seconds, memory_mb, running_process, session_from
+from harness.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise
+from harness.server import REPO, cpu_seconds, memory_mb, running_process, session_from
 
 OTHER_ADDRESS = "127.0.0.2"
 

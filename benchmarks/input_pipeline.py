@@ -20,10 +20,11 @@ import keras
 import numpy as np
 
 from benchmarks.common import SHARED_DATA
-from deepfake_detector.model import build_model
-from deepfake_detector.dataset import DatasetHandler
+from deepfake_detector.data import DatasetHandler
+from deepfake_detector.networks import build_model
 from deepfake_detector.pipeline import make_dataset
-from deepfake_detector.training import TrainConfig, compile_model
+from deepfake_detector.recipes import TrainConfig
+from deepfake_detector.training import compile_model
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -17,7 +17,7 @@ import requests
 
 from benchmarks.common import REPO, jpegs_256, percentiles
 from deepfake_detector.detector import DEFAULT_MODEL_PATH
-from tests.server import running_server
+from harness.server import running_server
 
 
 def measure(url: str, images: list[bytes], warmup: int = 10) -> list[float]:

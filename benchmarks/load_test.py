@@ -17,7 +17,7 @@ import requests
 
 from benchmarks.common import jpegs_256, peak_rss_mb, percentiles
 from deepfake_detector.detector import DEFAULT_MODEL_PATH
-from tests.server import running_process
+from harness.server import running_process
 
 
 def main() -> None:

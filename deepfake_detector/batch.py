@@ -19,10 +19,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from deepfake_detector.data import IMAGE_SUFFIXES, decoded_batches
+from deepfake_detector.decoding import decoded_batches
 from deepfake_detector.detector import Detector
+from deepfake_detector.errors import ImageError
 from deepfake_detector.faces import FaceBox, FaceFinder, model_inputs
-from deepfake_detector.preprocessing import ImageError, load_image, open_image
+from deepfake_detector.preprocessing import IMAGE_SUFFIXES, load_image, open_image
 
 FIELDS = ("path", "face_index", "box", "label", "fake_probability", "error")
 

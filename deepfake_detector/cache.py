@@ -26,7 +26,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -36,9 +35,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deepfake_detector import data
-from deepfake_detector.labels import FOLDER_NAMES, TRAINING_CLASS_ORDER
-from deepfake_detector.preprocessing import ImageError, PreprocessingConfig, load_image
+from deepfake_detector.decoding import default_workers
+from deepfake_detector.errors import DatasetError, ImageError
+from deepfake_detector.files import staged_directory
+from deepfake_detector.labels import FOLDER_NAMES, TRAINING_CLASS_ORDER, labelled_files
+from deepfake_detector.preprocessing import PreprocessingConfig, load_image
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,10 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 def _writable(folder: Path) -> bool:
     """Whether we may add to ``folder``: permitted, and not marked read-only (root is permitted
-    everything, so a folder with no write bits at all counts as read-only too)."""
+    everything, so a folder with no write bits at all counts as read-only too). A folder not made
+    yet (the dataset is about to be downloaded into it) is as writable as its nearest existing parent."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
     try:
         return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
     except OSError:
@@ -177,14 +181,14 @@ def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, li
     ``limit`` keeps a random subset of that many files (chosen by ``seed``). Files that cannot
     be decoded are skipped and counted. ``processes`` forces worker processes (True) or threads
     (False); by default processes are used from :data:`PROCESS_THRESHOLD` files up. ``files``
-    is ``data.labelled_files(split_dir)`` when the caller has listed it already.
+    is ``labels.labelled_files(split_dir)`` when the caller has listed it already.
 
     Raises:
-        deepfake_detector.data.DatasetError: no images, one class only, nothing decodable, or
+        deepfake_detector.errors.DatasetError: no images, one class only, nothing decodable, or
             too little disk space for the cache (said before anything is decoded).
     """
     split_dir = Path(split_dir)
-    paths, targets = files if files is not None else data.labelled_files(split_dir)
+    paths, targets = files if files is not None else labelled_files(split_dir)
     if limit is not None and limit < len(paths):
         keep = np.sort(np.random.default_rng(seed).permutation(len(paths))[:limit])
         paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
@@ -205,10 +209,10 @@ def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, li
         (cache_dir / f".{target.name}.lock").unlink(missing_ok=True)
     cache = SplitCache(target)
     if not len(cache):
-        raise data.DatasetError(f"none of the {len(paths)} image file(s) under {split_dir} can be read")
+        raise DatasetError(f"none of the {len(paths)} image file(s) under {split_dir} can be read")
     for index, name in enumerate(TRAINING_CLASS_ORDER):
         if not (cache.labels == index).any():
-            raise data.DatasetError(f"{split_dir / FOLDER_NAMES[name]} has no readable images")
+            raise DatasetError(f"{split_dir / FOLDER_NAMES[name]} has no readable images")
     return cache
 
 
@@ -218,18 +222,17 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
     needed = len(paths) * row_bytes
     free = shutil.disk_usage(target.parent).free
     if needed > free * 0.95:
-        raise data.DatasetError(
+        raise DatasetError(
             f"caching {split_dir} at {image_size} px needs {needed / 1e9:.1f} GB and {target.parent} has "
             f"{free / 1e9:.1f} GB free; pass --cache-dir on a larger disk"
         )
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        images_file = tmp / IMAGES_FILE
+    with staged_directory(target) as scratch:
+        images_file = scratch / IMAGES_FILE
         with open(images_file, "wb") as file:
             file.truncate(needed)  # sparse until written; every row is written once
-        workers = workers or os.cpu_count() or 1
         use_processes = len(paths) >= PROCESS_THRESHOLD if processes is None else processes
+        workers = workers or default_workers(processes=use_processes)
         executor: Executor = (
             ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if use_processes
             else ThreadPoolExecutor(workers)
@@ -245,19 +248,12 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
         if failures:
             log.warning("%s: %d image(s) could not be decoded and were skipped", split_dir, len(failures))
         rows = np.asarray([i for i in range(len(paths)) if i not in failures], np.int64)
-        np.save(tmp / "rows.npy", rows)
-        np.save(tmp / "labels.npy", np.asarray(targets, np.int32)[rows])
+        np.save(scratch / "rows.npy", rows)
+        np.save(scratch / "labels.npy", np.asarray(targets, np.int32)[rows])
         meta = {"version": CACHE_VERSION, "split_dir": str(split_dir), "image_size": image_size,
                 "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "n_files": len(paths),
                 "n_skipped": len(failures), "skipped": {paths[i]: reason for i, reason in sorted(failures.items())}}  # fmt: skip
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; the folder is shared like the data
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
     log.info("cached %s: %d images at %d px, %.2f GB, in %.1f s, in %s",
              split_dir, len(rows), image_size, needed / 1e9, time.perf_counter() - start, target)  # fmt: skip
 

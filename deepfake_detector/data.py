@@ -1,209 +1,44 @@
-"""Getting the data: download, extraction, and the tf.data splits.
+"""The dataset: a folder with ``Train/``, ``Validation/`` and ``Test/``, each holding ``Real/`` and ``Fake/``.
 
-Every image goes through :func:`deepfake_detector.preprocessing.load_image`, the same
-function inference uses, so training never sees an image differently from a served one.
+:func:`find_dataset_root` finds it under a folder; :class:`DatasetHandler` (the original
+tutorial's class, with its constructor and methods) finds or fetches it and serves its splits.
+The tutorial downloaded the Kaggle archive, unzipped it and read each split with
+``image_dataset_from_directory``; here each step is done the way a 190,000-image archive needs:
+
+* ``download_dataset``: TLS-verified, resumable, with an optional SHA-256
+  (:func:`deepfake_detector.download.download`), and only when no dataset is there already;
+* ``unzip_dataset``: extraction that refuses members outside the folder, renamed into place
+  when complete (:func:`deepfake_detector.download.extract`);
+* ``load_split_data``: each split decoded once by the one preprocessing path into an on-disk
+  cache (:mod:`deepfake_detector.cache`) and streamed from it (:func:`pipeline.make_dataset`),
+  so memory stays flat in dataset size. Labels are real=0, fake=1
+  (:data:`deepfake_detector.labels.TRAINING_CLASS_ORDER`), not the alphabetical order
+  ``image_dataset_from_directory`` gives (Fake=0, Real=1).
+
+Importing this module does not import TensorFlow (``evaluate.py`` checks its input first).
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import os
-import re
-import shutil
-import tempfile
-import time
-import zipfile
-import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING
 
-import numpy as np
-from tqdm.auto import tqdm
+from deepfake_detector import cache, labels
+from deepfake_detector.download import check_sha256, download, extract
+from deepfake_detector.errors import DatasetError
 
-from deepfake_detector import labels
-from deepfake_detector.preprocessing import ImageError, load_image
-
-T = TypeVar("T")
-R = TypeVar("R")
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
 KAGGLE_URL = "https://www.kaggle.com/api/v1/datasets/download/manjilkarki/deepfake-and-real-images"
 SPLITS = ("Train", "Validation", "Test")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
-
-class DatasetError(RuntimeError):
-    """A dataset problem a user can fix; the message says what and where."""
-
-
-# ----------------------------------------------------------------------------- download
-
-
-def download(url: str, destination: str | Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``destination`` with TLS verification, resume and an optional checksum.
-
-    Bytes go to ``destination.part`` and are renamed only when complete (and, with
-    ``sha256``, verified), so a cut download never leaves a file that looks finished. A
-    later call resumes the ``.part`` file with an HTTP Range request.
-
-    Raises:
-        DatasetError: HTTP error, network failure (the ``.part`` file keeps every byte
-            received, so running again resumes), wrong size or wrong checksum.
-    """
-    import requests
-    import urllib3
-
-    destination = Path(destination)
-    if destination.exists():
-        if sha256:
-            check_sha256(destination, sha256, remove=False)
-        return destination
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    part = destination.with_name(destination.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
-    # Ask for the bytes as stored: Range offsets and Content-Length must count file bytes.
-    headers = {"Accept-Encoding": "identity"}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    # requests verifies TLS certificates by default; never pass verify=False.
-    try:
-        response = requests.get(url, headers=headers, stream=True, timeout=timeout)
-    except requests.RequestException as error:
-        raise DatasetError(f"download of {url} failed: {error}") from error
-    with response:
-        if offset and response.status_code == 416:  # the .part file is already whole
-            size = _content_range(response.headers.get("Content-Range"))[2]
-            if size is not None and size != offset:
-                part.unlink()
-                raise DatasetError(
-                    f"{part} had {offset} bytes but {url} has {size}; removed it, run again to download"
-                )
-        else:
-            if response.status_code not in (200, 206):
-                raise DatasetError(f"download of {url} failed: HTTP {response.status_code}")
-            if offset and response.status_code == 200:
-                log.info("server ignored the resume request; starting over")
-                offset = 0
-            if response.status_code == 206:
-                start = _content_range(response.headers.get("Content-Range"))[0]
-                if start != offset:
-                    raise DatasetError(
-                        f"download of {url}: asked to resume at byte {offset}, the server sent "
-                        f"{response.headers.get('Content-Range')!r}; delete {part} and run again"
-                    )
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            total = response.headers.get("Content-Length")
-            # With a content coding, Content-Length counts encoded bytes, not the file's.
-            total = int(total) + offset if total is not None and encoding in ("", "identity") else None
-            mode = "ab" if offset else "wb"
-            try:
-                with open(part, mode) as file, tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name
-                ) as bar:
-                    for chunk in _body_chunks(response, 1 << 20):
-                        file.write(chunk)
-                        bar.update(len(chunk))
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
-                raise DatasetError(
-                    f"download of {url} was interrupted at {part.stat().st_size} bytes ({error}); "
-                    "run again to resume"
-                ) from error
-            received = part.stat().st_size
-            if total is not None and received < total:
-                raise DatasetError(
-                    f"download of {url} stopped at {received} of {total} bytes; run again to resume"
-                )
-            if total is not None and received > total:
-                part.unlink()
-                raise DatasetError(
-                    f"download of {url} gave {received} bytes, more than the {total} announced; "
-                    "removed the partial file, run again"
-                )
-    if sha256:
-        check_sha256(part, sha256, remove=True)
-    os.replace(part, destination)
-    return destination
-
-
-def _body_chunks(response, size: int):
-    """The response body as it arrives, so a cut connection loses no byte already received.
-
-    ``iter_content`` reads until it has ``size`` bytes and drops what it holds when the
-    connection breaks in between; ``read1`` hands over whatever has arrived.
-    """
-    read1 = getattr(response.raw, "read1", None)
-    if read1 is None:  # urllib3 1.x
-        yield from response.iter_content(chunk_size=size)
-        return
-    while True:
-        chunk = read1(size, decode_content=True)
-        if not chunk:
-            return
-        yield chunk
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
-    """(first byte, last byte, full size) from a Content-Range header; None where absent or ``*``."""
-    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*", value or "")
-    if not match:
-        return None, None, None
-    return tuple(None if group in (None, "*") else int(group) for group in match.groups())
-
-
-def check_sha256(path: Path, expected: str, remove: bool) -> None:
-    expected = expected.strip().lower()
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected:
-        if remove:
-            path.unlink()
-        raise DatasetError(f"{path}: SHA-256 is {digest.hexdigest()}, expected {expected}")
-
-
-def extract(archive: str | Path, target: str | Path) -> Path:
-    """Extract a zip into ``target`` safely: into a temp folder first, then renamed into place.
-
-    Refuses members that would land outside ``target`` (zip-slip) or are links.
-    """
-    archive, target = Path(archive), Path(target)
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        zip_file = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DatasetError(f"{archive}: not a readable zip archive ({error})") from error
-    with zip_file:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            root = tmp.resolve()
-            for member in zip_file.infolist():
-                destination = (root / member.filename).resolve()
-                if destination != root and root not in destination.parents:
-                    raise DatasetError(f"{archive}: member {member.filename!r} would extract outside the target")
-                if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise DatasetError(f"{archive}: member {member.filename!r} is a symbolic link")
-            try:
-                start = time.perf_counter()
-                for member in tqdm(zip_file.infolist(), desc=f"extracting {archive.name}", unit="file"):
-                    zip_file.extract(member, tmp)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # bad CRC, corrupt data
-                raise DatasetError(f"{archive}: corrupt zip archive ({error}); download it again") from error
-            os.replace(tmp, target)
-            log.info("extracted %s in %.1f s", archive, time.perf_counter() - start)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-    return target
-
-
-# ----------------------------------------------------------------------------- folders
+#: The tutorial's name for the downloaded archive.
+ARCHIVE_NAME = "dataset.zip"
+#: Where ``unzip_dataset`` extracts, inside the download folder.
+EXTRACTED = "extracted"
 
 
 def find_dataset_root(directory: str | Path, splits: tuple[str, ...] = SPLITS) -> Path:
@@ -236,77 +71,156 @@ def _subfolders(folder: Path) -> list[Path]:
         return []
 
 
-def labelled_files(folder: str | Path, require_both: bool = True) -> tuple[list[str], list[int]]:
-    """Image files under ``folder/Real`` and ``folder/Fake`` (recursively, sorted) and their
-    integer labels in ``labels.TRAINING_CLASS_ORDER``; no file is opened.
+class DatasetHandler:
+    """Finds or fetches a dataset with ``Train/``, ``Validation/`` and ``Test/`` (each with
+    ``Real/`` and ``Fake/``) and serves its splits.
 
-    With ``require_both`` a missing or empty class folder is an error; without it either
-    may be missing, but not both.
+    The first seven arguments are the tutorial's (with defaults): the archive at
+    ``dataset_url`` is downloaded into ``dataset_download_dir`` as ``dataset_file`` and
+    extracted there; ``dataset_dir`` is the folder holding the three split folders, named
+    ``train_dir``, ``val_dir`` and ``test_dir``. When ``dataset_dir`` is None or missing, the
+    split folders are looked for in ``dataset_download_dir`` and two levels down (an archive
+    extracted to ``extracted/`` holds ``Dataset/``). The keyword-only arguments are ours:
+    ``archive`` (a zip already downloaded), ``sha256`` (its expected checksum), the input size
+    and batch size, the cache folder, a per-split image limit for trials, and the seed.
     """
-    folder = Path(folder)
-    paths, targets = [], []
-    for index, class_name in enumerate(labels.TRAINING_CLASS_ORDER):
-        class_dir = folder / labels.FOLDER_NAMES[class_name]
-        if not class_dir.is_dir():
-            if require_both:
-                raise DatasetError(f"no {labels.FOLDER_NAMES[class_name]}/ folder under {folder}")
-            continue
-        found = sorted(
-            str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
-        if not found and require_both:
-            raise DatasetError(f"{class_dir} has no images")
-        paths += found
-        targets += [index] * len(found)
-    if not paths:
-        raise DatasetError(f"no images under {folder}/Real or {folder}/Fake")
-    return paths, targets
 
+    def __init__(self, dataset_url: str = KAGGLE_URL, dataset_download_dir: str | Path = "data",
+                 dataset_file: str = ARCHIVE_NAME, dataset_dir: str | Path | None = None, train_dir: str = "Train",
+                 test_dir: str = "Test", val_dir: str = "Validation", *, archive: str | Path | None = None,
+                 sha256: str | None = None, image_size: int = 128, batch_size: int = 64,
+                 cache_dir: str | Path | None = None, max_images_per_split: int | None = None,
+                 seed: int = 1337):  # fmt: skip
+        self.dataset_url = dataset_url
+        self.dataset_download_dir = Path(dataset_download_dir)
+        self.dataset_file = dataset_file
+        self.dataset_dir = Path(dataset_dir) if dataset_dir is not None else None
+        self.train_dir, self.test_dir, self.val_dir = train_dir, test_dir, val_dir
+        self.archive = Path(archive) if archive else None
+        self.sha256 = sha256
+        self.image_size, self.batch_size = image_size, batch_size
+        self._cache_dir = Path(cache_dir) if cache_dir else None
+        self.max_images_per_split, self.seed = max_images_per_split, seed
+        self._splits: dict[str, cache.SplitCache] = {}
 
-def decode_images(paths: list[str], image_size: int, workers: int | None = None, desc: str = "decoding"):
-    """Decode files into a uint8 array with the shared preprocessing; failures are returned.
+    # ------------------------------------------------------------------ finding and fetching
 
-    Returns:
-        (images N'xSxSx3, indices of the decoded files in ``paths``, {path: reason} of failures)
-    """
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    @property
+    def split_dirs(self) -> dict[str, str]:
+        """Each split's folder name, by the split's role (``Train``, ``Validation``, ``Test``)."""
+        return {"Train": self.train_dir, "Validation": self.val_dir, "Test": self.test_dir}
 
-    def one(path):
+    @property
+    def cache_dir(self) -> Path:
+        """Where the decoded splits are cached: as given, else ``DATA/.cache`` (or a per-user
+        folder when DATA cannot be written), decided when first needed, after the download
+        and extraction have made DATA."""
+        return self._cache_dir or cache.default_cache_dir(self.dataset_download_dir)
+
+    def find(self) -> Path:
+        """The folder holding the three split folders.
+
+        Raises:
+            DatasetError: none found (the message names what is missing and where).
+        """
+        names = tuple(self.split_dirs.values())
+        if self.dataset_dir is not None and all((self.dataset_dir / name).is_dir() for name in names):
+            return self.dataset_dir
+        return find_dataset_root(self.dataset_download_dir, names)
+
+    def _found(self) -> Path | None:
         try:
-            return load_image(path, image_size), None
-        except (ImageError, OSError) as error:
-            return None, str(error)
+            return self.find()
+        except DatasetError:
+            return None
 
-    # Filled in place: collecting a list and stacking it would need twice the memory.
-    array = np.empty((len(paths), image_size, image_size, 3), np.uint8)
-    kept, failures = [], {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, (image, error) in enumerate(
-            tqdm(pool.map(one, paths), total=len(paths), desc=desc, unit="img", leave=False)
-        ):
-            if image is None:
-                failures[paths[i]] = error
-            else:
-                array[len(kept)] = image
-                kept.append(i)
-    return array[: len(kept)], np.asarray(kept, np.int64), failures
+    @property
+    def archive_path(self) -> Path:
+        return self.archive or self.dataset_download_dir / self.dataset_file
 
+    def download_dataset(self) -> bool:
+        """Fetch the archive unless a dataset or the archive is already here; True when done.
 
-def decoded_batches(items: Iterable[T], decode: Callable[[T], R], batch_size: int,
-                    workers: int | None = None) -> Iterator[list[tuple[T, R]]]:  # fmt: skip
-    """Batches of ``(item, decode(item))`` in order, decoded on a thread pool one batch ahead.
+        Downloads only into an empty folder, or one holding nothing but this handler's own
+        files, so a mistyped folder full of other things is refused rather than filled.
 
-    While the caller scores one batch the next one decodes (PIL releases the GIL), so decoding
-    overlaps with the model and at most two batches are alive at once, however many items.
-    ``decode`` should return its failures rather than raise them.
-    """
-    items = iter(items)
-    with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as pool:
+        Raises:
+            DatasetError: the folder is not empty, or the download failed (the partial file
+                keeps its bytes, so running again resumes), or the checksum is wrong.
+        """
+        if (root := self._found()) is not None:
+            log.info("dataset already at %s", root)
+            return True
+        archive = self.archive_path
+        if archive.is_file():
+            log.info("dataset file %s already exists", archive)
+            if self.sha256:
+                check_sha256(archive, self.sha256, remove=False)
+            return True
+        if self.archive is not None:
+            raise DatasetError(f"{self.archive}: no such archive")
+        directory = self.dataset_download_dir
+        ours = {self.dataset_file, self.dataset_file + ".part", EXTRACTED, ".cache"}
+        if directory.exists() and any(path.name not in ours for path in directory.iterdir()):
+            self.find()  # raises, naming what the folder lacks
+        log.info("downloading %s to %s", self.dataset_url, archive)
+        download(self.dataset_url, archive, sha256=self.sha256)
+        return True
 
-        def submit() -> list[tuple[T, Future]]:
-            return [(item, pool.submit(decode, item)) for item in itertools.islice(items, batch_size)]
+    def unzip_dataset(self) -> bool:
+        """Extract the archive into ``dataset_download_dir/extracted`` unless a dataset is found; True when done.
 
-        pending = submit()
-        while pending:
-            current, pending = pending, submit()
-            yield [(item, future.result()) for item, future in current]
+        Raises:
+            DatasetError: no archive to extract, a corrupt or unsafe archive, or one without
+                the three split folders.
+        """
+        if (root := self._found()) is not None:
+            log.info("dataset is extracted at %s", root)
+            return True
+        archive = self.archive_path
+        if not archive.is_file():
+            raise DatasetError(f"{archive}: no dataset archive to extract (download it first)")
+        root = find_dataset_root(extract(archive, self.dataset_download_dir / EXTRACTED),
+                                      tuple(self.split_dirs.values()))  # fmt: skip
+        log.info("dataset extracted to %s", root)
+        return True
+
+    # ------------------------------------------------------------------ the splits
+
+    def splits(self, roles: tuple[str, ...] = SPLITS) -> dict[str, cache.SplitCache]:
+        """The splits named in ``roles`` (``Train``, ``Validation``, ``Test``), each a
+        :class:`~deepfake_detector.cache.SplitCache`, built on first use.
+
+        Every split's folders are listed (and a missing class refused) before any is decoded.
+        """
+        missing = [role for role in roles if role not in self._splits]
+        if missing:
+            root = self.find()
+            log.info("dataset: %s", root)
+            listed = {role: labels.labelled_files(root / self.split_dirs[role]) for role in missing}
+            for role in missing:
+                split = cache.open_split(root / self.split_dirs[role], self.cache_dir, self.image_size,
+                                         self.max_images_per_split, self.seed, files=listed[role])  # fmt: skip
+                log.info("%s: %s (cache %s)", role, split.info, split.directory)
+                self._splits[role] = split
+        return {role: self._splits[role] for role in roles}
+
+    def get_image_dataset_from_directory(self, dir_name: str, training: bool | None = None,
+                                         augment: str = "none") -> tf.data.Dataset:  # fmt: skip
+        """One split, by its folder name, as batches of (uint8 images, labels real=0/fake=1).
+
+        ``training`` (default: for the training folder) draws a fresh shuffle every epoch and
+        applies ``augment`` (:data:`deepfake_detector.recipes.AUGMENTATIONS`); otherwise the
+        files keep their order.
+        """
+        from deepfake_detector.pipeline import make_dataset  # TensorFlow, only when a split is streamed
+
+        roles = {name: role for role, name in self.split_dirs.items()}
+        if dir_name not in roles:
+            raise DatasetError(f"{dir_name!r} is not one of this dataset's split folders ({', '.join(roles)})")
+        training = dir_name == self.train_dir if training is None else training
+        return make_dataset(self.splits()[roles[dir_name]], self.batch_size, training, augment, self.seed)
+
+    def load_split_data(self) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+        """``(train, test, val)``, in the tutorial's order."""
+        return tuple(self.get_image_dataset_from_directory(name) for name in (self.train_dir, self.test_dir, self.val_dir))

@@ -1,43 +1,43 @@
-"""A loaded model that answers ``predict(image) -> Prediction``.
+"""A loaded model that scores photos: ``predict(image) -> Prediction``, ``predict_faces(photo) -> ImageScore``.
 
-The model is loaded once and scored through one of two runtimes:
+The model is loaded once and scored through one of two runtimes (``recipes.RUNTIMES``):
 
 * ``"keras"``: a traced ``tf.function`` over the Keras model (not ``model.predict``, whose
-  per-call set-up dominated the original's 113 ms per upload). Best for large batches.
-* ``"tflite"``: the same network converted to TFLite at load time and run by LiteRT with
-  XNNPACK, one image per call, without TensorFlow's per-call overhead: what the web server
-  uses (``benchmarks/latency.py`` measures both).
+  per-call set-up costs more than the network on one image). Best for large batches.
+* ``"tflite"``: the same network converted to TFLite at load time and run by LiteRT
+  (:mod:`deepfake_detector.tflite`), one image per call: what the web server uses.
 
-Both apply the class order saved with the model, so both return P(fake).
+Both apply the class order saved with the model, so both return P(fake). A photo is scored
+face by face (:func:`deepfake_detector.faces.model_inputs` finds and frames the faces); its
+verdict is its highest face score, the rule commercial detectors use: one swapped face makes
+the photo fake.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
 
-from deepfake_detector import labels
-from deepfake_detector.files import write_atomically
+from deepfake_detector import faces, labels
+from deepfake_detector.explain import Explainer, overlay_data_url
+from deepfake_detector.faces import FaceBox, FaceFinder
 from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, load_model
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, ImageSource, load_image, open_image
+from deepfake_detector.recipes import RUNTIMES
+from deepfake_detector.tflite import TFLiteScorer
 
 log = logging.getLogger(__name__)
 
 #: The model shipped with the repository (see models/README.md).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "deepfake_detector.keras"
-
-
-#: How a Detector runs its network (see the module docstring).
-RUNTIMES = ("keras", "tflite")
+#: How the image verdict is made from the face scores (served as ``verdict``).
+VERDICT_HIGHEST_FACE = "highest face score"
+VERDICT_WHOLE_IMAGE = "whole image (no face found)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,57 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class FaceScore:
+    """One face: where it is, its verdict, and (on request) its Grad-CAM heatmap."""
+
+    box: FaceBox
+    prediction: Prediction
+    crop: np.ndarray  # the model input it was scored on (S x S x 3 uint8)
+    heatmap: np.ndarray | None = None  # S x S in 0..1, where the evidence for its label is
+
+    def to_dict(self) -> dict:
+        entry = {
+            "box": self.box.as_list(),
+            "fake_probability": self.prediction.fake_probability,
+            "label": self.prediction.label,
+        }
+        if self.heatmap is not None:
+            entry["heatmap"] = overlay_data_url(self.crop, self.heatmap)
+        return entry
+
+
+@dataclass
+class ImageScore:
+    """The verdict for a photo (its highest face score) and every face behind it."""
+
+    prediction: Prediction
+    faces: list[FaceScore]
+    face_detection: str  # faces.FOUND or faces.NONE_FOUND
+    verdict: str
+    crop: np.ndarray | None = None  # the whole-image input, when no face was found
+    heatmap: np.ndarray | None = None  # its heatmap, on request
+    faces_found: int = 0  # may exceed len(faces): only the largest are scored
+
+    def to_dict(self) -> dict:
+        """The API's fields: ``label``, ``fake_probability``, ``threshold`` are the verdict."""
+        result = {
+            **self.prediction.to_dict(),
+            "verdict": self.verdict,
+            "face_detection": self.face_detection,
+            "faces_found": self.faces_found,
+            "faces_scored": len(self.faces),
+            "faces": [face.to_dict() for face in self.faces],
+        }
+        if self.heatmap is not None:
+            result["heatmap"] = overlay_data_url(self.crop, self.heatmap)
+        return result
+
+    @property
+    def heatmap_count(self) -> int:
+        return sum(face.heatmap is not None for face in self.faces) + (self.heatmap is not None)
 
 
 class Detector:
@@ -73,7 +124,6 @@ class Detector:
         self.resample = metadata.preprocessing.get("resample", DEFAULT_RESAMPLE)  # the resize filter it was made for
         self.threshold = float(metadata.threshold)
         self._explainer = None  # Grad-CAM, built on first use by heatmaps()
-        self._finder = None  # the default face detector, built on first use by predict_faces()
         self._explainer_lock = threading.Lock()
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)
         self._forward = tf.function(self._scores, input_signature=[spec], reduce_retracing=True)
@@ -84,7 +134,7 @@ class Detector:
     @classmethod
     def from_path(cls, path: str | Path = DEFAULT_MODEL_PATH, warm_up: bool = True, runtime: str = "keras",
                   threads: int | None = None, origin: str = "") -> "Detector":
-        """Load a saved model; raises :class:`deepfake_detector.model.ModelFileError`."""
+        """Load a saved model; raises :class:`deepfake_detector.errors.ModelFileError`."""
         model, metadata = load_model(path)
         log.info("loaded %s (%s, threshold %.3f, %s runtime)", path, metadata.arch, metadata.threshold, runtime)
         return cls(model, metadata, name=Path(path).name, warm_up=warm_up, runtime=runtime, threads=threads,
@@ -104,46 +154,53 @@ class Detector:
         return Prediction(labels.label_for(fake_probability, self.threshold), fake_probability, self.threshold)
 
     def predict(self, source: ImageSource) -> Prediction:
-        """Score one image (bytes, path, file object or PIL image).
+        """Score one image as a whole (bytes, path, file object or PIL image).
 
         Raises:
-            deepfake_detector.preprocessing.ImageError: the input is not a usable image.
+            deepfake_detector.errors.ImageError: the input is not a usable image.
         """
         return self.prediction_for(self.scores(self.preprocess(source)[None])[0])
 
     def preprocess(self, source: ImageSource) -> np.ndarray:
         return load_image(source, self.image_size, self.resample)
 
-    def predict_batch(self, images: Iterable[np.ndarray]) -> list[Prediction]:
-        batch = np.stack(list(images))
-        return [self.prediction_for(p) for p in self.scores(batch)]
-
-    def predict_faces(self, source: ImageSource, finder=None, explain: bool = False):
-        """Score every face in a photo; the verdict is the highest face score.
+    def predict_faces(self, source: ImageSource, finder: FaceFinder | None = None, explain: bool = False,
+                      max_faces: int | None = None, max_explained: int | None = None) -> ImageScore:  # fmt: skip
+        """Score every face in a photo (the whole photo when none is found); the verdict is the
+        highest face score.
 
         Args:
-            source: bytes, path, file object or PIL image.
+            source: bytes, path, file object or PIL image (one already decoded is used as it is).
             finder: a :class:`deepfake_detector.faces.FaceFinder` (default: RetinaFace).
-            explain: also compute each face's Grad-CAM heatmap.
+            explain: also compute Grad-CAM heatmaps: for at most ``max_explained`` faces, the
+                highest scores first (those the verdict rests on), each one a backward pass.
+            max_faces: score only the largest faces (see :func:`deepfake_detector.faces.model_inputs`).
 
-        Returns:
-            :class:`deepfake_detector.faces.ImageScore`.
+        Raises:
+            deepfake_detector.errors.ImageError: the input is not a usable image.
         """
-        from deepfake_detector import faces
-
-        if finder is None:
-            with self._explainer_lock:  # load the face detector once, not per call
-                if self._finder is None:
-                    self._finder = faces.default_finder()
-            finder = self._finder
-        return faces.score_image(self, open_image(source), finder, explain=explain)
+        image = open_image(source)
+        found = faces.model_inputs(image, finder or faces.default_finder(), self.image_size, max_faces, self.resample)
+        scores = self.scores(found.inputs)
+        heatmaps = [None] * len(scores)
+        if explain:
+            chosen = sorted(np.argsort(-scores, kind="stable")[:max_explained])
+            for index, heatmap in zip(chosen, self.heatmaps(found.inputs[chosen]) if chosen else []):
+                heatmaps[index] = heatmap
+        if found.face_detection == faces.NONE_FOUND:
+            return ImageScore(self.prediction_for(scores[0]), [], faces.NONE_FOUND, VERDICT_WHOLE_IMAGE,
+                              crop=found.inputs[0], heatmap=heatmaps[0])  # fmt: skip
+        face_scores = [
+            FaceScore(box, self.prediction_for(score), crop, heatmap)
+            for box, score, crop, heatmap in zip(found.boxes, scores, found.inputs, heatmaps)
+        ]
+        return ImageScore(self.prediction_for(max(scores)), face_scores, faces.FOUND, VERDICT_HIGHEST_FACE,
+                          faces_found=found.faces_found)  # fmt: skip
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
         """Where the evidence for each image's label is: N x S x S in 0..1 (see explain.py)."""
         with self._explainer_lock:
             if self._explainer is None:
-                from deepfake_detector.explain import Explainer
-
                 self._explainer = Explainer(self.detector_model)
         return self._explainer.heatmaps(images, self.scores)
 
@@ -161,82 +218,3 @@ class Detector:
             "runtime": self.runtime,
             "origin": self.origin,
         }
-
-
-class TFLiteScorer:
-    """The network as TFLite, run by LiteRT (XNNPACK kernels); one image per ``invoke``.
-
-    An interpreter is not thread-safe: calls take turns under a lock, which on a small CPU
-    server costs nothing, since each call already uses every core.
-
-    Converting takes tens of seconds on a small CPU, so the flatbuffer of a model file is cached in
-    :func:`cache_dir`, keyed by the file's SHA-256 and the TensorFlow version; a later start
-    reads it back.
-    """
-
-    def __init__(self, model, metadata: ModelMetadata, threads: int | None = None,
-                 model_path: str | Path | None = None):  # fmt: skip
-        from ai_edge_litert.interpreter import Interpreter
-
-        from deepfake_detector.export import tflite_flatbuffer
-
-        start = time.perf_counter()
-        cached = _cache_file(model_path) if model_path is not None else None
-        interpreter = None
-        if cached is not None and cached.is_file():
-            try:
-                interpreter = Interpreter(model_content=cached.read_bytes(), num_threads=threads or os.cpu_count())
-                log.info("TFLite model read from the cache %s", cached)
-            except (OSError, ValueError, RuntimeError) as error:
-                log.warning("ignoring the unreadable cached TFLite model %s: %s", cached, error)
-        if interpreter is None:
-            flatbuffer = tflite_flatbuffer(model, metadata)
-            interpreter = Interpreter(model_content=flatbuffer, num_threads=threads or os.cpu_count())
-            log.info("converted to TFLite in %.1f s", time.perf_counter() - start)
-            if cached is not None:
-                _write_atomically(cached, flatbuffer)
-        self._interpreter = interpreter
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._lock = threading.Lock()
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        scores = np.empty(len(images), np.float64)
-        with self._lock:
-            for index, image in enumerate(images):
-                self._interpreter.set_tensor(self._input, image[None])
-                self._interpreter.invoke()
-                scores[index] = self._interpreter.get_tensor(self._output)[0]
-        return scores
-
-
-def timed(function, *args):
-    """(result, elapsed milliseconds)."""
-    start = time.perf_counter()
-    result = function(*args)
-    return result, (time.perf_counter() - start) * 1000.0
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept: ``$DEEPFAKE_DETECTOR_CACHE``, else
-    ``$XDG_CACHE_HOME/deepfake-detector``, else ``~/.cache/deepfake-detector``."""
-    if os.environ.get("DEEPFAKE_DETECTOR_CACHE"):
-        return Path(os.environ["DEEPFAKE_DETECTOR_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-detector"
-
-
-def _cache_file(model_path: str | Path) -> Path | None:
-    try:
-        digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
-    except OSError:
-        return None
-    return cache_dir() / f"{digest[:32]}-tf{tf.__version__}.tflite"
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    """A cache is a convenience: a folder we cannot write to costs a warning, not the start-up."""
-    try:
-        write_atomically(path, content)
-    except OSError as error:
-        log.warning("could not cache the TFLite model in %s: %s", path.parent, error)

@@ -8,7 +8,7 @@ shows what made the model say what it said. A model with no convolution, or whos
 are not one chain, gets occlusion sensitivity instead: grey patches, and how much the
 label's probability drops under each.
 
-A flip-averaged model (:func:`deepfake_detector.model.flip_averaged`) is explained through
+A flip-averaged model (:func:`deepfake_detector.networks.flip_averaged`) is explained through
 its member network: the map of the image and the mirrored map of its mirror image,
 averaged, both for the label the whole model gives.
 
@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from deepfake_detector.model import DeepfakeDetectorModel, flip_average_member
+from deepfake_detector.model import DeepfakeDetectorModel
+from deepfake_detector.networks import flip_average_member
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,13 @@ The model was trained on 128x128 LFW crops: one face in the middle, about 43% of
 few pixels, so a photo is scored face by face: a :class:`FaceFinder` returns boxes, each box
 becomes a square crop with the training framing (:class:`Framing`, measured by
 ``python -m benchmarks.faces --framing``), and each crop goes through the one preprocessing
-path. The image's verdict is its highest face score, the rule commercial detectors use: one
-swapped face makes the photo fake.
+path. Scoring the crops and the photo's verdict (its highest face score) is
+:meth:`deepfake_detector.detector.Detector.predict_faces`.
 
 An image that already is a training-style crop (its largest face, framed, covers most of
-it) has that face scored on the whole image, exactly as before face detection existed, so
-LFW-style inputs keep their scores. An image with no face is scored whole, and says so.
+it) has that face scored on the whole image, as the model saw its training crops, so an
+LFW-style input scores the same with or without face detection. An image with no face is
+scored whole, and says so.
 
 The finder is RetinaFace-MobileNet0.25 (ONNX weights shipped in ``deepfake_detector/weights``,
 run by onnxruntime; nothing is downloaded). OpenCV's Haar cascade is kept behind the same
@@ -24,16 +25,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from deepfake_detector import weights
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, resize
-
-if TYPE_CHECKING:
-    from deepfake_detector.detector import Detector, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +322,7 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_fa
     - No face: the whole image, as without face detection.
     - The largest face's training-style crop covers at least ``FACE_CROP_COVERAGE`` of the
       image: the image already is a face crop like the training data, so that face is
-      scored on the whole image, exactly as before face detection (its own crop would be
-      the image again, resampled). Any other face (background people) gets its own crop.
+      scored on the whole image (its own crop would be the image again, resampled). Any other face (background people) gets its own crop.
     - Otherwise every face gets its own crop.
     """
     boxes = finder.find(image)
@@ -343,87 +340,3 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_fa
         for i, box in enumerate(boxes)
     ]
     return ModelInputs(FOUND, boxes, np.stack(inputs), whole_image=whole, faces_found=faces_found)
-
-
-# ----------------------------------------------------------------------------- scores
-
-
-@dataclass
-class FaceScore:
-    """One face: where it is, its verdict, and (on request) its Grad-CAM heatmap."""
-
-    box: FaceBox
-    prediction: "Prediction"
-    crop: np.ndarray  # the model input it was scored on (S x S x 3 uint8)
-    heatmap: np.ndarray | None = None  # S x S in 0..1, where the evidence for its label is
-
-    def to_dict(self) -> dict:
-        entry = {
-            "box": self.box.as_list(),
-            "fake_probability": self.prediction.fake_probability,
-            "label": self.prediction.label,
-        }
-        if self.heatmap is not None:
-            from deepfake_detector.explain import overlay_data_url
-
-            entry["heatmap"] = overlay_data_url(self.crop, self.heatmap)
-        return entry
-
-
-@dataclass
-class ImageScore:
-    """The verdict for a photo (its highest face score) and every face behind it."""
-
-    prediction: "Prediction"
-    faces: list[FaceScore]
-    face_detection: str
-    verdict: str
-    crop: np.ndarray | None = None  # the whole-image input, when no face was found
-    heatmap: np.ndarray | None = None  # its heatmap, on request
-    faces_found: int = 0  # may exceed len(faces): only the largest are scored
-
-    def to_dict(self) -> dict:
-        """The API's fields: ``label``, ``fake_probability``, ``threshold`` are the verdict."""
-        result = {
-            **self.prediction.to_dict(),
-            "verdict": self.verdict,
-            "face_detection": self.face_detection,
-            "faces_found": self.faces_found,
-            "faces_scored": len(self.faces),
-            "faces": [face.to_dict() for face in self.faces],
-        }
-        if self.heatmap is not None:
-            from deepfake_detector.explain import overlay_data_url
-
-            result["heatmap"] = overlay_data_url(self.crop, self.heatmap)
-        return result
-
-
-def score_image(
-    detector: "Detector", image: Image.Image, finder: FaceFinder, explain: bool = False,
-    max_faces: int | None = None, max_explained: int | None = None,
-) -> ImageScore:  # fmt: skip
-    """Score the faces of an RGB image (the whole image when none is found).
-
-    Args:
-        explain: also compute Grad-CAM heatmaps: for at most ``max_explained`` faces, the
-            highest scores first (those the verdict rests on), each one a backward pass.
-        max_faces: score only the largest faces (see :func:`model_inputs`).
-    """
-    found = model_inputs(image, finder, detector.image_size, max_faces, detector.resample)
-    scores = detector.scores(found.inputs)
-    heatmaps = [None] * len(scores)
-    if explain:
-        chosen = sorted(np.argsort(-scores, kind="stable")[:max_explained])
-        for index, heatmap in zip(chosen, detector.heatmaps(found.inputs[chosen]) if chosen else []):
-            heatmaps[index] = heatmap
-    if found.face_detection == NONE_FOUND:
-        return ImageScore(
-            detector.prediction_for(scores[0]), [], NONE_FOUND, VERDICT_WHOLE_IMAGE,
-            crop=found.inputs[0], heatmap=heatmaps[0],
-        )  # fmt: skip
-    faces = [
-        FaceScore(box, detector.prediction_for(score), crop, heatmap)
-        for box, score, crop, heatmap in zip(found.boxes, scores, found.inputs, heatmaps)
-    ]
-    return ImageScore(detector.prediction_for(max(scores)), faces, FOUND, VERDICT_HIGHEST_FACE, faces_found=found.faces_found)

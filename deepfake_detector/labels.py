@@ -1,17 +1,25 @@
-"""The one place that knows the classes.
+"""The one place that knows the classes: their order, their folders, and the labelled files.
 
 Training assigns integer labels in ``TRAINING_CLASS_ORDER`` (so ``fake`` is 1 and the
 sigmoid output is P(fake)); that order is saved with every model and read back, and
 :meth:`deepfake_detector.model.DeepfakeDetectorModel.fake_probability` applies it, so every
-number a user sees is a ``fake_probability``.
+number a user sees is a ``fake_probability``. A split folder holds each class in a folder of
+its own (``FOLDER_NAMES``); :func:`labelled_files` lists them with their integer labels.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from deepfake_detector.errors import DatasetError
+from deepfake_detector.preprocessing import IMAGE_SUFFIXES
 
 REAL = "real"
 FAKE = "fake"
 #: Integer label of each class during training: index 0 is real, index 1 is fake.
 TRAINING_CLASS_ORDER: tuple[str, str] = (REAL, FAKE)
+REAL_INDEX = TRAINING_CLASS_ORDER.index(REAL)
+FAKE_INDEX = TRAINING_CLASS_ORDER.index(FAKE)
 #: The folder that holds each class in a dataset split (``Train/Real``, ``Train/Fake``).
 FOLDER_NAMES: dict[str, str] = {REAL: "Real", FAKE: "Fake"}
 
@@ -27,3 +35,31 @@ def fake_index(class_names) -> int:
 def label_for(fake_probability: float, threshold: float) -> str:
     """The verdict for a fake probability: fake at or above the threshold."""
     return FAKE if fake_probability >= threshold else REAL
+
+
+def labelled_files(folder: str | Path, require_both: bool = True) -> tuple[list[str], list[int]]:
+    """Image files under ``folder/Real`` and ``folder/Fake`` (recursively, sorted) and their
+    integer labels in ``TRAINING_CLASS_ORDER``; no file is opened.
+
+    With ``require_both`` a missing or empty class folder is an error; without it either
+    may be missing, but not both.
+
+    Raises:
+        DatasetError: a class folder missing or empty (with ``require_both``), or no images at all.
+    """
+    folder = Path(folder)
+    paths, targets = [], []
+    for index, class_name in enumerate(TRAINING_CLASS_ORDER):
+        class_dir = folder / FOLDER_NAMES[class_name]
+        if not class_dir.is_dir():
+            if require_both:
+                raise DatasetError(f"no {FOLDER_NAMES[class_name]}/ folder under {folder}")
+            continue
+        found = sorted(str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not found and require_both:
+            raise DatasetError(f"{class_dir} has no images")
+        paths += found
+        targets += [index] * len(found)
+    if not paths:
+        raise DatasetError(f"no images under {folder}/Real or {folder}/Fake")
+    return paths, targets

@@ -1,4 +1,4 @@
-"""Architectures, and saving/loading models that describe themselves.
+"""``DeepfakeDetectorModel``: a network with the metadata that says how to use it, saved and loaded together.
 
 A saved model is one ``.keras`` file. Beside Keras's own entries the zip holds
 ``deepfake_detector.json``: class order, preprocessing, decision threshold, training
@@ -12,10 +12,7 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-import os
 import platform
-import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,20 +20,17 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import layers
 
 from deepfake_detector import __version__, labels
+from deepfake_detector.callbacks import make_callbacks
+from deepfake_detector.errors import ModelFileError
+from deepfake_detector.files import replacing
+from deepfake_detector.networks import build_model, flip_average_member
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, PreprocessingConfig, resample_filter
+from deepfake_detector.recipes import OPTIMIZERS, TrainConfig
 
 METADATA_ENTRY = "deepfake_detector.json"
 METADATA_FORMAT = "deepfake-detector-model/1"
-ARCHITECTURES = ("seed", "mobilenet_v2", "efficientnet_lite0")
-#: The architectures that start from ImageNet weights (:mod:`deepfake_detector.pretrained`).
-PRETRAINED_ARCHITECTURES = ("mobilenet_v2", "efficientnet_lite0")
-
-
-class ModelFileError(RuntimeError):
-    """A model file that is missing, unreadable, or whose metadata does not fit it."""
 
 
 @dataclass
@@ -64,250 +58,10 @@ class ModelMetadata:
         return json.dumps(self.__dict__, indent=2, sort_keys=True, default=float)
 
 
-# ----------------------------------------------------------------------------- architectures
-
-
-def build_seed_cnn(image_size: int = 128) -> keras.Model:
-    """The original tutorial's 4-block CNN, layer for layer (input rescaled by 1/127)."""
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Rescaling(1.0 / 127, name="rescale")(inputs)
-    for filters in (32, 64, 128, 256):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D(2)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(512, activation="relu")(x)
-    x = layers.Dropout(0.5)(x)
-    x = layers.Dense(256, activation="relu")(x)
-    x = layers.Dropout(0.5)(x)
-    x = layers.Dense(128, activation="relu")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
-    return keras.Model(inputs, outputs, name="seed_cnn")
-
-
-def _conv_bn(x, filters, kernel, stride, name, depthwise=False, relu=True):
-    """Conv (or depthwise conv) + BN (+ ReLU6) with torchvision's symmetric padding."""
-    if kernel > 1 and stride > 1:
-        x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same"
-    if depthwise:
-        x = layers.DepthwiseConv2D(kernel, stride, padding=padding, use_bias=False, name=f"{name}_0")(x)
-    else:
-        x = layers.Conv2D(filters, kernel, stride, padding=padding, use_bias=False, name=f"{name}_0")(x)
-    x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_1")(x)
-    return layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
-
-
-def mobilenet_v2_backbone(image_size: int = 128) -> keras.Model:
-    """MobileNetV2 (width 1.0) laid out exactly like torchvision's, ending in 1280 channels.
-
-    Layer names follow torchvision's state-dict keys (``features_2_conv_1_0`` is
-    ``features.2.conv.1.0``) so :mod:`deepfake_detector.pretrained` can copy ImageNet
-    weights in. Input: RGB already normalised with ImageNet mean and std.
-    """
-    inputs = keras.Input((image_size, image_size, 3), name="normalized_image")
-    x = _conv_bn(inputs, 32, 3, 2, "features_0")
-    channels, index = 32, 1
-    for expansion, out_channels, repeats, first_stride in (
-        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
-    ):  # fmt: skip
-        for repeat in range(repeats):
-            stride = first_stride if repeat == 0 else 1
-            name, block_input, part = f"features_{index}_conv", x, 0
-            if expansion != 1:
-                x = _conv_bn(x, channels * expansion, 1, 1, f"{name}_{part}")
-                part += 1
-            x = _conv_bn(x, None, 3, stride, f"{name}_{part}", depthwise=True)
-            x = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{name}_{part + 1}")(x)
-            x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_{part + 2}")(x)
-            if stride == 1 and channels == out_channels:
-                x = layers.Add(name=f"features_{index}_add")([block_input, x])
-            channels, index = out_channels, index + 1
-    x = _conv_bn(x, 1280, 1, 1, f"features_{index}")
-    return keras.Model(inputs, x, name="mobilenet_v2")
-
-
-def _detector(backbone: keras.Model, normalize, dropout: float, name: str) -> keras.Model:
-    """uint8 RGB in, ``normalize`` (layers), the backbone, global average pool, dropout, one sigmoid."""
-    size = backbone.inputs[0].shape[1]
-    inputs = keras.Input((size, size, 3), name="image")
-    x = inputs
-    for layer in normalize:
-        x = layer(x)
-    x = backbone(x)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="fake_score", dtype="float32")(x)  # float32 under mixed precision too
-    return keras.Model(inputs, outputs, name=name)
-
-
-def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: float = 0.2) -> keras.Model:
-    """MobileNetV2 (ImageNet weights when ``pretrained``) with a global-average-pool head."""
-    from deepfake_detector import pretrained as imagenet
-
-    backbone = mobilenet_v2_backbone(image_size)
-    if pretrained:
-        imagenet.load_torchvision_mobilenet_v2(backbone)
-    # torchvision's ImageNet normalisation inside the model.
-    normalize = [
-        layers.Rescaling(1.0 / 255, name="to_unit"),
-        layers.Normalization(
-            mean=imagenet.IMAGENET_MEAN, variance=[s**2 for s in imagenet.IMAGENET_STD], name="imagenet_norm"
-        ),
-    ]
-    return _detector(backbone, normalize, dropout, "mobilenet_v2_detector")
-
-
-#: EfficientNet-Lite0's inverted-residual stages: repeats, kernel, first stride, expansion, output channels.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
-
-
-def efficientnet_lite0_backbone(image_size: int = 128) -> keras.Model:
-    """EfficientNet-Lite0 (no squeeze-excitation, ReLU6, fixed stem and head), ending in 1280 channels.
-
-    Layer names map onto the checkpoint's keys (``blocks_3_expand_conv`` is
-    ``_blocks.3._expand_conv``; see :func:`deepfake_detector.pretrained.efficientnet_lite0_key`).
-    TensorFlow ``same`` padding, as the weights were trained with. Input: ``(x - 127) / 128``.
-    """
-    inputs = keras.Input((image_size, image_size, 3), name="normalized_image")
-
-    def bn_relu(x, bn_name, relu_name=None):
-        x = layers.BatchNormalization(epsilon=1e-3, momentum=0.99, name=bn_name)(x)
-        return layers.ReLU(6.0, name=relu_name)(x) if relu_name else x
-
-    x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="conv_stem")(inputs)
-    x = bn_relu(x, "bn0", "stem_relu")
-    channels, index = 32, 0
-    for repeats, kernel, first_stride, expansion, out_channels in LITE0_STAGES:
-        for repeat in range(repeats):
-            stride = first_stride if repeat == 0 else 1
-            name, h = f"blocks_{index}", x
-            if expansion != 1:
-                h = layers.Conv2D(channels * expansion, 1, use_bias=False, name=f"{name}_expand_conv")(h)
-                h = bn_relu(h, f"{name}_bn0", f"{name}_expand_relu")
-            h = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{name}_depthwise_conv")(h)
-            h = bn_relu(h, f"{name}_bn1", f"{name}_depthwise_relu")
-            h = layers.Conv2D(out_channels, 1, use_bias=False, name=f"{name}_project_conv")(h)
-            h = bn_relu(h, f"{name}_bn2")
-            if stride == 1 and channels == out_channels:
-                h = layers.Add(name=f"{name}_add")([x, h])
-            x, channels, index = h, out_channels, index + 1
-    x = layers.Conv2D(1280, 1, use_bias=False, name="conv_head")(x)
-    x = bn_relu(x, "bn1", "head_relu")
-    return keras.Model(inputs, x, name="efficientnet_lite0")
-
-
-def build_efficientnet_lite0(image_size: int = 128, pretrained: bool = True, dropout: float = 0.2) -> keras.Model:
-    """EfficientNet-Lite0 (ImageNet weights when ``pretrained``) with a global-average-pool head."""
-    from deepfake_detector import pretrained as imagenet
-
-    backbone = efficientnet_lite0_backbone(image_size)
-    if pretrained:
-        imagenet.load_efficientnet_lite0(backbone)
-    # EfficientNet-Lite's (x - 127) / 128 inside the model.
-    normalize = [layers.Rescaling(1.0 / imagenet.LITE_STD, offset=-imagenet.LITE_MEAN / imagenet.LITE_STD, name="lite_norm")]
-    return _detector(backbone, normalize, dropout, "efficientnet_lite0_detector")
-
-
-def feature_block(layer_name: str) -> int | None:
-    """Which backbone feature block a layer belongs to, counting the stem as block 0.
-
-    MobileNetV2: ``features_N_...`` is block N (0 stem, 1-17 inverted residuals, 18 head).
-    EfficientNet-Lite0: the stem is 0, ``blocks_N_...`` is N + 1, the head 17.
-    """
-    if match := re.match(r"features_(\d+)_", layer_name):
-        return int(match.group(1))
-    if match := re.match(r"blocks_(\d+)_", layer_name):
-        return int(match.group(1)) + 1
-    if layer_name in ("conv_stem", "bn0", "stem_relu"):
-        return 0
-    if layer_name in ("conv_head", "bn1", "head_relu"):
-        return sum(stage[0] for stage in LITE0_STAGES) + 1
-    return None
-
-
-def backbone_of(model: keras.Model) -> keras.Model:
-    """The pretrained backbone sub-model of a MobileNetV2 or EfficientNet-Lite0 detector."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and layer.name in PRETRAINED_ARCHITECTURES:
-            return layer
-    raise ValueError(f"{model.name} has no pretrained backbone")
-
-
-def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
-    """Keep the first ``blocks`` backbone feature blocks (block 0 is the stem) fixed.
-
-    The early, high-resolution blocks cost most of a CPU training step and hold generic
-    edge and colour filters; frozen, their BatchNormalization layers also run in inference
-    mode. Returns how many layers were frozen.
-    """
-    frozen = 0
-    if blocks <= 0:
-        return frozen
-    for layer in backbone_of(model).layers:
-        block = feature_block(layer.name)
-        if block is not None and block < blocks:
-            layer.trainable = False
-            frozen += 1
-    return frozen
-
-
-@keras.saving.register_keras_serializable(package="deepfake_detector")
-class HorizontalFlip(layers.Layer):
-    """The images mirrored left to right, always (``RandomFlip`` is random and training-only)."""
-
-    def call(self, images):
-        return keras.ops.flip(images, axis=-2)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
-def flip_averaged(model: keras.Model) -> keras.Model:
-    """``model``'s output averaged over each image and its mirror image, in one graph.
-
-    Test-time flip averaging: training already shows every face both ways round, and the
-    two views' errors are partly independent. Being part of the network, it reaches the
-    Keras and TFLite runtimes and every export alike. The member keeps its name and
-    weights, so :func:`flip_average_member` gets it back.
-    """
-    if flip_average_member(model) is not None:
-        raise ValueError(f"{model.name} is already flip-averaged")
-    inputs = keras.Input(model.inputs[0].shape[1:], name="image")
-    plain = model(inputs)
-    mirrored = model(HorizontalFlip(name="mirror")(inputs))
-    outputs = layers.Average(name="flip_average", dtype="float32")([plain, mirrored])
-    return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
-
-
-def flip_average_member(model: keras.Model) -> keras.Model | None:
-    """The network inside a :func:`flip_averaged` model; None for any other model."""
-    if not any(isinstance(layer, HorizontalFlip) for layer in model.layers):
-        return None
-    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    return members[0] if len(members) == 1 else None
-
-
-def build_model(arch: str, image_size: int = 128, pretrained: bool = True) -> keras.Model:
-    """A fresh, uncompiled network of the named architecture (see ``ARCHITECTURES``)."""
-    if arch == "seed":
-        return build_seed_cnn(image_size)
-    if arch == "mobilenet_v2":
-        return build_mobilenet_v2(image_size, pretrained=pretrained)
-    if arch == "efficientnet_lite0":
-        return build_efficientnet_lite0(image_size, pretrained=pretrained)
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-
-
 # ----------------------------------------------------------------------------- save / load
 
 
 def library_versions() -> dict[str, str]:
-    import numpy
     import PIL
     import tensorflow as tf
 
@@ -315,42 +69,28 @@ def library_versions() -> dict[str, str]:
         "deepfake_detector": __version__,
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "pillow": PIL.__version__,
         "python": platform.python_version(),
     }
 
 
 def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) -> Path:
-    """Write model and metadata to ``path`` atomically (temp file in the same folder, then rename).
+    """Write model and metadata to ``path`` atomically (:func:`deepfake_detector.files.replacing`).
 
     An interrupted save never leaves a half-written file where the last good model was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not metadata.created:
         metadata.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if not metadata.versions:
         metadata.versions = library_versions()
     _check_consistent(model, metadata, path)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(handle)
-    try:
-        model.save(tmp_name)
-        with zipfile.ZipFile(tmp_name, "a") as archive:
+    with replacing(path, suffix=".keras") as scratch:
+        model.save(scratch)
+        with zipfile.ZipFile(scratch, "a") as archive:
             archive.writestr(METADATA_ENTRY, metadata.to_json())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it 0600; save like open() would
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -358,20 +98,26 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_metadata(path: str | Path) -> ModelMetadata:
-    """The metadata inside a saved model, without loading the network."""
+def stored_metadata(path: str | Path) -> bytes | None:
+    """The raw metadata entry of a ``.keras`` file, or None when it has none (a model saved
+    without this package); a one-line :class:`ModelFileError` if it is no ``.keras`` file."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
         with zipfile.ZipFile(path) as archive:
-            raw = archive.read(METADATA_ENTRY)
+            return archive.read(METADATA_ENTRY) if METADATA_ENTRY in archive.namelist() else None
     except zipfile.BadZipFile as error:
         raise ModelFileError(f"{path}: not a .keras model file") from error
-    except KeyError as error:
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The metadata inside a saved model, without loading the network."""
+    raw = stored_metadata(path)
+    if raw is None:
         raise ModelFileError(f"{path}: has no {METADATA_ENTRY}; save models with train.py, or adopt one trained with "
                              f"the original tutorial's code: python export.py --model {path} --format adopt "
-                             "--output NEW.keras") from error  # fmt: skip
+                             "--output NEW.keras")  # fmt: skip
     try:
         data: dict[str, Any] = json.loads(raw)
         if data.get("format") != METADATA_FORMAT:
@@ -393,12 +139,19 @@ def read_metadata(path: str | Path) -> ModelMetadata:
 def load_model(path: str | Path) -> tuple[keras.Model, ModelMetadata]:
     """Load a model and its metadata; a one-line :class:`ModelFileError` if they do not fit."""
     metadata = read_metadata(path)
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a broken file
-        raise ModelFileError(f"{path}: cannot load the network: {_one_line(error)}") from error
+    model = load_network(path)
     _check_consistent(model, metadata, path)
     return model, metadata
+
+
+def load_network(path: str | Path) -> keras.Model:
+    """The Keras network of a ``.keras`` file, uncompiled, whatever its metadata; a one-line
+    :class:`ModelFileError` if Keras cannot load it. Our layers (``networks.HorizontalFlip``)
+    are registered with Keras by importing :mod:`deepfake_detector.networks`, which this module does."""
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a broken file
+        raise ModelFileError(f"{path}: cannot load the network: {_one_line(error)}") from error
 
 
 def _check_consistent(model: keras.Model, metadata: ModelMetadata, path: Path) -> None:
@@ -432,7 +185,7 @@ class DeepfakeDetectorModel:
     """
 
     def __init__(self, model: keras.Model | None = None, metadata: ModelMetadata | None = None, *,
-                 arch: str = "seed", image_size: int | None = None, pretrained: bool = True):  # fmt: skip
+                 arch: str = TrainConfig.arch, image_size: int | None = None, pretrained: bool = True):  # fmt: skip
         if metadata is None:
             if model is not None:
                 raise ValueError("a network needs its metadata (class order, input size, threshold)")
@@ -490,7 +243,7 @@ class DeepfakeDetectorModel:
         elif optimizer == "adamw":
             chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
         else:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose adam or adamw")
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.model.compile(
             optimizer=chosen,
             loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
@@ -515,14 +268,14 @@ class DeepfakeDetectorModel:
 
     def evaluate_model(self, test_data) -> list[float]:
         """The tutorial's ``[loss, accuracy, precision, recall]`` on batches of (images, labels),
-        at threshold 0.5 with fake positive (:func:`deepfake_detector.evaluation.tutorial_metrics`)."""
-        from deepfake_detector import evaluation
+        at threshold 0.5 with fake positive (:func:`deepfake_detector.metrics.tutorial_metrics`)."""
+        from deepfake_detector import metrics  # scikit-learn, only when a model is evaluated
 
         truths, scores = [], []
         for images, batch_labels in test_data:
             scores.append(np.ravel(self.fake_probability(images)))
             truths.append(np.ravel(keras.ops.convert_to_numpy(batch_labels)))
-        return evaluation.tutorial_metrics(np.concatenate(truths), np.concatenate(scores))
+        return metrics.tutorial_metrics(np.concatenate(truths), np.concatenate(scores))
 
     def save_model(self, path: str | Path) -> Path:
         """One ``.keras`` file holding the network and this metadata (written atomically)."""
@@ -581,12 +334,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
 
 def tutorial_callbacks(detector_model: DeepfakeDetectorModel, best: str | Path | None) -> list[keras.callbacks.Callback]:
-    """The tutorial's three callbacks: early stopping (patience 10, best weights restored), the
-    learning rate cut tenfold after 5 epochs without progress, and the best epoch kept at ``best``."""
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7, verbose=1),
-    ]
-    if best is not None:
-        callbacks.append(BestModelCheckpoint(detector_model, best))
-    return callbacks
+    """The tutorial's callbacks, its recipe's (:func:`deepfake_detector.callbacks.make_callbacks`):
+    early stopping (patience 10, best weights restored), the learning rate cut tenfold after 5
+    epochs without progress, and the best epoch kept at ``best``."""
+    return make_callbacks(TrainConfig(), BestModelCheckpoint(detector_model, best) if best is not None else None)

@@ -14,14 +14,11 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
 
+from deepfake_detector.errors import PerturbationSpecError
 from deepfake_detector.preprocessing import RESAMPLE
 
 KINDS = ("jpeg", "blur", "resize")
 _EXAMPLES = {"jpeg": "jpeg:50,90", "blur": "blur:1,2", "resize": "resize:0.5"}
-
-
-class PerturbationSpecError(ValueError):
-    """A ``--perturb`` spec that cannot be parsed; the message says what is wrong."""
 
 
 def jpeg(image: Image.Image, quality: int) -> bytes:

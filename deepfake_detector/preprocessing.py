@@ -20,10 +20,14 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from deepfake_detector.errors import ImageError, ImageTooLargeError, UnsupportedFormatError
 from deepfake_detector.image_structure import JPEG_SIGNATURE, PNG_SIGNATURE, JpegFacts, PngFacts, jpeg_facts, png_facts
 
 #: Formats we decode. Decided from the bytes, never from a name or a content type.
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"})
+#: The file names taken for images when a folder is listed (what a file holds is still decided
+#: from its bytes when it is read).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 #: Images larger than this many pixels are refused before decoding (decompression bombs).
 MAX_IMAGE_PIXELS = 40_000_000
 #: Most scans a JPEG may have: decoding makes one pass over every block per scan, so 10,000
@@ -38,26 +42,13 @@ EXIF_ORIENTATION = 0x0112
 #: Models trained here use Lanczos (the shared data was made with it too); "nearest" is
 #: what the original tutorial's inference did (``keras.utils.load_img``'s default), for the
 #: models trained by its code that ``export.py --format adopt`` takes in.
-RESAMPLE_FILTERS = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
 DEFAULT_RESAMPLE = "lanczos"
+NEAREST_RESAMPLE = "nearest"
+RESAMPLE_FILTERS = {DEFAULT_RESAMPLE: Image.Resampling.LANCZOS, NEAREST_RESAMPLE: Image.Resampling.NEAREST}
 #: The filter of the models trained here, also used by the resize perturbation.
 RESAMPLE = RESAMPLE_FILTERS[DEFAULT_RESAMPLE]
 
 ImageSource = Union[bytes, str, Path, BinaryIO, Image.Image]
-
-
-class ImageError(ValueError):
-    """An input that cannot be turned into an image; the message says why, for a user."""
-
-    status = 400
-
-
-class UnsupportedFormatError(ImageError):
-    status = 415
-
-
-class ImageTooLargeError(ImageError):
-    status = 413
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from deepfake_detector.faces import RetinaFaceFinder
+from deepfake_detector import faces
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +132,14 @@ def default_landmarks(size: int | tuple[int, int]) -> np.ndarray:
     return MEAN_LANDMARKS * np.array([width, height], dtype=np.float32)
 
 
-def face_landmarks(image: np.ndarray, finder: "RetinaFaceFinder | None" = None) -> np.ndarray:
+def face_landmarks(image: np.ndarray, finder: faces.RetinaFaceFinder | None = None) -> np.ndarray:
     """The five landmarks of the largest face in an RGB image, or the mean ones if none is found.
 
     Meant to run once per training image (landmarks are then cached): RetinaFace takes about
     3 ms on a 128-pixel crop.
     """
     if finder is None:
-        from deepfake_detector.faces import default_finder
-
-        finder = default_finder("retinaface")
+        finder = faces.default_finder("retinaface")
     found = finder.find_landmarks(Image.fromarray(image))
     if found is None:
         log.debug("no face found; using the mean landmarks of a face crop")

@@ -35,6 +35,7 @@ from waitress.task import ErrorTask
 from werkzeug.wsgi import ClosingIterator
 
 from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
+from deepfake_detector.recipes import SERVING_RUNTIME
 from deepfake_detector.web import SECURITY_HEADERS, RequestLimits, create_app
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,8 @@ def default_model_path() -> tuple[Path, str]:
     """The model to serve when none is named, and why: the one ``python train.py`` just wrote in
     the working folder (as in the tutorial), else the shipped one."""
     if TRAINED_MODEL.is_file():
-        return TRAINED_MODEL, f"trained here ({TRAINED_MODEL.name}, from python train.py)"
-    return DEFAULT_MODEL_PATH, f"shipped ({DEFAULT_MODEL_PATH.parent.name}/{DEFAULT_MODEL_PATH.name})"
+        return TRAINED_MODEL, "trained here by python train.py"
+    return DEFAULT_MODEL_PATH, "shipped with the repository"
 
 
 class InferenceModel:
@@ -164,29 +165,29 @@ class InferenceModel:
     (:class:`deepfake_detector.uploads.UploadStore`); by default nothing is written.
 
     Raises:
-        deepfake_detector.model.ModelFileError: the model is missing or not one of ours.
+        deepfake_detector.errors.ModelFileError: the model is missing or not one of ours.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, runtime: str = "tflite", host: str = "127.0.0.1",
+    def __init__(self, model_path: str | Path | None = None, *, runtime: str = SERVING_RUNTIME, host: str = "127.0.0.1",
                  port: int = 5000, server: ServerConfig = ServerConfig(), upload_store=None,
                  limits: RequestLimits = RequestLimits()):  # fmt: skip
         if model_path is None:
             model_path, origin = default_model_path()
         else:
-            origin = f"given ({Path(model_path).name})"
+            origin = "given by path"
         self.model_path = Path(model_path)
         self.detector = Detector.from_path(self.model_path, runtime=runtime, origin=origin)  # loaded and warmed up
         self.model = self.detector.detector_model
         self.app = create_app(self.detector, limits, upload_store=upload_store)
         self.host, self.port, self.server_config = host, port, server
-        log.info("serving the %s model", origin)
+        log.info("serving %s, %s", self.model_path.name, origin)
 
     def predict_image(self, file_path: str | Path) -> tuple[float, float]:
         """``(fake_probability, percentage)`` for an image file, as the page scores it: the
         highest of its faces' scores, or the whole image's when no face is found.
 
         Raises:
-            deepfake_detector.preprocessing.ImageError: not a readable image.
+            deepfake_detector.errors.ImageError: not a readable image.
         """
         probability = float(self.detector.predict_faces(Path(file_path)).prediction.fake_probability)
         return probability, probability * 100.0
@@ -194,6 +195,6 @@ class InferenceModel:
     def run(self) -> None:
         """Serve on ``host:port`` with waitress until interrupted."""
         server = create_server(self.app, self.host, self.port, self.server_config)
-        print(f"Serving {self.detector.name} ({self.detector.origin} model) on http://{self.host}:{self.port}/ "
+        print(f"Serving {self.detector.name} ({self.detector.origin}) on http://{self.host}:{self.port}/ "
               f"with waitress ({self.server_config.threads} threads)", flush=True)  # fmt: skip
         server.run()

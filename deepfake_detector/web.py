@@ -27,8 +27,9 @@ from PIL import Image, ImageDraw, ImageFont
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from deepfake_detector import faces
-from deepfake_detector.detector import Detector
-from deepfake_detector.preprocessing import ImageError, decode, probe_image
+from deepfake_detector.detector import Detector, FaceScore, ImageScore
+from deepfake_detector.errors import ImageError, UploadError
+from deepfake_detector.preprocessing import decode, probe_image
 from deepfake_detector.uploads import UploadStore
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-
-
-class UploadError(ValueError):
-    """A request without a usable file."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 class InMemoryRequest(Request):
@@ -127,7 +120,7 @@ def create_app(
     def page_facts():
         return {"face_finder": finder.name, "keeps_uploads": upload_store is not None}
 
-    def score(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, faces.ImageScore]:
+    def score(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, ImageScore]:
         """Score one upload, with heatmaps for at most ``max_explained`` of its faces."""
         if not data:
             raise UploadError("the file is empty")
@@ -135,10 +128,8 @@ def create_app(
         image_format = image.format  # decode() may convert, which forgets it
         with one_large_image if image.width * image.height > limits.large_image_pixels else nullcontext():
             image = decode(image)
-            analysis = faces.score_image(
-                detector, image, finder, explain=max_explained > 0,
-                max_faces=limits.faces_per_image, max_explained=max_explained,
-            )  # fmt: skip
+            analysis = detector.predict_faces(image, finder, explain=max_explained > 0,
+                                              max_faces=limits.faces_per_image, max_explained=max_explained)  # fmt: skip
         result = analysis.to_dict()
         if upload_store is not None:  # never raises: a full or broken disk costs no answer
             upload_store.keep(data, image_format, {**result, "model": model_info["model"]})
@@ -175,7 +166,7 @@ def create_app(
         try:
             result, image, analysis = score(read_upload(), explain_allowance())
         except (UploadError, ImageError) as error:
-            return render_template("index.html", model=model_info, error=str(error)), error.status
+            return render_template("index.html", model=model_info, error=str(error)), error.http_status
         preview = _preview_data_url(image, analysis)
         return render_template("index.html", model=model_info, result=result, preview=preview)
 
@@ -195,15 +186,15 @@ def create_app(
                 try:
                     result, _, analysis = score(upload.read(), explain_left)
                     entry.update(result)
-                    explain_left -= _heatmap_count(analysis)  # the allowance is for the whole request
+                    explain_left -= analysis.heatmap_count  # the allowance is for the whole request
                 except (UploadError, ImageError) as error:
-                    entry.update(error=str(error), status=error.status)
+                    entry.update(error=str(error), status=error.http_status)
                 results.append(entry)
             return jsonify(results=results, model=model_info["model"], elapsed_ms=_elapsed_ms())
         try:
             result = score(read_upload(), explain_left)[0]
         except (UploadError, ImageError) as error:
-            return _json_error(str(error), error.status)
+            return _json_error(str(error), error.http_status)
         return jsonify(**result, model=model_info["model"], elapsed_ms=_elapsed_ms())
 
     @app.get("/healthz")
@@ -245,15 +236,11 @@ def _elapsed_ms() -> float:
     return round((time.perf_counter() - g.start) * 1000.0, 1)
 
 
-def _heatmap_count(analysis: faces.ImageScore) -> int:
-    return sum(face.heatmap is not None for face in analysis.faces) + (analysis.heatmap is not None)
-
-
 def _json_error(message: str, status: int):
     return jsonify(error=message), status
 
 
-def _preview_data_url(image: Image.Image, analysis: faces.ImageScore | None = None, side: int = 384) -> str:
+def _preview_data_url(image: Image.Image, analysis: ImageScore | None = None, side: int = 384) -> str:
     """A re-encoded JPEG of the upload, for the page to show (never the client's bytes), with
     each face's box, number, label and percentage drawn on it."""
     preview = image.copy()
@@ -265,7 +252,7 @@ def _preview_data_url(image: Image.Image, analysis: faces.ImageScore | None = No
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _draw_faces(preview: Image.Image, face_scores: list[faces.FaceScore], scale: float) -> None:
+def _draw_faces(preview: Image.Image, face_scores: list[FaceScore], scale: float) -> None:
     draw = ImageDraw.Draw(preview)
     font = ImageFont.load_default(size=max(12, round(preview.width / 24)))
     line = max(2, round(preview.width / 160))

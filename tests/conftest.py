@@ -1,12 +1,11 @@
 """Shared fixtures: a tiny synthetic dataset and a tiny model trained on it (once per run).
 
-Fake images carry a bright square; real ones do not. Any model that learns anything learns
-that, so a Fake image scoring below 0.5 means the labels are wired backwards somewhere.
+The plain helpers they use (synthetic images, datasets) live in ``tests/helpers.py``; test
+modules import those from there, never from this file.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -14,43 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-from PIL import Image
 
-IMAGE_SIZE = 48
-
-
-def synthetic_image(fake: bool, rng: np.random.Generator, size: int = 48) -> Image.Image:
-    """Smooth random colours; fakes get a bright white square somewhere in the middle."""
-    base = rng.integers(40, 140, size=(4, 4, 3), dtype=np.uint8)
-    image = Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR)
-    array = np.asarray(image).copy()
-    if fake:
-        x, y = rng.integers(size // 6, size // 2, size=2)
-        array[y : y + size // 3, x : x + size // 3] = 255
-    return Image.fromarray(array)
-
-
-def toy_features() -> tuple[np.ndarray, np.ndarray]:
-    """24 four-number samples with alternating 0/1 targets: enough for a one-layer model's optimizer tests."""
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(24, 4)).astype("float32"), (np.arange(24) % 2)[:, None].astype("float32")
-
-
-def image_bytes(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def make_dataset(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, count in per_class.items():
-        for folder, fake in (("Real", False), ("Fake", True)):
-            directory = root / split / folder
-            directory.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                synthetic_image(fake, rng).save(directory / f"{folder.lower()}_{i}.png")
-    return root
+from tests.helpers import IMAGE_SIZE, image_bytes, make_dataset, synthetic_image
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,8 +35,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_model_path(tiny_dataset, tmp_path_factory) -> Path:
-    """The seed CNN trained end to end through train(), at 32 px, on the synthetic set."""
-    from deepfake_detector.training import TrainConfig, train
+    """The seed CNN trained end to end through train(), at IMAGE_SIZE pixels, on the synthetic set."""
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import train
 
     output = tmp_path_factory.mktemp("model") / "tiny.keras"
     config = TrainConfig(

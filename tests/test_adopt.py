@@ -111,6 +111,7 @@ def test_adopted_metadata_says_how_the_tutorial_used_the_model(adopted_path, tut
     assert metadata.name == "tutorial" and metadata.train_config["adopted_from"] == str(tutorial_model_path)
 
 
+@pytest.mark.slow
 def test_adopted_model_scores_as_the_tutorial_did_in_both_runtimes(adopted_path, tutorial_model_path, tutorial_data, tmp_path):
     from deepfake_detector.detector import Detector
     from deepfake_detector.preprocessing import load_image
@@ -137,7 +138,7 @@ def test_adopted_model_scores_as_the_tutorial_did_in_both_runtimes(adopted_path,
 
 def test_loading_the_tutorials_file_names_the_adopt_command(tutorial_model_path):
     from deepfake_detector.detector import Detector
-    from deepfake_detector.model import ModelFileError
+    from deepfake_detector.errors import ModelFileError
 
     with pytest.raises(ModelFileError) as info:
         Detector.from_path(tutorial_model_path)
@@ -147,7 +148,7 @@ def test_loading_the_tutorials_file_names_the_adopt_command(tutorial_model_path)
 
 
 def test_adopt_with_data_dir_chooses_the_threshold_on_validation(adopted_path, tutorial_model_path, tutorial_data, tmp_path):
-    from deepfake_detector import evaluation
+    from deepfake_detector import metrics
     from deepfake_detector.detector import Detector
     from deepfake_detector.model import read_metadata
 
@@ -162,11 +163,11 @@ def test_adopt_with_data_dir_chooses_the_threshold_on_validation(adopted_path, t
     paths = sorted((tutorial_data / "Validation").glob("*/*.png"))
     y_true = np.array([path.parent.name == "Fake" for path in paths], np.int64)
     scores = np.array([fixed.predict(path).fake_probability for path in paths])
-    assert metadata.threshold == pytest.approx(evaluation.choose_threshold(y_true, scores, "eer"), abs=1e-6)
+    assert metadata.threshold == pytest.approx(metrics.choose_threshold(y_true, scores, "eer"), abs=1e-6)
     validation = metadata.metrics["validation"]
     assert (validation["n_real"], validation["n_fake"]) == (6, 6)
     assert validation["threshold"] == pytest.approx(metadata.threshold)
-    assert validation["roc_auc"] == pytest.approx(evaluation.compute_metrics(y_true, scores)["roc_auc"])
+    assert validation["roc_auc"] == pytest.approx(metrics.compute_metrics(y_true, scores)["roc_auc"])
     assert Detector.from_path(output).threshold == pytest.approx(metadata.threshold)
 
 
@@ -240,7 +241,8 @@ def test_nearest_resize_is_keras_load_imgs_default(tmp_path):
 
 
 def test_a_model_naming_an_unknown_resample_is_refused_on_load(adopted_path, tmp_path):
-    from deepfake_detector.model import METADATA_ENTRY, ModelFileError, read_metadata
+    from deepfake_detector.errors import ModelFileError
+    from deepfake_detector.model import METADATA_ENTRY, read_metadata
 
     changed = tmp_path / "bicubic.keras"
     with zipfile.ZipFile(adopted_path) as source, zipfile.ZipFile(changed, "w") as target:

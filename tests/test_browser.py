@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import running_server
+from harness.server import running_server
+
+pytestmark = pytest.mark.slow  # a real server and a real browser
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw-faceswap"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepfake_detector import cache, data, labels
+from deepfake_detector import cache, labels
+from deepfake_detector.errors import DatasetError
 from deepfake_detector.preprocessing import load_image
-from tests.conftest import make_dataset, synthetic_image
+from tests.helpers import make_dataset, synthetic_image
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 24
@@ -30,7 +31,7 @@ def _no_decoding(*args, **kwargs):
 
 def test_rows_are_the_shared_preprocessing_of_each_file_with_its_label(split_dir, tmp_path):
     split = cache.open_split(split_dir, tmp_path / "cache", SIZE)
-    paths, targets = data.labelled_files(split_dir)
+    paths, targets = labels.labelled_files(split_dir)
     assert len(split) == len(paths) == 12
     images = split.read(np.arange(len(split)))
     assert images.dtype == np.uint8 and images.shape == (12, SIZE, SIZE, 3)
@@ -75,7 +76,7 @@ def test_unreadable_files_are_skipped_and_counted_and_one_class_refused(split_di
 
     for path in (split_dir / "Real").iterdir():
         path.write_bytes(b"garbage")
-    with pytest.raises(data.DatasetError, match="Real has no readable images"):
+    with pytest.raises(DatasetError, match="Real has no readable images"):
         cache.open_split(split_dir, tmp_path / "cache", SIZE)
 
 
@@ -88,7 +89,7 @@ def test_worker_processes_write_the_same_rows_as_threads(split_dir, tmp_path):
 def test_too_little_disk_is_refused_before_decoding(split_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     monkeypatch.setattr(cache, "decode_rows", _no_decoding)
-    with pytest.raises(data.DatasetError, match="--cache-dir"):
+    with pytest.raises(DatasetError, match="--cache-dir"):
         cache.open_split(split_dir, tmp_path / "cache", SIZE)
 
 
@@ -161,8 +162,9 @@ def test_each_worker_reads_its_own_equal_share():
 # ----------------------------------------------------------------------------- the synthetic archive
 
 
+@pytest.mark.slow
 def test_synthetic_archive_has_the_kaggle_layout_and_train_py_caches_it_once(tmp_path):
-    from benchmarks.synthetic_archive import KAGGLE_COUNTS, write_archive
+    from harness.archive import KAGGLE_COUNTS, write_archive
 
     assert sum(count for *_, count in KAGGLE_COUNTS) == 190_335
     archive = tmp_path / "archive.zip"
@@ -190,6 +192,7 @@ def test_synthetic_archive_has_the_kaggle_layout_and_train_py_caches_it_once(tmp
     assert "INFO extracted" not in again.stderr and "INFO cached " not in again.stderr  # everything reused
 
 
+@pytest.mark.slow
 def test_train_py_refuses_a_split_without_a_class_before_decoding_anything(tmp_path):
     root = make_dataset(tmp_path / "data", {"Train": 3, "Validation": 2, "Test": 2})
     for path in (root / "Test" / "Fake").iterdir():

@@ -1,5 +1,5 @@
-"""Tests for deepfake_detector.data: download (against a real local HTTP server),
-extraction, dataset folders, image listing and decoding."""
+"""Tests for the dataset modules (download, data, labels, decoding): download (against a real
+local HTTP server), extraction, dataset folders, image listing and decoding."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from deepfake_detector import data, labels
-from deepfake_detector.data import DatasetError
+from deepfake_detector.decoding import decode_images
+from deepfake_detector.download import download, extract
+from deepfake_detector.errors import DatasetError
 
 BODY = os.urandom(200_001)  # odd size: "half" is not a round number
 
@@ -106,7 +108,7 @@ def names(folder: Path) -> list[str]:
 
 def test_download_complete(server, tmp_path):
     destination = tmp_path / "dl" / "f.zip"
-    assert data.download(server.url("f.zip"), destination) == destination
+    assert download(server.url("f.zip"), destination) == destination
     assert destination.read_bytes() == BODY
     assert names(destination.parent) == ["f.zip"]  # no .part left
     assert server.ranges == [None]
@@ -117,13 +119,13 @@ def test_download_resumes_after_cut_connection(server, tmp_path):
     half = len(BODY) // 2
     server.mode = "cut"
     with pytest.raises(DatasetError, match="run again to resume"):
-        data.download(server.url("f.zip"), destination)
+        download(server.url("f.zip"), destination)
     assert not destination.exists()
     assert names(destination.parent) == ["f.zip.part"]
     assert (destination.parent / "f.zip.part").read_bytes() == BODY[:half]  # nothing received is lost
 
     server.mode = "normal"
-    data.download(server.url("f.zip"), destination)
+    download(server.url("f.zip"), destination)
     assert server.ranges == [None, f"bytes={half}-"]
     assert destination.read_bytes() == BODY
     assert names(destination.parent) == ["f.zip"]
@@ -133,7 +135,7 @@ def test_download_starts_over_when_server_ignores_range(server, tmp_path):
     destination = tmp_path / "f.zip"
     (tmp_path / "f.zip.part").write_bytes(b"x" * 1000)
     server.mode = "no-range"
-    data.download(server.url("f.zip"), destination)
+    download(server.url("f.zip"), destination)
     assert server.ranges == ["bytes=1000-"]
     assert destination.read_bytes() == BODY
     assert names(tmp_path) == ["f.zip"]
@@ -142,7 +144,7 @@ def test_download_starts_over_when_server_ignores_range(server, tmp_path):
 def test_download_whole_part_file_is_finished_by_416(server, tmp_path):
     destination = tmp_path / "f.zip"
     (tmp_path / "f.zip.part").write_bytes(BODY)
-    data.download(server.url("f.zip"), destination, sha256=hashlib.sha256(BODY).hexdigest())
+    download(server.url("f.zip"), destination, sha256=hashlib.sha256(BODY).hexdigest())
     assert server.ranges == [f"bytes={len(BODY)}-"]
     assert destination.read_bytes() == BODY
     assert names(tmp_path) == ["f.zip"]
@@ -152,20 +154,20 @@ def test_download_part_file_longer_than_remote_is_removed(server, tmp_path):
     destination = tmp_path / "f.zip"
     (tmp_path / "f.zip.part").write_bytes(BODY + b"junk")
     with pytest.raises(DatasetError, match="run again"):
-        data.download(server.url("f.zip"), destination)
+        download(server.url("f.zip"), destination)
     assert names(tmp_path) == []  # neither a destination that looks finished nor the bad .part
 
 
 def test_download_wrong_checksum_leaves_nothing(server, tmp_path):
     destination = tmp_path / "f.zip"
     with pytest.raises(DatasetError, match="SHA-256"):
-        data.download(server.url("f.zip"), destination, sha256="0" * 64)
+        download(server.url("f.zip"), destination, sha256="0" * 64)
     assert names(tmp_path) == []
 
 
 def test_download_right_checksum(server, tmp_path):
     destination = tmp_path / "f.zip"
-    data.download(server.url("f.zip"), destination, sha256=hashlib.sha256(BODY).hexdigest().upper())
+    download(server.url("f.zip"), destination, sha256=hashlib.sha256(BODY).hexdigest().upper())
     assert destination.read_bytes() == BODY
     assert names(tmp_path) == ["f.zip"]
 
@@ -174,7 +176,7 @@ def test_download_existing_file_is_checked_not_fetched(server, tmp_path):
     destination = tmp_path / "f.zip"
     destination.write_bytes(b"something else")
     with pytest.raises(DatasetError, match="SHA-256"):
-        data.download(server.url("f.zip"), destination, sha256=hashlib.sha256(BODY).hexdigest())
+        download(server.url("f.zip"), destination, sha256=hashlib.sha256(BODY).hexdigest())
     assert destination.read_bytes() == b"something else"  # an existing file is never deleted
     assert server.requests == []
 
@@ -182,7 +184,7 @@ def test_download_existing_file_is_checked_not_fetched(server, tmp_path):
 def test_download_http_404(server, tmp_path):
     destination = tmp_path / "missing.zip"
     with pytest.raises(DatasetError, match="404"):
-        data.download(server.url("missing.zip"), destination)
+        download(server.url("missing.zip"), destination)
     assert names(tmp_path) == []
 
 
@@ -191,7 +193,7 @@ def test_download_connection_refused_is_dataset_error(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(DatasetError, match="failed"):
-        data.download(f"http://127.0.0.1:{port}/f.zip", tmp_path / "f.zip", timeout=5)
+        download(f"http://127.0.0.1:{port}/f.zip", tmp_path / "f.zip", timeout=5)
     assert names(tmp_path) == []
 
 
@@ -209,7 +211,7 @@ def make_zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFL
 def test_extract_normal_zip(tmp_path):
     archive = make_zip(tmp_path / "in" / "a.zip", {"Dataset/Train/Real/a.txt": b"aaa", "b.txt": b"bb"})
     target = tmp_path / "out" / "extracted"
-    assert data.extract(archive, target) == target
+    assert extract(archive, target) == target
     assert (target / "Dataset" / "Train" / "Real" / "a.txt").read_bytes() == b"aaa"
     assert (target / "b.txt").read_bytes() == b"bb"
     assert names(target.parent) == ["extracted"]  # no temporary folder left behind
@@ -222,7 +224,7 @@ def test_extract_refuses_paths_outside_target(tmp_path, evil):
     archive = make_zip(tmp_path / "in" / "a.zip", {"ok.txt": b"fine", evil: b"pwned"})
     target = tmp_path / "out" / "extracted"
     with pytest.raises(DatasetError, match="outside the target"):
-        data.extract(archive, target)
+        extract(archive, target)
     assert not target.exists()
     assert names(target.parent) == []  # no half-extracted temp folder
     assert names(tmp_path) == ["in", "out"]  # nothing written next to the target's folder
@@ -237,7 +239,7 @@ def test_extract_refuses_symlink_member(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr(link, "/etc/passwd")
     with pytest.raises(DatasetError, match="symbolic link"):
-        data.extract(archive, tmp_path / "out")
+        extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -245,9 +247,9 @@ def test_extract_not_a_zip(tmp_path):
     archive = tmp_path / "a.zip"
     archive.write_bytes(b"this is not a zip file" * 10)
     with pytest.raises(DatasetError, match="not a readable zip"):
-        data.extract(archive, tmp_path / "out")
+        extract(archive, tmp_path / "out")
     with pytest.raises(DatasetError, match="not a readable zip"):
-        data.extract(tmp_path / "missing.zip", tmp_path / "out")
+        extract(tmp_path / "missing.zip", tmp_path / "out")
     assert names(tmp_path) == ["a.zip"]
 
 
@@ -259,7 +261,7 @@ def test_extract_corrupt_member_is_dataset_error(tmp_path):
     archive.write_bytes(raw[: start + 10] + b"B" + raw[start + 11 :])  # fails the CRC check
     target = tmp_path / "out" / "extracted"
     with pytest.raises(DatasetError, match="corrupt"):
-        data.extract(archive, target)
+        extract(archive, target)
     assert names(target.parent) == []
 
 
@@ -338,7 +340,7 @@ def test_labelled_files_missing_class_folder(tmp_path, missing):
         if class_name != missing:
             make_image(class_dir(tmp_path, class_name) / "a.png")
     with pytest.raises(DatasetError, match=f"no {labels.FOLDER_NAMES[missing]}/ folder"):
-        data.labelled_files(tmp_path)
+        labels.labelled_files(tmp_path)
 
 
 @pytest.mark.parametrize("empty", labels.TRAINING_CLASS_ORDER)
@@ -350,7 +352,7 @@ def test_labelled_files_empty_class_folder(tmp_path, empty):
         else:
             make_image(class_dir(tmp_path, class_name) / "a.png")
     with pytest.raises(DatasetError, match=f"{labels.FOLDER_NAMES[empty]} has no images"):
-        data.labelled_files(tmp_path)
+        labels.labelled_files(tmp_path)
 
 
 def test_split_cache_labels_and_unreadable_files(tmp_path):
@@ -368,7 +370,7 @@ def test_split_cache_labels_and_unreadable_files(tmp_path):
     split = open_split(tmp_path, tmp_path / ".cache", 16)
     assert split.info["skipped"] == 1 and str(real / "x.jpg") in split.meta["skipped"]
     assert len(split) == 5 and split.labels.dtype == np.int32
-    paths = [p for p in data.labelled_files(tmp_path)[0] if not p.endswith("x.jpg")]
+    paths = [p for p in labels.labelled_files(tmp_path)[0] if not p.endswith("x.jpg")]
     for path, label in zip(paths, split.labels):
         class_name = labels.REAL if Path(path).is_relative_to(real) else labels.FAKE
         assert label == expected_label(class_name), path
@@ -387,7 +389,7 @@ def test_split_cache_class_with_only_unreadable_files(tmp_path):
 
 def test_labelled_files_one_class_allowed_without_require_both(tmp_path):
     make_image(class_dir(tmp_path, labels.FAKE) / "a.png")
-    paths, targets = data.labelled_files(tmp_path, require_both=False)
+    paths, targets = labels.labelled_files(tmp_path, require_both=False)
     assert targets == [expected_label(labels.FAKE)]
 
 
@@ -405,7 +407,7 @@ def test_decode_images_sizes_order_and_failures(tmp_path):
     garbage.write_bytes(b"nope" * 50)
     paths = [str(p) for p in (red, cut_jpeg, blue, garbage, cut_png, green, tmp_path / "missing.png")]
 
-    images, kept, failures = data.decode_images(paths, 16, workers=2)
+    images, kept, failures = decode_images(paths, 16, workers=2)
     assert images.dtype == np.uint8
     assert images.shape == (3, 16, 16, 3)
     assert kept.tolist() == [0, 2, 5]
@@ -418,6 +420,6 @@ def test_decode_images_sizes_order_and_failures(tmp_path):
 
 
 def test_decode_images_nothing(tmp_path):
-    images, kept, failures = data.decode_images([], 12)
+    images, kept, failures = decode_images([], 12)
     assert images.shape == (0, 12, 12, 3) and images.dtype == np.uint8
     assert kept.tolist() == [] and failures == {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import image_bytes, make_dataset, synthetic_image, toy_features
+from tests.helpers import image_bytes, make_dataset, synthetic_image, toy_features
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32  # pixels: small enough that a subprocess epoch takes about a second
@@ -58,7 +58,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 from deepfake_detector import pipeline, training
 from deepfake_detector.cache import ArraySource
-from tests.conftest import synthetic_image
+from tests.helpers import synthetic_image
 
 rng = np.random.default_rng(0)
 labels = np.arange(24) %% 2
@@ -88,6 +88,7 @@ print("RESULTS " + json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_devices_trains_like_one_device():
     done = subprocess.run(
         [sys.executable, "-c", MIRRORED_SCRIPT % {"size": SIZE}],
@@ -122,6 +123,7 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+@pytest.mark.slow
 def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     # 20 training images in global batches of 8 (4 per worker): the last batch is partial.
     data_dir = make_dataset(tmp_path / "data", {"Train": 10, "Validation": 4, "Test": 4})
@@ -163,6 +165,7 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
 # ----------------------------------------------------------------------------- preemption
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, caplog, capsys):
     import train
     from deepfake_detector.detector import Detector
@@ -248,6 +251,7 @@ def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     np.testing.assert_allclose(backup.history["learning_rate"], expected, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_weight_average_continues_across_a_resume(tmp_path):
     """The moving average of the weights is optimizer state: a resumed run ends where an unbroken one does."""
     import keras
@@ -273,7 +277,8 @@ def test_weight_average_continues_across_a_resume(tmp_path):
 
 
 def test_backup_of_a_different_run_is_refused(tmp_path):
-    from deepfake_detector.distribute import ResumableBackup, TrainingSetupError
+    from deepfake_detector.callbacks import ResumableBackup
+    from deepfake_detector.errors import TrainingSetupError
 
     directory = tmp_path / "backup"
     directory.mkdir()
@@ -303,7 +308,9 @@ def test_mixed_precision_is_refused_without_a_gpu(tmp_path, capsys):
 
 
 def test_multiworker_needs_a_valid_tf_config(monkeypatch):
-    from deepfake_detector.training import TrainConfig, TrainingSetupError, check_config
+    from deepfake_detector.errors import TrainingSetupError
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import check_config
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(TrainingSetupError, match="needs TF_CONFIG"):
@@ -317,8 +324,9 @@ def test_mixed_precision_model_keeps_a_float32_output():
     """Layers compute in float16, the sigmoid in float32; the weights fit the plain float32 network."""
     import keras
 
-    from deepfake_detector.distribute import OUTPUT_LAYER, build_training_model, single_device_copy
-    from deepfake_detector.training import TrainConfig
+    from deepfake_detector.networks import OUTPUT_LAYER
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import build_training_model, single_device_copy
 
     config = TrainConfig(image_size=SIZE, mixed_precision=True)
     model = build_training_model(config)

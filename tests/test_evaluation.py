@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from deepfake_detector import evaluation, perturbations
-from deepfake_detector.data import DatasetError
-from deepfake_detector.evaluation import METRIC_KEYS, choose_threshold, compute_metrics
-from deepfake_detector.perturbations import Perturbation, PerturbationSpecError, parse_spec
+from deepfake_detector.errors import DatasetError, PerturbationSpecError
+from deepfake_detector.metrics import METRIC_KEYS, choose_threshold, compute_metrics, format_table
+from deepfake_detector.perturbations import Perturbation, parse_spec
 from deepfake_detector.preprocessing import load_image, open_image
-from tests.conftest import image_bytes, synthetic_image
+from tests.helpers import image_bytes, synthetic_image
 
 REPO = Path(__file__).resolve().parent.parent
 #: The documented top-level keys of ``evaluate.py --json`` (besides "perturbations").
@@ -105,7 +105,7 @@ def test_no_images_does_not_crash():
 def test_format_table_has_a_column_per_condition():
     clean = compute_metrics([0, 1], [0.2, 0.8])
     fake_only = compute_metrics([1], [0.8])
-    table = evaluation.format_table({"clean": clean, "jpeg:50": fake_only})
+    table = format_table({"clean": clean, "jpeg:50": fake_only})
     header, *rows = table.splitlines()
     assert header.split() == ["metric", "clean", "jpeg:50"]
     roc = next(row for row in rows if row.startswith("roc_auc"))
@@ -214,6 +214,7 @@ def run_evaluate(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_evaluate_script_end_to_end(trained_model_path, tiny_dataset, tmp_path):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     result = run_evaluate(
@@ -240,6 +241,7 @@ def test_evaluate_script_end_to_end(trained_model_path, tiny_dataset, tmp_path):
             assert np.asarray(image.convert("L")).std() > 5  # something is drawn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, words",
     [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import IMAGE_SIZE, image_bytes, synthetic_image
+from tests.helpers import IMAGE_SIZE, image_bytes, synthetic_image
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,7 @@ def test_tf_nearest_resize_picks_the_same_pixels_as_pil(size):
     assert ours.dtype == np.uint8 and np.array_equal(ours, load_image(encoded, 128, "nearest"))
 
 
+@pytest.mark.slow
 def test_tflite_scores_preprocessed_images_like_the_keras_model(trained_model_path, pngs, keras_probabilities, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -98,6 +99,7 @@ def test_tflite_scores_preprocessed_images_like_the_keras_model(trained_model_pa
     np.testing.assert_allclose(fake_probability, keras_probabilities, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_tflite_runtime_scores_like_the_keras_runtime(trained_model_path, pngs, keras_probabilities):
     """The server's runtime: converted at load time, one image per call, safe across threads."""
     from concurrent.futures import ThreadPoolExecutor
@@ -118,14 +120,16 @@ def test_tflite_runtime_scores_like_the_keras_runtime(trained_model_path, pngs, 
         Detector.from_path(trained_model_path, runtime="onnx")
 
 
+@pytest.mark.slow
 def test_tflite_conversion_is_cached_per_model_file(trained_model_path, pngs, keras_probabilities, tmp_path,
                                                    monkeypatch, caplog):  # fmt: skip
     """The second start reads the cached flatbuffer; a corrupt cache file is converted again."""
     import logging
     import shutil
 
-    from deepfake_detector import export
-    from deepfake_detector.detector import Detector, cache_dir
+    from deepfake_detector import tflite
+    from deepfake_detector.detector import Detector
+    from deepfake_detector.tflite import cache_dir
 
     monkeypatch.setenv("DEEPFAKE_DETECTOR_CACHE", str(tmp_path / "cache"))
     model_path = shutil.copy(trained_model_path, tmp_path / "model.keras")
@@ -137,8 +141,8 @@ def test_tflite_conversion_is_cached_per_model_file(trained_model_path, pngs, ke
         raise AssertionError("converted again although the cache holds this model")
 
     with monkeypatch.context() as patch:
-        patch.setattr(export, "tflite_flatbuffer", no_conversion)
-        with caplog.at_level(logging.INFO, logger="deepfake_detector.detector"):
+        patch.setattr(tflite, "tflite_flatbuffer", no_conversion)
+        with caplog.at_level(logging.INFO, logger="deepfake_detector.tflite"):
             again = Detector.from_path(model_path, runtime="tflite")
     assert "read from the cache" in caplog.text
     np.testing.assert_allclose([again.predict(png).fake_probability for png in pngs], keras_probabilities, atol=1e-4)

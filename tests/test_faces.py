@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import image_bytes
+from tests.helpers import GridFinder, image_bytes
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw-faceswap"
 #: (left, top, side) of the two pasted crops on an 800x600 scene.
@@ -151,9 +151,10 @@ def test_square_stays_inside_the_image():
 
 def test_each_face_is_scored_on_its_crop_and_the_verdict_is_the_highest(detector, finder, two_faces):
     from deepfake_detector import faces
+    from deepfake_detector.detector import VERDICT_HIGHEST_FACE
 
     result = detector.predict_faces(two_faces, finder)
-    assert result.face_detection == faces.FOUND and result.verdict == faces.VERDICT_HIGHEST_FACE
+    assert result.face_detection == faces.FOUND and result.verdict == VERDICT_HIGHEST_FACE
     assert len(result.faces) == 2
     for face in result.faces:
         crop = two_faces.crop(finder.framing.square(face.box, *two_faces.size))
@@ -193,11 +194,13 @@ def test_heatmap_has_the_crop_shape_is_finite_and_follows_the_input(detector, fi
     assert detector.predict_faces(two_faces, finder).faces[0].heatmap is None  # only on request
 
 
+@pytest.mark.slow
 def test_gradcam_targets_the_mobilenet_backbone_and_falls_back_to_occlusion():
     import keras
 
     from deepfake_detector.explain import Explainer
-    from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, build_mobilenet_v2
+    from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata
+    from deepfake_detector.networks import build_mobilenet_v2
 
     def wrapped(network, size):
         return DeepfakeDetectorModel(network, ModelMetadata(arch="test", preprocessing={"image_size": size}))
@@ -293,44 +296,23 @@ def test_batch_rows_one_per_face(detector, finder, two_faces, coffee, tmp_path):
 # ----------------------------------------------------------------------------- bounded cost
 
 
-class GridFinder:
-    """A stand-in finder: ``count`` square boxes on a grid, growing from left to right."""
-
-    name = "grid"
-
-    def __init__(self, count: int):
-        from deepfake_detector.faces import Framing
-
-        self.count, self.framing = count, Framing(scale=2.35)
-
-    def find(self, image):
-        from deepfake_detector.faces import FaceBox
-
-        boxes = [FaceBox(10 + 30 * (i % 10), 10 + 60 * (i // 10), 8 + i % 10, 8 + i % 10) for i in range(self.count)]
-        return sorted(boxes, key=lambda box: (box.x, box.y))  # left to right, as finders answer
-
-
 def test_only_the_largest_faces_are_scored_and_the_count_found_is_kept(detector):
-    from deepfake_detector.faces import score_image
-
     image = Image.new("RGB", (400, 400), (90, 120, 150))
-    analysis = score_image(detector, image, GridFinder(30), max_faces=6)
+    analysis = detector.predict_faces(image, GridFinder(30), max_faces=6)
     assert analysis.faces_found == 30 and len(analysis.faces) == 6
     assert sorted(face.box.width for face in analysis.faces) == [16, 16, 16, 17, 17, 17]  # the three largest sizes
     assert [face.box.x for face in analysis.faces] == sorted(face.box.x for face in analysis.faces)
     body = analysis.to_dict()
     assert body["faces_found"] == 30 and body["faces_scored"] == 6
-    uncapped = score_image(detector, image, GridFinder(30))
+    uncapped = detector.predict_faces(image, GridFinder(30))
     assert uncapped.faces_found == len(uncapped.faces) == 30
 
 
 def test_heatmaps_go_to_the_highest_scores_up_to_the_cap(detector):
-    from deepfake_detector.faces import score_image
-
     image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (400, 400, 3), dtype=np.uint8))
-    analysis = score_image(detector, image, GridFinder(12), explain=True, max_explained=3)
+    analysis = detector.predict_faces(image, GridFinder(12), explain=True, max_explained=3)
     explained = [face for face in analysis.faces if face.heatmap is not None]
     assert len(explained) == 3
     ranked = sorted((face.prediction.fake_probability for face in analysis.faces), reverse=True)
     assert sorted(face.prediction.fake_probability for face in explained) == sorted(ranked[:3])
-    assert all(face.heatmap is None for face in score_image(detector, image, GridFinder(4), explain=True, max_explained=0).faces)
+    assert all(face.heatmap is None for face in detector.predict_faces(image, GridFinder(4), explain=True, max_explained=0).faces)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import IMAGE_SIZE, image_bytes, synthetic_image
+from tests.helpers import IMAGE_SIZE, image_bytes, synthetic_image
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def averaged_path(trained_model_path, tiny_dataset, tmp_path_factory):
 
 
 def test_the_graph_averages_each_image_with_its_mirror(trained_model_path, faces):
-    from deepfake_detector.model import flip_average_member, flip_averaged, load_model
+    from deepfake_detector.model import load_model
+    from deepfake_detector.networks import flip_average_member, flip_averaged
 
     model, _ = load_model(trained_model_path)
     averaged = flip_averaged(model)
@@ -48,9 +49,10 @@ def test_the_graph_averages_each_image_with_its_mirror(trained_model_path, faces
 
 
 def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(averaged_path, trained_model_path, tiny_dataset, faces):
-    from deepfake_detector import evaluation
-    from deepfake_detector.model import flip_average_member, flip_averaged, load_model, read_metadata
-    from deepfake_detector.training import predict_scores
+    from deepfake_detector import metrics
+    from deepfake_detector.model import load_model, read_metadata
+    from deepfake_detector.networks import flip_average_member, flip_averaged
+    from deepfake_detector.thresholds import predict_scores
 
     model, metadata = load_model(averaged_path)
     before = read_metadata(trained_model_path)
@@ -63,22 +65,24 @@ def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(average
     # Decoded here without the cache export.py used: the same images either way.
     validation, test_split = (_decoded(tiny_dataset / split) for split in ("Validation", "Test"))
     val_scores = predict_scores(model, validation)
-    assert metadata.threshold == pytest.approx(evaluation.choose_threshold(validation.labels, val_scores, "eer"))
-    test = evaluation.compute_metrics(test_split.labels, predict_scores(model, test_split), metadata.threshold)
+    assert metadata.threshold == pytest.approx(metrics.choose_threshold(validation.labels, val_scores, "eer"))
+    test = metrics.compute_metrics(test_split.labels, predict_scores(model, test_split), metadata.threshold)
     assert metadata.metrics["test"]["roc_auc"] == pytest.approx(test["roc_auc"])
     assert metadata.metrics["test"]["accuracy"] == pytest.approx(test["accuracy"])
 
 
 def _decoded(folder):
-    from deepfake_detector import data
     from deepfake_detector.cache import ArraySource
+    from deepfake_detector.decoding import decode_images
+    from deepfake_detector.labels import labelled_files
 
-    paths, targets = data.labelled_files(folder)
-    images, kept, failures = data.decode_images(paths, IMAGE_SIZE)
+    paths, targets = labelled_files(folder)
+    images, kept, failures = decode_images(paths, IMAGE_SIZE)
     assert not failures
     return ArraySource(images, targets)
 
 
+@pytest.mark.slow
 def test_both_runtimes_score_it_alike_and_mirror_images_alike(averaged_path, faces):
     from deepfake_detector.detector import Detector
 
@@ -106,7 +110,8 @@ def test_heatmaps_explain_the_member_and_mirror_with_the_image(averaged_path, fa
 def test_refusals(averaged_path, trained_model_path, tiny_dataset, tmp_path, capsys):
     import export
 
-    from deepfake_detector.model import ModelFileError, load_model, save_model
+    from deepfake_detector.errors import ModelFileError
+    from deepfake_detector.model import load_model, save_model
 
     for extra, message in (
         ([], "needs --data-dir"),
@@ -125,9 +130,11 @@ def test_refusals(averaged_path, trained_model_path, tiny_dataset, tmp_path, cap
         save_model(model, metadata, tmp_path / "liar.keras")
 
 
+@pytest.mark.slow
 def test_the_mobilenet_recipe_saves_flip_averaged_models(tiny_dataset, tmp_path):
     from deepfake_detector.model import load_model
-    from deepfake_detector.training import TrainConfig, train
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import train
 
     assert TrainConfig.for_arch("mobilenet_v2").flip_average
     assert not TrainConfig.for_arch("seed").flip_average

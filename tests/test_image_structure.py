@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from deepfake_detector.image_structure import jpeg_facts, png_facts
-from tests.hostile import cut_jpeg, encode, lying_png, many_scans_jpeg, noise, png_chunk
+from harness.hostile import cut_jpeg, encode, lying_png, many_scans_jpeg, noise, png_chunk
 
 PHOTO = noise(512, seed=4)
 

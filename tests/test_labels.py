@@ -8,7 +8,7 @@ import pytest
 from deepfake_detector import labels
 from deepfake_detector.detector import Detector
 from deepfake_detector.model import ModelMetadata, load_model
-from tests.conftest import image_bytes, synthetic_image
+from tests.helpers import image_bytes, synthetic_image
 
 
 def test_fake_index_follows_saved_order():
@@ -56,7 +56,7 @@ def test_trained_model_calls_fakes_fake_http_api(client, fake_png, real_png):
     assert real["label"] == "real" and real["fake_probability"] < 0.5
 
 
-@pytest.mark.parametrize("runtime", ["keras", "tflite"])
+@pytest.mark.parametrize("runtime", ["keras", pytest.param("tflite", marks=pytest.mark.slow)])  # tflite: two conversions
 def test_saved_class_order_is_read_back(trained_model_path, fake_png, runtime):
     """A model whose class 1 is 'real' must have its output flipped, from the metadata alone."""
     model, metadata = load_model(trained_model_path)

@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 
 from deepfake_detector import model as model_module
-from deepfake_detector.model import (
-    METADATA_ENTRY,
-    ModelFileError,
-    ModelMetadata,
-    build_model,
-    load_model,
-    read_metadata,
-    save_model,
-)
+from deepfake_detector.errors import ModelFileError
+from deepfake_detector.model import METADATA_ENTRY, ModelMetadata, load_model, read_metadata, save_model
+from deepfake_detector.networks import build_model
 from deepfake_detector.preprocessing import PreprocessingConfig
 
 SIZE = 32
@@ -266,7 +260,7 @@ def _fail_renaming(monkeypatch):
     def replace(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(model_module.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
 
 
 @pytest.mark.parametrize("sabotage", [_fail_in_keras_save, _fail_appending_metadata, _fail_renaming])

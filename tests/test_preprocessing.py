@@ -12,14 +12,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from deepfake_detector import preprocessing
-from deepfake_detector.preprocessing import (
-    ImageError,
-    ImageTooLargeError,
-    UnsupportedFormatError,
-    load_image,
-    open_image,
-)
-from tests.conftest import image_bytes, synthetic_image
+from deepfake_detector.errors import ImageError, ImageTooLargeError, UnsupportedFormatError
+from deepfake_detector.preprocessing import load_image, open_image
+from tests.helpers import image_bytes, synthetic_image
 
 S = 16
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -182,7 +177,7 @@ def test_animated_gif_uses_first_frame():
 def _raises(exc_type, source, status):
     with pytest.raises(exc_type) as info:
         load_image(source, S)
-    assert info.value.status == status
+    assert info.value.http_status == status
     assert str(info.value)
     return info.value
 
@@ -314,7 +309,7 @@ def test_short_pixel_data_is_refused_in_every_accepted_format():
     """Cut in the middle, or cut and closed again (a JPEG cut after 2 KB and given an EOI
     marker, a PNG whose header says 6324x6324 with one row of data): 400, never a grey or
     black image of the declared size."""
-    from tests.hostile import lying_png, noise, short_images
+    from harness.hostile import lying_png, noise, short_images
 
     files = {**short_images(noise(256, seed=5)), "one_row_40mp.png": lying_png(6324)}
     for name, data in files.items():
@@ -323,7 +318,7 @@ def test_short_pixel_data_is_refused_in_every_accepted_format():
 
 
 def test_a_jpeg_of_many_scans_is_refused_before_decoding(no_decoding):
-    from tests.hostile import many_scans_jpeg
+    from harness.hostile import many_scans_jpeg
 
     data = many_scans_jpeg(side=6324, scans=10_000)  # about 30 s of CPU to decode
     start = time.perf_counter()
@@ -338,7 +333,7 @@ def test_normal_progressive_jpegs_are_within_the_scan_budget():
 
 
 def test_a_png_of_thousands_of_chunks_is_refused_before_decoding(no_decoding):
-    from tests.hostile import png_chunk
+    from harness.hostile import png_chunk
 
     data = image_bytes(_blocks(), "PNG")
     padded = data[:33] + png_chunk(b"zzZz", b"") * (preprocessing.MAX_SEGMENTS + 1) + data[33:]

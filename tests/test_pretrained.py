@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake_detector import model as model_module
-from deepfake_detector import pretrained, weights
+from deepfake_detector import networks, pretrained, weights
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -59,7 +58,7 @@ def state() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def backbone(state) -> keras.Model:
-    net = model_module.mobilenet_v2_backbone(224)
+    net = networks.mobilenet_v2_backbone(224)
     pretrained.load_torchvision_mobilenet_v2(net)
     return net
 
@@ -91,6 +90,7 @@ def test_checkpoint_has_torchvisions_shapes(state):
     assert np.abs(state["features.0.1.running_mean"]).max() > 0.01
 
 
+@pytest.mark.slow
 def test_every_backbone_tensor_is_converted(state, backbone):
     """Each features.* tensor (bar BN's counters) is used by exactly one Keras layer, with its shape."""
     used = _converted_keys(backbone, state, lambda name: name.replace("_", "."))
@@ -131,6 +131,7 @@ def logits(state, backbone) -> np.ndarray:
     return features @ state["classifier.1.weight"].T + state["classifier.1.bias"]
 
 
+@pytest.mark.slow
 def test_converted_network_sees_a_cat(logits):
     top5 = np.argsort(-logits[0])[:5]
     assert top5[0] in EGYPTIAN_CAT_ETC, top5
@@ -140,6 +141,7 @@ def test_converted_network_sees_a_cat(logits):
     assert probabilities[sorted(EGYPTIAN_CAT_ETC)].sum() > 0.8
 
 
+@pytest.mark.slow
 def test_converted_network_sees_coffee(logits):
     top5 = np.argsort(-logits[1])[:5]
     assert top5[0] in COFFEE, top5
@@ -157,6 +159,7 @@ def _bn_relu6(x: np.ndarray, state, prefix: str) -> np.ndarray:
     return np.clip((x - mean) / np.sqrt(var + BN_EPS) * gamma + beta, 0.0, 6.0)
 
 
+@pytest.mark.slow
 def test_first_layers_match_a_numpy_reimplementation(state, backbone):
     """features.0 (conv 3x3/2) and features.2's depthwise 3x3/2, with PyTorch's symmetric padding."""
     probe = keras.Model(
@@ -195,11 +198,12 @@ def lite_state() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def lite_backbone() -> keras.Model:
-    net = model_module.efficientnet_lite0_backbone(224)
+    net = networks.efficientnet_lite0_backbone(224)
     pretrained.load_efficientnet_lite0(net)
     return net
 
 
+@pytest.mark.slow
 def test_every_lite0_tensor_is_converted(lite_state, lite_backbone):
     """Each tensor but the ImageNet classifier and BN's counters is used by one Keras layer, with its shape."""
     used = _converted_keys(lite_backbone, lite_state, pretrained.efficientnet_lite0_key, same_values=True)
@@ -209,6 +213,7 @@ def test_every_lite0_tensor_is_converted(lite_state, lite_backbone):
     assert lite_backbone.output.shape[1:] == (7, 7, 1280)
 
 
+@pytest.mark.slow
 def test_converted_lite0_sees_a_cat_and_coffee(lite_state, lite_backbone):
     def lite_input(array):
         image = Image.fromarray(array).resize((224, 224), Image.Resampling.BILINEAR)
@@ -225,7 +230,7 @@ def test_converted_lite0_sees_a_cat_and_coffee(lite_state, lite_backbone):
 
 
 def test_lite0_detector_freezes_its_stem_and_first_blocks():
-    from deepfake_detector.model import backbone_of, build_model, feature_block, freeze_leading_blocks
+    from deepfake_detector.networks import backbone_of, build_model, feature_block, freeze_leading_blocks
 
     detector = build_model("efficientnet_lite0", 64, pretrained=False)
     assert detector.output.shape[1:] == (1,) and detector.layers[-1].activation is keras.activations.sigmoid
@@ -237,9 +242,11 @@ def test_lite0_detector_freezes_its_stem_and_first_blocks():
     assert frozen == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_lite0_detector_round_trips_and_is_explained_on_its_backbone(tmp_path):
     from deepfake_detector.explain import Explainer
-    from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, build_model, load_model, save_model
+    from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, load_model, save_model
+    from deepfake_detector.networks import build_model
     from deepfake_detector.preprocessing import PreprocessingConfig
 
     detector = build_model("efficientnet_lite0", 64, pretrained=True)

@@ -225,7 +225,7 @@ def test_the_blended_validation_set_is_fixed_and_labelled():
 
 def test_landmarks_are_found_once_and_kept_beside_the_cache(tmp_path, monkeypatch):
     from deepfake_detector import cache, pipeline, selfblend
-    from tests.conftest import make_dataset
+    from tests.helpers import make_dataset
 
     root = make_dataset(tmp_path / "data", {"Train": 3})
     split = cache.open_split(root / "Train", tmp_path / "cache", 32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -13,9 +12,11 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import image_bytes, synthetic_image
-from tests.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise, short_images
-from tests.server import memory_mb, running_process
+from harness.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise, short_images
+from harness.server import memory_mb, running_process
+from tests.helpers import image_bytes, synthetic_image
+
+pytestmark = pytest.mark.slow  # inference.py as a real server process, and the corpus to post to it
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +140,9 @@ def test_corpus_is_big_enough():
 
 def test_hostile_corpus_never_breaks_the_server(server):
     server_url, process = server
-    outcomes, slowest = {}, (0.0, "")
-    for name, data in hostile_corpus():
-        start = time.perf_counter()
+    outcomes = {}
+    for name, data in hostile_corpus():  # how long each takes is benchmarks.hostile_load's to measure
         response = requests.post(f"{server_url}/api/predict", files={"file": (name, data)}, timeout=30)
-        slowest = max(slowest, (time.perf_counter() - start, name))
         assert response.status_code < 500, (name, response.status_code, response.text[:200])
         body = response.json()
         if response.ok:
@@ -160,7 +159,6 @@ def test_hostile_corpus_never_breaks_the_server(server):
     assert outcomes["many_scans.jpg"] == 413 and outcomes["crowd.jpg"] == outcomes["flat_40mp.png"] == 200
     lying = ["one_row.png", "cut_after_2kb.jpg"] + [name for name in outcomes if name.startswith("short_")]
     assert {name: outcomes[name] for name in lying} == {name: 400 for name in lying}
-    assert slowest[0] < 5, slowest
     assert memory_mb(process.pid)[1] < 2048, "peak resident memory over 2 GB"
     assert requests.get(f"{server_url}/healthz", timeout=10).json()["status"] == "ok"
 

@@ -18,8 +18,10 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.hostile import encode, noise
-from tests.server import REPO, free_port, memory_mb, running_process, session_from
+from harness.hostile import encode, noise
+from harness.server import REPO, free_port, memory_mb, running_process, session_from
+
+pytestmark = pytest.mark.slow  # every test starts inference.py (and nginx) as real processes
 
 OTHER_ADDRESS = "127.0.0.2"  # Linux routes all of 127/8 to the loopback interface
 
@@ -81,7 +83,6 @@ def test_a_16_file_upload_never_touches_the_disk(trained_model_path, tmp_path):
     assert not new_files, f"the server opened files while handling the upload: {sorted(new_files)}"
 
 
-@pytest.mark.slow
 def test_a_hundred_slow_clients_do_not_lock_others_out(trained_model_path):
     """100 connections that each send a byte a second (16 KB of traffic filled waitress's
     default connection limit); a normal upload from another address is answered within 2 s."""
@@ -118,7 +119,6 @@ def test_a_hundred_slow_clients_do_not_lock_others_out(trained_model_path):
     assert elapsed < 2.0, f"answered after {elapsed:.1f} s"
 
 
-@pytest.mark.slow
 def test_memory_is_handed_back_after_a_large_image(trained_model_path):
     """A 40-megapixel RGBA PNG takes about 800 MB to decode; glibc kept it after the request."""
     flat = encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG")  # 170 KB
@@ -154,7 +154,6 @@ def documented_nginx_config() -> str:
     return re.search(r"```nginx\n(.*?)```", text, re.DOTALL).group(1)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(NGINX is None, reason="Debian's nginx is not installed here (scripts/install-test-tools.sh installs it; CI has it)")
 def test_nginx_with_the_documented_config_limits_one_address_and_serves_another(trained_model_path, tmp_path):
     site = documented_nginx_config()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_image, toy_features
+from tests.helpers import synthetic_image, toy_features
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,9 @@ def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name)
     import tensorflow as tf
 
     from deepfake_detector.cache import ArraySource
-    from deepfake_detector.pipeline import AUGMENTATIONS, augment_image, make_dataset
+    from deepfake_detector.augment import augment_image
+    from deepfake_detector.pipeline import make_dataset
+    from deepfake_detector.recipes import AUGMENTATIONS
 
     def augmented(seed: int) -> np.ndarray:
         return augment_image(tf.constant(face), tf.constant([seed, 0], tf.int64), AUGMENTATIONS[name]).numpy()
@@ -40,12 +42,13 @@ def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name)
     assert sorted(batch_targets.numpy()[:, 0].tolist()) == sorted(targets.astype(float).tolist())
 
 
+@pytest.mark.slow
 def test_frozen_blocks_keep_their_weights_and_the_saved_copy_matches():
     import keras
 
-    from deepfake_detector.distribute import build_training_model, single_device_copy
-    from deepfake_detector.model import freeze_leading_blocks
-    from deepfake_detector.training import TrainConfig, compile_model
+    from deepfake_detector.networks import freeze_leading_blocks
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import build_training_model, compile_model, single_device_copy
 
     config = TrainConfig.for_arch("mobilenet_v2", image_size=32, pretrained=False, frozen_blocks=4)
     model = build_training_model(config)
@@ -75,7 +78,9 @@ def test_frozen_blocks_keep_their_weights_and_the_saved_copy_matches():
 
 
 def test_frozen_blocks_and_unknown_augmentations_are_refused():
-    from deepfake_detector.training import TrainConfig, TrainingSetupError, check_config
+    from deepfake_detector.errors import TrainingSetupError
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import check_config
 
     with pytest.raises(TrainingSetupError, match="mobilenet_v2"):
         check_config(TrainConfig(arch="seed", frozen_blocks=2))
@@ -95,7 +100,7 @@ def test_the_mobilenet_v2_recipe_is_the_shipped_models():
 
     from deepfake_detector.detector import DEFAULT_MODEL_PATH
     from deepfake_detector.model import read_metadata
-    from deepfake_detector.training import TrainConfig
+    from deepfake_detector.recipes import TrainConfig
 
     shipped = read_metadata(DEFAULT_MODEL_PATH)
     recipe = dataclasses.asdict(TrainConfig.for_arch("mobilenet_v2"))
@@ -112,7 +117,8 @@ def test_weight_averaging_saves_the_moving_average_of_the_trained_weights():
     """With ``ema_momentum`` the model ends with the running average of its weights after each step."""
     import keras
 
-    from deepfake_detector.training import TrainConfig, compile_model
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import compile_model
 
     momentum = 0.8
     config = TrainConfig(optimizer="adamw", weight_decay=0.01, learning_rate=0.05, ema_momentum=momentum)
@@ -138,7 +144,9 @@ def test_weight_averaging_saves_the_moving_average_of_the_trained_weights():
 
 
 def test_weight_average_momentum_out_of_range_is_refused():
-    from deepfake_detector.training import TrainConfig, TrainingSetupError, check_config
+    from deepfake_detector.errors import TrainingSetupError
+    from deepfake_detector.recipes import TrainConfig
+    from deepfake_detector.training import check_config
 
     assert TrainConfig.for_arch("mobilenet_v2").ema_momentum == 0.998 and TrainConfig().ema_momentum == 0.0
     for momentum in (1.0, -0.1):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 
 @pytest.fixture()
@@ -37,6 +37,7 @@ def served_archive(tmp_path):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_the_tutorials_main_blocks_train_and_serve(served_archive, tmp_path, monkeypatch):
     url, source = served_archive
     work = tmp_path / "work"
@@ -114,6 +115,7 @@ def test_inference_serves_the_model_train_py_just_wrote(trained_model_path, tmp_
     assert "trained here" in served.app.test_client().get("/").get_data(as_text=True)
 
 
+@pytest.mark.slow
 def test_python_train_py_writes_the_tutorials_files_and_prints_its_line(tiny_dataset, tmp_path, monkeypatch, capsys):
     """``python train.py``: the model and its best epoch in the working folder (never over the
     shipped model), the full line, then the tutorial's ``evaluation metrics: [...]``."""

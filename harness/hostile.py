@@ -1,6 +1,7 @@
 """Generators of hostile uploads: costly to decode or score, or lying about their size.
 
-The tests post them to the real server (``tests/test_server.py``, ``tests/test_limits.py``) and
+The tests feed them to the decoders (``tests/test_preprocessing.py``, ``tests/test_image_structure.py``)
+and post them to the real server (``tests/test_server.py``, ``tests/test_serving.py``);
 ``benchmarks/hostile_load.py`` measures what each one costs. Every generator is deterministic.
 """
 

@@ -1,4 +1,7 @@
-"""Start ``inference.py`` as a real server process on 127.0.0.1 for end-to-end tests."""
+"""Start ``inference.py`` as a real server process on 127.0.0.1; read its memory and CPU time.
+
+The end-to-end tests and the serving benchmarks start servers the same way.
+"""
 
 from __future__ import annotations
 

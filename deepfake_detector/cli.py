@@ -1,0 +1,59 @@
+"""What the entry scripts share: one way to exit on a user's error, and help texts made from the recipes.
+
+Every script (``train.py``, ``inference.py``, ``evaluate.py``, ``export.py``) reports an error
+the user can act on as one line, ``SCRIPT: message``, on stderr, and exits with status 2.
+Help texts list the choices and defaults of :mod:`deepfake_detector.recipes`, so they cannot
+drift from what runs. Nothing here imports TensorFlow: ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from deepfake_detector.errors import DeepfakeDetectorError
+from deepfake_detector.recipes import ARCHITECTURES, TrainConfig
+
+USAGE_ERROR = DeepfakeDetectorError.exit_code
+
+
+def fail(prog: str, message, status: int = USAGE_ERROR) -> int:
+    """Print ``PROG: message`` on stderr; returns ``status``, by default that of a user's error."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return status
+
+
+def run(prog: str, main: Callable[..., int], *args) -> int:
+    """``main(*args)``, with any :class:`~deepfake_detector.errors.DeepfakeDetectorError` it raises
+    reported by :func:`fail`."""
+    try:
+        return main(*args)
+    except DeepfakeDetectorError as error:
+        return fail(prog, error, error.exit_code)
+
+
+def _description(choice) -> str:
+    return choice if isinstance(choice, str) else choice.description
+
+
+def choices_help(choices: dict, default: str | None = None) -> str:
+    """``name: what it is`` for each choice, separated by semicolons, the default marked."""
+    return "; ".join(f"{name}: {_description(choice)}" + (" (default)" if name == default else "")
+                     for name, choice in choices.items())  # fmt: skip
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def recipe_defaults(field: str) -> str:
+    """``default: 50 (seed), 15 (mobilenet_v2, efficientnet_lite0)``: a ``TrainConfig`` field's
+    value in each architecture's recipe (``TrainConfig.for_arch``)."""
+    by_value: dict = {}
+    for arch in ARCHITECTURES:
+        by_value.setdefault(getattr(TrainConfig.for_arch(arch), field), []).append(arch)
+    if len(by_value) == 1:
+        return f"default: {_shown(next(iter(by_value)))}"
+    return "default: " + ", ".join(f"{_shown(value)} ({', '.join(archs)})" for value, archs in by_value.items())

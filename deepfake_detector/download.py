@@ -1,0 +1,182 @@
+"""Fetching a dataset archive: a verified, resumable download and a safe extraction.
+
+:func:`download` verifies TLS, resumes a cut download from its ``.part`` file and checks an
+optional SHA-256 before the file takes its final name; :func:`extract` refuses members that
+would land outside the target folder or are links, and renames the folder into place only
+when every member is out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from deepfake_detector.errors import DatasetError
+from deepfake_detector.files import sha256_of, staged_directory
+
+log = logging.getLogger(__name__)
+
+
+def download(url: str, destination: str | Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``destination`` with TLS verification, resume and an optional checksum.
+
+    Bytes go to ``destination.part`` and are renamed only when complete (and, with
+    ``sha256``, verified), so a cut download never leaves a file that looks finished. A
+    later call resumes the ``.part`` file with an HTTP Range request.
+
+    Raises:
+        DatasetError: HTTP error, network failure (the ``.part`` file keeps every byte
+            received, so running again resumes), wrong size or wrong checksum.
+    """
+    import requests
+    import urllib3
+
+    destination = Path(destination)
+    if destination.exists():
+        if sha256:
+            check_sha256(destination, sha256, remove=False)
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    offset = part.stat().st_size if part.exists() else 0
+    # Ask for the bytes as stored: Range offsets and Content-Length must count file bytes.
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    # requests verifies TLS certificates by default; never pass verify=False.
+    try:
+        response = requests.get(url, headers=headers, stream=True, timeout=timeout)
+    except requests.RequestException as error:
+        raise DatasetError(f"download of {url} failed: {error}") from error
+    with response:
+        if offset and response.status_code == 416:  # the .part file is already whole
+            size = _content_range(response.headers.get("Content-Range"))[2]
+            if size is not None and size != offset:
+                part.unlink()
+                raise DatasetError(
+                    f"{part} had {offset} bytes but {url} has {size}; removed it, run again to download"
+                )
+        else:
+            if response.status_code not in (200, 206):
+                raise DatasetError(f"download of {url} failed: HTTP {response.status_code}")
+            if offset and response.status_code == 200:
+                log.info("server ignored the resume request; starting over")
+                offset = 0
+            if response.status_code == 206:
+                start = _content_range(response.headers.get("Content-Range"))[0]
+                if start != offset:
+                    raise DatasetError(
+                        f"download of {url}: asked to resume at byte {offset}, the server sent "
+                        f"{response.headers.get('Content-Range')!r}; delete {part} and run again"
+                    )
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            total = response.headers.get("Content-Length")
+            # With a content coding, Content-Length counts encoded bytes, not the file's.
+            total = int(total) + offset if total is not None and encoding in ("", "identity") else None
+            mode = "ab" if offset else "wb"
+            try:
+                with open(part, mode) as file, tqdm(
+                    total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name
+                ) as bar:
+                    for chunk in _body_chunks(response, 1 << 20):
+                        file.write(chunk)
+                        bar.update(len(chunk))
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
+                raise DatasetError(
+                    f"download of {url} was interrupted at {part.stat().st_size} bytes ({error}); "
+                    "run again to resume"
+                ) from error
+            received = part.stat().st_size
+            if total is not None and received < total:
+                raise DatasetError(
+                    f"download of {url} stopped at {received} of {total} bytes; run again to resume"
+                )
+            if total is not None and received > total:
+                part.unlink()
+                raise DatasetError(
+                    f"download of {url} gave {received} bytes, more than the {total} announced; "
+                    "removed the partial file, run again"
+                )
+    if sha256:
+        check_sha256(part, sha256, remove=True)
+    # Not files.replacing: the .part file must outlive a failure, for the next run to resume.
+    os.replace(part, destination)
+    return destination
+
+
+def _body_chunks(response, size: int):
+    """The response body as it arrives, so a cut connection loses no byte already received.
+
+    ``iter_content`` reads until it has ``size`` bytes and drops what it holds when the
+    connection breaks in between; ``read1`` hands over whatever has arrived.
+    """
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:  # urllib3 1.x
+        yield from response.iter_content(chunk_size=size)
+        return
+    while True:
+        chunk = read1(size, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
+    """(first byte, last byte, full size) from a Content-Range header; None where absent or ``*``."""
+    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*", value or "")
+    if not match:
+        return None, None, None
+    return tuple(None if group in (None, "*") else int(group) for group in match.groups())
+
+
+def check_sha256(path: Path, expected: str, remove: bool) -> None:
+    """Refuse a file whose SHA-256 is not ``expected`` (any case), deleting it first if ``remove``.
+
+    Raises:
+        DatasetError: the checksums differ.
+    """
+    expected, actual = expected.strip().lower(), sha256_of(path)
+    if actual != expected:
+        if remove:
+            path.unlink()
+        raise DatasetError(f"{path}: SHA-256 is {actual}, expected {expected}")
+
+
+def extract(archive: str | Path, target: str | Path) -> Path:
+    """Extract a zip into ``target`` safely: into a scratch folder first, then renamed into place.
+
+    Refuses members that would land outside ``target`` (zip-slip) or are links.
+
+    Raises:
+        DatasetError: not a readable zip, an unsafe member, or corrupt data.
+    """
+    archive, target = Path(archive), Path(target)
+    if target.exists():
+        return target
+    try:
+        zip_file = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DatasetError(f"{archive}: not a readable zip archive ({error})") from error
+    with zip_file, staged_directory(target) as scratch:
+        root = scratch.resolve()
+        for member in zip_file.infolist():
+            destination = (root / member.filename).resolve()
+            if destination != root and root not in destination.parents:
+                raise DatasetError(f"{archive}: member {member.filename!r} would extract outside the target")
+            if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DatasetError(f"{archive}: member {member.filename!r} is a symbolic link")
+        start = time.perf_counter()
+        try:
+            for member in tqdm(zip_file.infolist(), desc=f"extracting {archive.name}", unit="file"):
+                zip_file.extract(member, scratch)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # bad CRC, corrupt data
+            raise DatasetError(f"{archive}: corrupt zip archive ({error}); download it again") from error
+    log.info("extracted %s in %.1f s", archive, time.perf_counter() - start)
+    return target

@@ -1,0 +1,173 @@
+"""Training recipes, and every list of choices the scripts offer, in one module without TensorFlow.
+
+``TrainConfig`` is one training run's recipe; ``TrainConfig.for_arch`` starts from an
+architecture's recipe (:data:`ARCHITECTURES`). The scripts' argparse choices, defaults and help
+texts are read from here, as are the checks of a config, so a new choice is added in one place
+(and implemented where its kind is: a network in ``networks.py``, a threshold rule in
+``metrics.py``). Nothing here imports TensorFlow, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A network that ``train.py --arch`` builds (``networks.ARCHITECTURES``), and its recipe."""
+
+    description: str
+    pretrained: bool  # starts from ImageNet weights (deepfake_detector.pretrained)
+    recipe: dict = field(default_factory=dict)  # TrainConfig values that differ from its defaults
+
+
+#: One fine-tuning recipe for both pretrained backbones.
+FINE_TUNING = dict(
+    epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine", warmup_epochs=1,
+    early_stopping_patience=0, label_smoothing=0.05, augment="full", flip_average=True, ema_momentum=0.998,
+)  # fmt: skip
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "seed": Architecture("the original 4-block CNN and recipe", pretrained=False),
+    # The shipped model: 160 px input (the 128 px faces upscaled), blocks 0-3 frozen, which
+    # makes its CPU step about as cheap as a fully trained 128 px step.
+    "mobilenet_v2": Architecture("the recipe of the shipped model", pretrained=True,
+                                 recipe={**FINE_TUNING, "image_size": 160, "frozen_blocks": 4}),  # fmt: skip
+    "efficientnet_lite0": Architecture("the same fine-tuning recipe on ImageNet EfficientNet-Lite0", pretrained=True,
+                                       recipe=FINE_TUNING),  # fmt: skip
+}
+#: The architectures that start from ImageNet weights; also their backbone sub-models' names.
+PRETRAINED_ARCHITECTURES = tuple(name for name, architecture in ARCHITECTURES.items() if architecture.pretrained)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Label-preserving changes a shared photo goes through, each image drawn independently.
+
+    Every image is flipped (half the time) and shifted by up to 1/16 of its side; the rest
+    happen with the given probabilities (``augment.augment_image``).
+    """
+
+    description: str
+    rescale_probability: float  # downscale to 50-100% and back up, as resizing for the web does
+    blur_probability: float  # Gaussian blur, sigma 0.3-1.5
+    jpeg_probability: float  # JPEG recompression
+    jpeg_quality: tuple[int, int]  # its quality range, [low, high)
+    color_probability: float = 0.0  # brightness, contrast, saturation and hue jitter
+
+
+#: ``TrainConfig.augment`` is one of these, or ``NO_AUGMENTATION``. "full" is the shipped model's;
+#: "light" keeps the seams a swap leaves sharp (better clean accuracy, far less robust to blur
+#: and resizing: models/README.md).
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "full": Augmentation("flip, shift, rescale, blur, JPEG", rescale_probability=0.25, blur_probability=0.2,
+                         jpeg_probability=0.5, jpeg_quality=(30, 96)),  # fmt: skip
+    "light": Augmentation("flip, shift, JPEG", rescale_probability=0.0, blur_probability=0.0, jpeg_probability=0.4,
+                          jpeg_quality=(50, 96)),  # fmt: skip
+    # Self-blended training (``fakes``): "full" plus SBI's colour jitter, on real and fake alike.
+    "selfblend": Augmentation("full plus colour jitter", rescale_probability=0.25, blur_probability=0.2,
+                              jpeg_probability=0.5, jpeg_quality=(30, 96), color_probability=0.5),  # fmt: skip
+}
+NO_AUGMENTATION = "none"
+#: What every recipe trains self-blended fakes with (``TrainConfig.for_arch``).
+SELF_BLEND_AUGMENTATION = "selfblend"
+
+#: ``TrainConfig.fakes``: what the fake class is trained on.
+FAKES = {
+    "dataset": "its own",
+    "self-blended": "each real face blended with an altered copy of itself, the dataset's fakes unused: "
+                    "Test then measures fakes never seen",
+    "both": "the dataset's fakes and self-blends",
+}  # fmt: skip
+DATASET_FAKES = "dataset"
+
+@dataclass(frozen=True)
+class Strategy:
+    """A way to spread training over devices and machines (``distribute.make_strategy``)."""
+
+    description: str
+    tf_name: str  # what TensorFlow calls it, for the logs
+
+
+#: ``TrainConfig.distribute``: how many devices and machines train.
+STRATEGIES = {
+    "none": Strategy("one device", "default strategy"),
+    "mirrored": Strategy("every GPU of this machine (or the CPU)", "MirroredStrategy"),
+    "multiworker": Strategy("one process per machine, configured by TF_CONFIG", "MultiWorkerMirroredStrategy"),
+}
+
+#: ``TrainConfig.threshold_rule``: how the decision threshold is chosen on Validation
+#: (``metrics.choose_threshold``).
+THRESHOLD_RULES = {
+    "eer": "where the false positive and false negative rates are equal",
+    "balanced_accuracy": "the score cut with the highest balanced accuracy",
+}
+
+OPTIMIZERS = ("adam", "adamw")  # TrainConfig.optimizer
+SCHEDULES = ("plateau", "cosine")  # TrainConfig.schedule
+
+#: ``TrainConfig.verbose``: what Keras prints while it fits.
+VERBOSITY = {0: "silent", 1: "a progress bar", 2: "one line per epoch"}
+
+#: How a loaded model runs its network (``detector.Detector``).
+RUNTIMES = {
+    "tflite": "the model converted at start-up and run by LiteRT, fastest per upload",
+    "keras": "TensorFlow",
+}
+#: What ``python inference.py`` serves with; scripts that score in batches use "keras".
+SERVING_RUNTIME = "tflite"
+
+#: ``export.py --format``: what a saved model is exported as (``export.export``).
+EXPORT_FORMATS = {
+    "savedmodel": "a TensorFlow SavedModel folder for TensorFlow Serving",
+    "tflite": "a folder with model.tflite",
+    "flip-averaged": "a .keras model that averages each image's score with its mirror image's",
+    "adopt": "a .keras model of the original tutorial's code, given our metadata",
+}
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe. The defaults are the original tutorial's (``arch='seed'``)."""
+
+    arch: str = "seed"  # "seed": the original 4-block CNN; "mobilenet_v2" (the shipped recipe), "efficientnet_lite0"
+    data_dir: str = "data"  # a folder with Train/Validation/Test (downloaded here if empty)
+    archive: str | None = None  # a Kaggle zip the user already has
+    sha256: str | None = None  # checksum of the downloaded archive, when known
+    output: str = "deepfake_detector_model.keras"  # the tutorial's file, in the working folder
+    image_size: int = 128  # the original recipe's input side
+    epochs: int = 50
+    batch_size: int = 64
+    learning_rate: float = 1e-4  # the original recipe; Adam
+    optimizer: str = "adam"  # "adam" (original) or "adamw"
+    weight_decay: float = 0.0  # AdamW only
+    schedule: str = "plateau"  # "plateau": ReduceLROnPlateau x0.1/5 (original); "cosine"
+    warmup_epochs: int = 0  # cosine only: linear warm-up
+    early_stopping_patience: int = 10  # on val_loss, best weights restored; 0 turns it off
+    label_smoothing: float = 0.0
+    ema_momentum: float = 0.0  # above 0: the saved weights are an exponential moving average of the trained ones
+    augment: str = "none"  # "none" or a name in AUGMENTATIONS
+    fakes: str = "dataset"  # a name in FAKES: the dataset's own, self-blends of its real images only, or both
+    frozen_blocks: int = 0  # pretrained backbones: leading feature blocks kept at their ImageNet weights
+    pretrained: bool = True  # ImageNet weights for mobilenet_v2 and efficientnet_lite0
+    flip_average: bool = False  # save a model that averages each image's score with its mirror's
+    threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
+    seed: int = 1337
+    max_images_per_split: int | None = None  # for quick trials; None uses everything
+    steps_per_epoch: int | None = None  # cap on training steps per epoch (trials, benchmarks); Validation and Test stay whole
+    cache_dir: str | None = None  # where each split's decoded images are cached; None: DATA/.cache (cache.default_cache_dir)
+    distribute: str = "none"  # a name in STRATEGIES: one device, every local GPU (or the CPU), or TF_CONFIG's workers
+    mixed_precision: bool = False  # mixed_float16 compute on GPUs; the output layer stays float32
+    backup_dir: str | None = None  # per-epoch training state for resuming; None: .NAME.backup/ beside output
+    verbose: int = 1  # Keras fit: 1 progress bar, 2 one line per epoch, 0 silent
+
+    @classmethod
+    def for_arch(cls, arch: str, **overrides) -> "TrainConfig":
+        """The recipe defaults for an architecture, then ``overrides`` (None values ignored)."""
+        recipe = dict(arch=arch)
+        if arch in ARCHITECTURES:
+            recipe.update(ARCHITECTURES[arch].recipe)
+        if overrides.get("fakes") not in (None, DATASET_FAKES):
+            recipe.update(augment=SELF_BLEND_AUGMENTATION)  # SBI's colour jitter on top of the recipe's
+        recipe.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**recipe)

@@ -1,0 +1,123 @@
+"""The network as TFLite: converted once per model file, run by LiteRT with XNNPACK kernels.
+
+One image per call without TensorFlow's per-call overhead: what the web server scores with
+(``Detector(runtime="tflite")``; ``benchmarks/latency.py`` measures both runtimes). The same
+flatbuffer is what ``export.py --format tflite`` writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deepfake_detector.files import sha256_of, write_atomically
+from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+#: The name of the exported models' output (SavedModel signature and TFLite alike).
+OUTPUT_NAME = "fake_probability"
+
+
+def fake_probability_outputs(model: keras.Model, metadata: ModelMetadata, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    """``{OUTPUT_NAME: float32 [N]}`` for uint8 images, the class order applied: an export's output."""
+    probability = DeepfakeDetectorModel(model, metadata).fake_probability(tf.cast(images, tf.float32))[:, 0]
+    return {OUTPUT_NAME: tf.cast(probability, tf.float32)}
+
+
+def tflite_flatbuffer(model: keras.Model, metadata: ModelMetadata) -> bytes:
+    """The model as a TFLite flatbuffer: ``image`` uint8 ``[1, S, S, 3]`` -> ``fake_probability`` ``[1]``.
+
+    The class order is applied inside, so the output is P(fake) whatever the training order.
+    """
+    size = metadata.image_size
+
+    def predict(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return fake_probability_outputs(model, metadata, image)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", predict, input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
+    with tempfile.TemporaryDirectory(prefix="deepfake-detector-tflite-") as scratch:
+        archive.write_out(scratch, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["serving_default"])
+        return converter.convert()
+
+
+class TFLiteScorer:
+    """The network as TFLite, run by LiteRT (XNNPACK kernels); one image per ``invoke``.
+
+    An interpreter is not thread-safe: calls take turns under a lock, which on a small CPU
+    server costs nothing, since each call already uses every core.
+
+    Converting takes tens of seconds on a small CPU, so the flatbuffer of a model file is cached in
+    :func:`cache_dir`, keyed by the file's SHA-256 and the TensorFlow version; a later start
+    reads it back.
+    """
+
+    def __init__(self, model, metadata: ModelMetadata, threads: int | None = None,
+                 model_path: str | Path | None = None):  # fmt: skip
+        from ai_edge_litert.interpreter import Interpreter
+
+        start = time.perf_counter()
+        threads = threads or os.cpu_count()
+        cached = _cache_file(model_path) if model_path is not None else None
+        interpreter = None
+        if cached is not None and cached.is_file():
+            try:
+                interpreter = Interpreter(model_content=cached.read_bytes(), num_threads=threads)
+                log.info("TFLite model read from the cache %s", cached)
+            except (OSError, ValueError, RuntimeError) as error:
+                log.warning("ignoring the unreadable cached TFLite model %s: %s", cached, error)
+        if interpreter is None:
+            flatbuffer = tflite_flatbuffer(model, metadata)
+            interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
+            log.info("converted to TFLite in %.1f s", time.perf_counter() - start)
+            if cached is not None:
+                _write_cache(cached, flatbuffer)
+        self._interpreter = interpreter
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        scores = np.empty(len(images), np.float64)
+        with self._lock:
+            for index, image in enumerate(images):
+                self._interpreter.set_tensor(self._input, image[None])
+                self._interpreter.invoke()
+                scores[index] = self._interpreter.get_tensor(self._output)[0]
+        return scores
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$DEEPFAKE_DETECTOR_CACHE``, else
+    ``$XDG_CACHE_HOME/deepfake-detector``, else ``~/.cache/deepfake-detector``."""
+    if os.environ.get("DEEPFAKE_DETECTOR_CACHE"):
+        return Path(os.environ["DEEPFAKE_DETECTOR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-detector"
+
+
+def _cache_file(model_path: str | Path) -> Path | None:
+    try:
+        digest = sha256_of(model_path)
+    except OSError:
+        return None
+    return cache_dir() / f"{digest[:32]}-tf{tf.__version__}.tflite"
+
+
+def _write_cache(path: Path, content: bytes) -> None:
+    """A cache is a convenience: a folder we cannot write to costs a warning, not the start-up."""
+    try:
+        write_atomically(path, content)
+    except OSError as error:
+        log.warning("could not cache the TFLite model in %s: %s", path.parent, error)
