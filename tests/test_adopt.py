@@ -20,6 +20,10 @@ from PIL import Image
 TUTORIAL_SIZE = 128
 
 
+# Each test here needs a network trained with the tutorial's own loader (seconds): all slow.
+pytestmark = pytest.mark.slow
+
+
 def tutorial_style_image(fake: bool, rng: np.random.Generator) -> Image.Image:
     """A small smooth image, not square, far from 128 px: red for fake, blue for real."""
     width, height = (int(v) for v in rng.integers(20, 48, size=2))
@@ -111,7 +115,6 @@ def test_adopted_metadata_says_how_the_tutorial_used_the_model(adopted_path, tut
     assert metadata.name == "tutorial" and metadata.train_config["adopted_from"] == str(tutorial_model_path)
 
 
-@pytest.mark.slow
 def test_adopted_model_scores_as_the_tutorial_did_in_both_runtimes(adopted_path, tutorial_model_path, tutorial_data, tmp_path):
     from deepfake_detector.detector import Detector
     from deepfake_detector.preprocessing import load_image

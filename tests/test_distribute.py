@@ -221,6 +221,7 @@ def _preempt_after(epochs: int):
     return Preempt()
 
 
+@pytest.mark.slow
 def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     """The step-based schedule picks up where it was: the optimizer's step count is restored."""
     import keras

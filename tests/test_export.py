@@ -26,6 +26,7 @@ def keras_probabilities(detector, pngs) -> np.ndarray:
     return probabilities
 
 
+@pytest.mark.slow
 def test_savedmodel_scores_encoded_images_like_the_keras_model(trained_model_path, pngs, keras_probabilities, tmp_path):
     import tensorflow as tf
 

@@ -113,6 +113,7 @@ def test_the_mobilenet_v2_recipe_is_the_shipped_models():
     assert shipped.arch == "mobilenet_v2" and shipped.flip_average and shipped.image_size == recipe["image_size"]
 
 
+@pytest.mark.slow
 def test_weight_averaging_saves_the_moving_average_of_the_trained_weights():
     """With ``ema_momentum`` the model ends with the running average of its weights after each step."""
     import keras
