@@ -142,9 +142,14 @@ class Subset:
         return self.source.read(self.positions[np.asarray(positions, np.int64)])
 
 
+#: The cache's folder beside the images (``DATA/.cache``).
+CACHE_FOLDER = ".cache"
+
+
 def default_cache_dir(data_dir: str | Path) -> Path:
-    """``DATA/.cache``, beside the images; a per-user folder when ``DATA`` cannot be written."""
-    beside = Path(data_dir) / ".cache"
+    """``DATA/.cache``, beside the images; a per-user folder when ``DATA`` cannot be written.
+    Ask once ``DATA`` exists (``DatasetHandler.cache_dir`` does)."""
+    beside = Path(data_dir) / CACHE_FOLDER
     if beside.is_dir() or _writable(Path(data_dir)):
         return beside
     return Path.home() / ".cache" / "deepfake-detector" / "datasets" / hashlib.sha256(
@@ -153,10 +158,7 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 def _writable(folder: Path) -> bool:
     """Whether we may add to ``folder``: permitted, and not marked read-only (root is permitted
-    everything, so a folder with no write bits at all counts as read-only too). A folder not made
-    yet (the dataset is about to be downloaded into it) is as writable as its nearest existing parent."""
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
+    everything, so a folder with no write bits at all counts as read-only too)."""
     try:
         return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
     except OSError:

@@ -160,7 +160,7 @@ class DatasetHandler:
         if self.archive is not None:
             raise DatasetError(f"{self.archive}: no such archive")
         directory = self.dataset_download_dir
-        ours = {self.dataset_file, self.dataset_file + ".part", EXTRACTED, ".cache"}
+        ours = {self.dataset_file, self.dataset_file + ".part", EXTRACTED, cache.CACHE_FOLDER}
         if directory.exists() and any(path.name not in ours for path in directory.iterdir()):
             self.find()  # raises, naming what the folder lacks
         log.info("downloading %s to %s", self.dataset_url, archive)

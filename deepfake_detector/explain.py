@@ -45,7 +45,7 @@ class Explainer:
 
     def __init__(self, detector_model: DeepfakeDetectorModel):
         model = detector_model.model
-        self.whole = model  # gives the label to explain
+        self.detector_model = detector_model  # gives the label to explain, in its class order
         member = flip_average_member(model)
         self.mirrored = member is not None
         self.model = member if self.mirrored else model
@@ -91,8 +91,7 @@ class Explainer:
         if not self.mirrored:
             return self._gradcam_graph(x)
         # Both views explain the label of the whole (averaged) model.
-        output = self.whole(x, training=False)[:, 0]
-        fake_probability = output if self.fake_is_one else 1.0 - output
+        fake_probability = self.detector_model.fake_probability(x)[:, 0]
         sign = tf.where(fake_probability >= self.threshold, 1.0, -1.0)
         mirror = tf.reverse(self._gradcam_graph(tf.reverse(x, axis=[2]), sign), axis=[2])
         return (self._gradcam_graph(x, sign) + mirror) / 2.0

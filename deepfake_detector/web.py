@@ -26,7 +26,7 @@ from flask import Flask, Request, current_app, g, jsonify, render_template, requ
 from PIL import Image, ImageDraw, ImageFont
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from deepfake_detector import faces
+from deepfake_detector import faces, labels
 from deepfake_detector.detector import Detector, FaceScore, ImageScore
 from deepfake_detector.errors import ImageError, UploadError
 from deepfake_detector.preprocessing import decode, probe_image
@@ -82,7 +82,7 @@ class InMemoryRequest(Request):
 
 
 #: Box colours on the preview, as in style.css.
-LABEL_COLOURS = {"fake": (179, 38, 30), "real": (27, 110, 58)}
+LABEL_COLOURS = {labels.FAKE: (179, 38, 30), labels.REAL: (27, 110, 58)}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 
@@ -260,7 +260,7 @@ def _draw_faces(preview: Image.Image, face_scores: list[FaceScore], scale: float
         colour = LABEL_COLOURS[face.prediction.label]
         x, y, width, height = (value * scale for value in face.box.as_list())
         draw.rectangle((x, y, x + width, y + height), outline=colour, width=line)
-        word = "Fake" if face.prediction.label == "fake" else "Real"
+        word = labels.FOLDER_NAMES[face.prediction.label]  # "Fake" or "Real"
         text = f"{number} {word} {face.prediction.fake_probability * 100:.1f}%"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
         text_width, text_height = right - left + 6, bottom - top + 4
