@@ -119,15 +119,25 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 f"run the same command again, or delete {self.directory} to start over"
             )
 
+    def saved_history(self) -> dict[str, list[float]]:
+        """The per-epoch history of the epochs the backup holds (empty for a fresh run).
+
+        Readable before ``fit`` starts, so the best-epoch checkpoint of a resumed run
+        carries on from the best epoch before the interruption.
+        """
+        epochs = self.saved_epoch()
+        history_file = self.directory / self.HISTORY_FILE
+        if not epochs or not history_file.exists():
+            return {}
+        # The history is written before the weights, so it may hold one epoch more: cut it.
+        return {key: values[:epochs] for key, values in json.loads(history_file.read_text()).items()}
+
     def _load_model(self):
         super()._load_model()
         self.initial_epoch = self.saved_epoch()
         if not self.initial_epoch:
             return
-        history_file = self.directory / self.HISTORY_FILE
-        saved = json.loads(history_file.read_text()) if history_file.exists() else {}
-        # The history is written before the weights, so it may hold one epoch more: cut it.
-        self.history = {key: values[: self.initial_epoch] for key, values in saved.items()}
+        self.history = self.saved_history()
         log.info("resuming from epoch %d: %d epoch(s) done, restored from %s",
                  self.initial_epoch + 1, self.initial_epoch, self.directory)
 

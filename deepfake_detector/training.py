@@ -250,7 +250,7 @@ class TrainModel:
         model = detector_model.model
         detector_model.metadata.train_config = {k: v for k, v in recipe.items() if k != "output"}
         best = BestModelCheckpoint(detector_model, best_path(output), verbose=1 if config.verbose else 0,
-                                   initial_best=min(backup.history.get("val_loss", []), default=math.inf))  # fmt: skip
+                                   initial_best=min(backup.saved_history().get("val_loss", []), default=math.inf))  # fmt: skip
         # Before the backup in the list: it records the logs the callbacks before it completed.
         callbacks = [*make_callbacks(config, best), ThroughputLogger(global_batch), backup]
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -192,10 +193,13 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, caplog, capsy
     caplog.set_level("INFO", logger="deepfake_detector")
     assert train.main(train.get_args_parser().parse_args(command[2:])) == 0
     assert "resuming from epoch 3: 2 epoch(s) done" in caplog.text
-    epochs = [line.split()[1] for line in capsys.readouterr().out.splitlines()
-              if line.startswith("Epoch ") and "/" in line.split()[1]]  # fmt: skip
+    out = capsys.readouterr().out
+    epochs = [line.split()[1] for line in out.splitlines() if line.startswith("Epoch ") and "/" in line.split()[1]]
     assert epochs == ["3/4", "4/4"]
     train_config = _metadata(output).train_config
+    # The best-epoch checkpoint carries on from the best Validation loss before the kill.
+    best_before = min(train_config["history"]["val_loss"][:2])
+    assert re.search(rf"Epoch 3: val_loss (improved|did not improve) from {best_before:.5f}\b", out), out
     assert train_config["epochs_run"] == 4 and train_config["resumed_from_epoch"] == 3
     assert all(len(values) == 4 for values in train_config["history"].values())
     assert not output.with_name(".model.backup").exists()
