@@ -16,8 +16,8 @@ A blend follows their recipe, every choice drawn from the caller's ``rng``:
    contrast) and its detail changed (scaled down and up, or sharpened), then moved by an
    affine of up to 3% across, 1.5% down and a scale of 0.95-1.05. The mask moves with it.
 3. The mask deformed (a smooth random warp), shrunk (an erosion of random size) and
-   softened (a Gaussian blur of random size), then scaled by a blend ratio drawn from
-   {0.25, 0.5, 0.75, 1, 1, 1}.
+   softened (a blur of random size: a seam 0.06-0.3 eye distances wide, as SBI's), then
+   scaled by a blend ratio drawn from {0.25, 0.5, 0.75, 1, 1, 1}.
 4. ``blended = source * mask + image * (1 - mask)``.
 
 Unlike the reference code the target is never altered: outside the mask a blend is its
@@ -81,9 +81,13 @@ SHARPEN_LIGHTNESS = (0.5, 1.0)
 SHIFT = (0.03, 0.015)  # of (width, height), SBI's translate_percent
 SCALE = (0.95, 1 / 0.95)
 WARP_AMPLITUDE = (0.02, 0.08)  # of the eye distance: the mask's outline wobbles by about a pixel
-EROSION = (0.0, 0.5)  # kernel side, of the eye distance
-SOFTENING = (0.2, 1.2)  # Gaussian kernel side, of the eye distance
-SOFTENING_SIGMA = (1 / 6, 0.4)  # of the kernel side: from a whole Gaussian to a flatter one
+# SBI's get_blend_mask draws its mask on a 192-256 px canvas, where a face crop's eye
+# distance is about 85 px (the crop is about 2.6 eye distances wide), and shrinks it by a
+# Gaussian of side 5-25 px cut at 1, then softens it by one of side 5-25 px and sigma 5-45
+# (a ramp about as wide as the kernel): both 0.06-0.3 eye distances. The seam is that narrow.
+EROSION = (0.06, 0.3)  # kernel side, of the eye distance
+SOFTENING = (0.06, 0.3)  # Gaussian kernel side, of the eye distance
+SOFTENING_SIGMA = (0.2, 2.0)  # of the kernel side: from a whole Gaussian to nearly a box, as SBI's
 
 
 def _ellipse(centre_x: float, centre_y: float, radius_x: float, radius_y: float, points: int = 16) -> np.ndarray:
@@ -268,7 +272,8 @@ def _soften(mask: np.ndarray, eye_distance: float, rng: np.random.Generator) -> 
     eroded = cv2.erode(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, erosion))
     if eroded.any():
         binary = eroded
-    kernel = _odd_sides(min(eye_distance * rng.uniform(*SOFTENING), 2 * inscribed), rng)
+    # At least 3 pixels: a seam always has some softness, as SBI's does after its resizes.
+    kernel = _odd_sides(max(3.0, min(eye_distance * rng.uniform(*SOFTENING), 2 * inscribed)), rng)
     sigma_x, sigma_y = (side * rng.uniform(*SOFTENING_SIGMA) for side in kernel)
     soft = cv2.GaussianBlur(binary.astype(np.float32), kernel, sigmaX=sigma_x, sigmaY=sigma_y)
     return soft / soft.max() if soft.max() > 0 else soft

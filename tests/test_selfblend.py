@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -69,6 +70,22 @@ def test_mask_is_a_soft_face_region_peaking_at_the_blend_ratio(seed):
     centre = np.average(np.stack([columns, rows], 1), axis=0, weights=mask[rows, columns])
     eye_distance = np.linalg.norm(landmarks[1] - landmarks[0])
     assert np.linalg.norm(centre - landmarks.mean(0)) < 1.5 * eye_distance, "the mask is not on the face"
+
+
+def test_the_seam_is_as_narrow_as_sbis():
+    """SBI's blend masks ramp from 0 to full over 0.06-0.3 eye distances (see selfblend.EROSION)."""
+    size = 160
+    landmarks = default_landmarks(size)
+    eye_distance = np.linalg.norm(landmarks[1] - landmarks[0])
+    widths = []
+    for seed in range(20):
+        _, mask = self_blend(np.full((size, size, 3), 128, np.uint8), landmarks, np.random.default_rng(seed))
+        mask = mask / mask.max()
+        ramp = ((mask > 0.05) & (mask < 0.95)).sum()
+        contours, _ = cv2.findContours((mask >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        widths.append(ramp / sum(cv2.arcLength(contour, True) for contour in contours) / eye_distance)
+    assert 0.03 < min(widths) and max(widths) < 0.4, widths  # soft, but never a wide haze
+    assert 0.08 < np.median(widths) < 0.25, widths
 
 
 def test_mask_follows_the_landmarks():
