@@ -14,9 +14,10 @@ A blend follows their recipe, every choice drawn from the caller's ``rng``:
    some of its parts (eyes, nose, mouth) apart. Each outline is jittered in size and shape.
 2. A source: the image with its colour shifted (hue, saturation, value, RGB, brightness,
    contrast) and its detail changed (scaled down and up, or sharpened), then moved by an
-   affine of up to 3% across, 1.5% down and a scale of 0.95-1.05. The mask moves with it.
+   affine of up to 0.135 eye distances across, 0.08 down (SBI's 3% and 1.5% of its crop) and a
+   scale of 0.95-1.05 about the face. The mask moves with it.
 3. The mask deformed (a smooth random warp), shrunk (an erosion of random size) and
-   softened (a blur of random size: a seam 0.06-0.3 eye distances wide, as SBI's), then
+   softened (a blur of random size: a seam 0.1-0.55 eye distances wide, as SBI's), then
    scaled by a blend ratio drawn from {0.25, 0.5, 0.75, 1, 1, 1}.
 4. ``blended = source * mask + image * (1 - mask)``.
 
@@ -78,16 +79,17 @@ CONTRAST_SHIFT = 0.1
 DOWNSCALE = (1.25, 2.5)  # of the down-and-up scaling; SBI's 2 or 4 were on crops 3 times as large
 SHARPEN_AMOUNT = (0.2, 0.5)  # SBI's Sharpen(alpha, lightness)
 SHARPEN_LIGHTNESS = (0.5, 1.0)
-SHIFT = (0.03, 0.015)  # of (width, height), SBI's translate_percent
+SHIFT = (0.135, 0.08)  # of the eye distance across and down: SBI's 3% and 1.5% of its crop
 SCALE = (0.95, 1 / 0.95)
 WARP_AMPLITUDE = (0.02, 0.08)  # of the eye distance: the mask's outline wobbles by about a pixel
-# SBI's get_blend_mask draws its mask on a 192-256 px canvas, where a face crop's eye
-# distance is about 85 px (the crop is about 2.6 eye distances wide), and shrinks it by a
-# Gaussian of side 5-25 px cut at 1, then softens it by one of side 5-25 px and sigma 5-45
-# (a ramp about as wide as the kernel): both 0.06-0.3 eye distances. The seam is that narrow.
-EROSION = (0.06, 0.3)  # kernel side, of the eye distance
-SOFTENING = (0.06, 0.3)  # Gaussian kernel side, of the eye distance
-SOFTENING_SIGMA = (0.2, 2.0)  # of the kernel side: from a whole Gaussian to nearly a box, as SBI's
+# SBI blends on a crop about 4.5 eye distances wide and 5.3 high (its crop_face with margin:
+# twice the jaw's width, 2.4 times brow-to-chin), and draws the mask on a 192-256 px canvas
+# (eye distance about 46 px). There get_blend_mask shrinks it by a Gaussian of side 5-25 px
+# cut at 1 (an erosion of radius 2-12 px) and softens it by one of side 5-25 px and sigma
+# 5-45 (nearly a box: a linear seam as wide as the kernel): both 0.1-0.55 eye distances.
+EROSION = (0.1, 0.55)  # kernel side, of the eye distance
+SOFTENING = (0.1, 0.55)  # blur kernel side, of the eye distance
+SOFTENING_SIGMA = (0.3, 3.0)  # of the kernel side: from a whole Gaussian to nearly a box, as SBI's
 
 
 def _ellipse(centre_x: float, centre_y: float, radius_x: float, radius_y: float, points: int = 16) -> np.ndarray:
@@ -233,11 +235,11 @@ def _change_detail(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)  # saturates to 0-255
 
 
-def _random_affine(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A 2 x 3 shift-and-scale about the image centre."""
+def _random_affine(centre: np.ndarray, eye_distance: float, rng: np.random.Generator) -> np.ndarray:
+    """A 2 x 3 shift-and-scale about the face's centre, the shift in eye distances."""
     scale = rng.uniform(*SCALE)
-    affine = cv2.getRotationMatrix2D((width / 2, height / 2), 0.0, scale)
-    affine[:, 2] += rng.uniform(-1, 1, 2) * np.array(SHIFT) * (width, height)
+    affine = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), 0.0, scale)
+    affine[:, 2] += rng.uniform(-1, 1, 2) * np.array(SHIFT) * eye_distance
     return affine
 
 
@@ -308,7 +310,7 @@ def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
 
     mask = _hull_mask(height, width, landmarks, rng)
     source = _change_detail(_shift_colour(image, rng), rng)
-    affine = _random_affine(height, width, rng)
+    affine = _random_affine(landmarks.mean(0), eye_distance, rng)
     source = cv2.warpAffine(source, affine, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     mask = cv2.warpAffine(mask, affine, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)
     mask = _warp(mask, eye_distance * rng.uniform(*WARP_AMPLITUDE), rng)

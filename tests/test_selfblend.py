@@ -73,7 +73,7 @@ def test_mask_is_a_soft_face_region_peaking_at_the_blend_ratio(seed):
 
 
 def test_the_seam_is_as_narrow_as_sbis():
-    """SBI's blend masks ramp from 0 to full over 0.06-0.3 eye distances (see selfblend.EROSION)."""
+    """SBI's blend masks ramp from 0 to full over 0.1-0.55 eye distances (see selfblend.EROSION)."""
     size = 160
     landmarks = default_landmarks(size)
     eye_distance = np.linalg.norm(landmarks[1] - landmarks[0])
@@ -84,8 +84,8 @@ def test_the_seam_is_as_narrow_as_sbis():
         ramp = ((mask > 0.05) & (mask < 0.95)).sum()
         contours, _ = cv2.findContours((mask >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         widths.append(ramp / sum(cv2.arcLength(contour, True) for contour in contours) / eye_distance)
-    assert 0.03 < min(widths) and max(widths) < 0.4, widths  # soft, but never a wide haze
-    assert 0.08 < np.median(widths) < 0.25, widths
+    assert 0.05 < min(widths) and max(widths) < 0.7, widths  # soft, but never a wide haze
+    assert 0.18 < np.median(widths) < 0.38, widths
 
 
 def test_mask_follows_the_landmarks():
