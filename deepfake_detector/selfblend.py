@@ -281,6 +281,16 @@ def _soften(mask: np.ndarray, eye_distance: float, rng: np.random.Generator) -> 
     return soft / soft.max() if soft.max() > 0 else soft
 
 
+def seam_width(mask: np.ndarray, landmarks: np.ndarray) -> float:
+    """How wide a blend mask's seam is, in eye distances: the area where it ramps (5-95% of
+    its peak) over the length of its outline at half its peak."""
+    mask = mask / mask.max()
+    ramp = float(((mask > 0.05) & (mask < 0.95)).sum())
+    contours, _ = cv2.findContours((mask >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = sum(cv2.arcLength(contour, True) for contour in contours)
+    return ramp / outline / float(np.linalg.norm(landmarks[1] - landmarks[0]))
+
+
 def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A self-blended fake of a real face and the weight of the source in each pixel.
 

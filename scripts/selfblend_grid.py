@@ -49,7 +49,7 @@ def amplified(difference: np.ndarray) -> np.ndarray:
 
 def main(args: argparse.Namespace) -> Path:
     from deepfake_detector.faces import default_finder
-    from deepfake_detector.selfblend import face_landmarks, self_blend
+    from deepfake_detector.selfblend import face_landmarks, seam_width, self_blend
 
     folder = args.data_dir / args.split / "Real"
     paths = sorted(folder.glob("*.jpg"))
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> Path:
     chosen = [paths[i] for i in sorted(rng.choice(len(paths), args.count, replace=False))]
 
     finder = default_finder("retinaface")
-    columns = []
+    columns, seams = [], []
     for path in chosen:
         face = np.asarray(Image.open(path).convert("RGB"))
         landmarks = face_landmarks(face, finder)
@@ -68,7 +68,10 @@ def main(args: argparse.Namespace) -> Path:
         rows = [marked(face, landmarks), np.uint8(np.rint(mask * 255)), blended, amplified(difference)]
         rows = [row if row.ndim == 3 else np.repeat(row[..., None], 3, axis=2) for row in rows]
         columns.append(np.concatenate(rows, axis=0))
-        logging.info("%s: mask peak %.2f, covers %.0f%%", path.name, mask.max(), 100 * (mask > 0).mean())
+        seams.append(seam_width(mask, landmarks))
+        logging.info("%s: mask peak %.2f, covers %.0f%%, seam %.2f eye distances wide",
+                     path.name, mask.max(), 100 * (mask > 0).mean(), seams[-1])  # fmt: skip
+    logging.info("seam width: median %.2f, range %.2f-%.2f eye distances", np.median(seams), min(seams), max(seams))
 
     grid = np.concatenate(columns, axis=1)
     labels = Image.new("RGB", (LABEL_WIDTH, grid.shape[0]), "white")

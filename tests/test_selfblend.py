@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake_detector.selfblend import BLEND_RATIOS, default_landmarks, face_landmarks, self_blend
+from deepfake_detector.selfblend import BLEND_RATIOS, default_landmarks, face_landmarks, seam_width, self_blend
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw-faceswap"
 HEIGHT, WIDTH = 72, 64  # not square, so a swapped height and width shows
@@ -76,14 +75,10 @@ def test_the_seam_is_as_narrow_as_sbis():
     """SBI's blend masks ramp from 0 to full over 0.1-0.55 eye distances (see selfblend.EROSION)."""
     size = 160
     landmarks = default_landmarks(size)
-    eye_distance = np.linalg.norm(landmarks[1] - landmarks[0])
     widths = []
     for seed in range(20):
         _, mask = self_blend(np.full((size, size, 3), 128, np.uint8), landmarks, np.random.default_rng(seed))
-        mask = mask / mask.max()
-        ramp = ((mask > 0.05) & (mask < 0.95)).sum()
-        contours, _ = cv2.findContours((mask >= 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        widths.append(ramp / sum(cv2.arcLength(contour, True) for contour in contours) / eye_distance)
+        widths.append(seam_width(mask, landmarks))
     assert 0.05 < min(widths) and max(widths) < 0.7, widths  # soft, but never a wide haze
     assert 0.18 < np.median(widths) < 0.38, widths
 
