@@ -20,7 +20,7 @@ from deepfake_detector import cache, faces, selfblend
 from deepfake_detector.augment import augment_image
 from deepfake_detector.files import write_atomically
 from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
-from deepfake_detector.recipes import AUGMENTATIONS, NO_AUGMENTATION
+from deepfake_detector.recipes import AUGMENTATIONS, NO_AUGMENTATION, Augmentation
 
 SplitSource = Union[cache.SplitCache, cache.ArraySource, cache.Subset, "BlendedSource"]
 
@@ -40,7 +40,8 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
 
     With ``blend_landmarks`` (five face landmarks per position of ``source``) every real image
     is followed by a self-blend of itself (:func:`deepfake_detector.selfblend.self_blend`),
-    labelled fake, drawn anew each epoch and reproducible from ``seed``; then both are augmented.
+    labelled fake, drawn anew each epoch and reproducible from ``seed``; then both are augmented,
+    alike if the policy is ``paired``.
     """
     size, count = source.image_size, len(source)
     positions = tf.data.Dataset.range(count)
@@ -58,13 +59,15 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
         return tf.ensure_shape(images, [None, size, size, 3]), tf.gather(targets, batch_positions)
 
     dataset = positions.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    policy = AUGMENTATIONS[augment] if training and augment != NO_AUGMENTATION else None
     if blend_landmarks is not None:
         if shard is not None and len(np.unique(source.labels)) > 1:
             raise ValueError("self-blends of a mixed split cannot be sharded into equal shares")
         elements += int((source.labels == REAL_INDEX).sum()) if shard is None else elements  # sharded: all real
-        dataset = _with_self_blends(dataset, positions, blend_landmarks, seed, batch_size)
-    if training and augment != NO_AUGMENTATION:
-        policy = AUGMENTATIONS[augment]
+        paired = policy if policy is not None and policy.paired else None
+        dataset = _with_self_blends(dataset, positions, blend_landmarks, seed, batch_size, paired)
+        policy = None if paired else policy
+    if policy is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset.unbatch(), seeds)).map(
             lambda pair, s: (augment_image(pair[0], s, policy), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
@@ -80,26 +83,33 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
 
 
 def _with_self_blends(batches: tf.data.Dataset, positions: tf.data.Dataset, landmarks: np.ndarray, seed: int,
-                      batch_size: int) -> tf.data.Dataset:  # fmt: skip
-    """Each real image followed by its self-blend (fake), blended in parallel, rebatched."""
+                      batch_size: int, paired: Augmentation | None = None) -> tf.data.Dataset:  # fmt: skip
+    """Each real image followed by its self-blend (fake), blended in parallel, rebatched.
+
+    With a ``paired`` policy the two are then augmented by one draw of it (a dataset fake by its own)."""
     landmarks = tf.constant(np.asarray(landmarks, np.float32))
     elements = tf.data.Dataset.zip((batches.unbatch(), positions))
-    seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    blend_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    augment_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-    def pair(element, position, blend_seed):
+    def with_blend(element, position, blend_seed, augment_seed):
         image, target = element
 
-        def with_blend():
+        def real_and_blend():
             blended = tf.numpy_function(_blend, [image, tf.gather(landmarks, position), blend_seed], tf.uint8, stateful=False)
             pair_targets = tf.constant([[float(REAL_INDEX)], [float(FAKE_INDEX)]])
             return tf.stack([image, tf.ensure_shape(blended, image.shape)]), pair_targets
 
-        return tf.cond(tf.equal(target[0], float(REAL_INDEX)), with_blend, lambda: (image[None], target[None]))
+        images, targets = tf.cond(tf.equal(target[0], float(REAL_INDEX)), real_and_blend, lambda: (image[None], target[None]))
+        if paired is not None:
+            images = tf.map_fn(lambda one: augment_image(one, augment_seed, paired), images, fn_output_signature=tf.uint8)
+        return images, targets
 
-    paired = tf.data.Dataset.zip((elements, seeds)).map(
-        lambda element_position, s: pair(*element_position, s), num_parallel_calls=tf.data.AUTOTUNE
+    pairs = tf.data.Dataset.zip((elements, blend_seeds, augment_seeds)).map(
+        lambda element_position, blend_seed, augment_seed: with_blend(*element_position, blend_seed, augment_seed),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
-    return paired.unbatch().batch(batch_size)
+    return pairs.unbatch().batch(batch_size)
 
 
 def _blend(image: np.ndarray, landmarks: np.ndarray, seed: np.ndarray) -> np.ndarray:

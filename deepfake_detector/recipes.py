@@ -42,10 +42,13 @@ PRETRAINED_ARCHITECTURES = tuple(name for name, architecture in ARCHITECTURES.it
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Label-preserving changes a shared photo goes through, each image drawn independently.
+    """Label-preserving changes a shared photo goes through.
 
     Every image is flipped (half the time) and shifted by up to 1/16 of its side; the rest
-    happen with the given probabilities (``augment.augment_image``).
+    happen with the given probabilities (``augment.augment_image``). Each image is drawn
+    independently, except that a ``paired`` policy changes a real face and its self-blend
+    alike (one draw for both, as SBI's training does), so the two still differ only where
+    the blend does.
     """
 
     description: str
@@ -54,6 +57,7 @@ class Augmentation:
     jpeg_probability: float  # JPEG recompression
     jpeg_quality: tuple[int, int]  # its quality range, [low, high)
     color_probability: float = 0.0  # brightness, contrast, saturation and hue jitter
+    paired: bool = False  # a real face and its self-blend share one draw
 
 
 #: ``TrainConfig.augment`` is one of these, or ``NO_AUGMENTATION``. "full" is the shipped model's;
@@ -67,6 +71,11 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     # Self-blended training (``fakes``): "full" plus SBI's colour jitter, on real and fake alike.
     "selfblend": Augmentation("full plus colour jitter", rescale_probability=0.25, blur_probability=0.2,
                               jpeg_probability=0.5, jpeg_quality=(30, 96), color_probability=0.5),  # fmt: skip
+    # SBI's own (its get_transforms): no blur or rescaling after the blend, JPEG q40-100 half
+    # the time, colour a third of the time per kind; a face and its blend changed alike.
+    "sbi": Augmentation("SBI's: flip, shift, colour, JPEG; a face and its blend alike", rescale_probability=0.0,
+                        blur_probability=0.0, jpeg_probability=0.5, jpeg_quality=(40, 101), color_probability=0.5,
+                        paired=True),  # fmt: skip
 }
 NO_AUGMENTATION = "none"
 #: What every recipe trains self-blended fakes with (``TrainConfig.for_arch``).

@@ -223,6 +223,29 @@ def test_the_pipeline_follows_each_real_with_its_own_blend_labelled_fake():
     assert not np.array_equal(next_epoch, images)  # new order and new blends every epoch
 
 
+def test_a_paired_policy_changes_a_face_and_its_blend_alike():
+    from deepfake_detector.pipeline import make_dataset
+
+    source = _faces_source(16, fake_every=99)  # all real: pairs at (0, 1), (2, 3), ...
+    landmarks = np.broadcast_to(default_landmarks(48), (16, 5, 2))
+    border = np.ones((48, 48), bool)
+    border[6:-6, 6:-6] = False  # outside every mask of the mean face at 48 px
+
+    def pair_differences(augment: str) -> tuple[np.ndarray, np.ndarray]:
+        batches = list(make_dataset(source, 8, training=True, augment=augment, seed=3, blend_landmarks=landmarks))
+        images = np.concatenate([b.numpy() for b, _ in batches]).astype(int)
+        targets = np.concatenate([t.numpy()[:, 0] for _, t in batches])
+        assert targets.tolist() == [0.0, 1.0] * 16
+        assert not any(np.array_equal(image, original) for image in images for original in source.images)  # augmented
+        difference = np.abs(images[0::2] - images[1::2]).mean(-1)
+        return difference[:, border].mean(1), difference[:, ~border].mean(1)
+
+    outside, inside = pair_differences("sbi")  # one draw for both: they differ where the blend does
+    assert outside.max() < 2 and inside.mean() > 3 * outside.mean()
+    outside, _ = pair_differences("selfblend")  # each drawn apart: flips and shifts differ
+    assert np.median(outside) > 10
+
+
 def test_the_blended_validation_set_is_fixed_and_labelled():
     from deepfake_detector.pipeline import BlendedSource
 
