@@ -3,7 +3,7 @@
     python -m benchmarks.hostile_load [--model PATH] [--checkout DIR] [--repeats 3] [--cases crowd,scans]
 
 Each case gets a fresh ``python inference.py`` (``--checkout`` runs another copy of the repository,
-e.g. ``git worktree add /tmp/before HEAD``, with this one's payloads). Printed per case: the
+e.g. ``git worktree add ../before HEAD``, with this one's payloads). Printed per case: the
 answers' status codes; wall time and the server's CPU time (user + system, all threads), medians
 of ``--repeats`` runs; the server's resident memory before, at its peak and 2 s after the last
 run; the size of the answer; and how long a normal upload (a 256x256 face JPEG) from another

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ def running_process(model_path: Path, *extra: str, timeout: float = 120.0, scrip
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])), **(env or {})}
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{port}.log", "w")
+    log = open(Path(tempfile.gettempdir()) / f"server-{port}.log", "w")
     process = subprocess.Popen(
         [sys.executable, str(script), "--model", str(model_path), "--port", str(port), *extra],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
