@@ -79,6 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"training augmentation: {choices_help(augmentations)} ({recipe_defaults('augment')}; "
                              f"{SELF_BLEND_AUGMENTATION} with --fakes other than {DATASET_FAKES})")
     parser.add_argument("--fakes", choices=FAKES, help="training fakes: " + choices_help(FAKES, TrainConfig.fakes))
+    parser.add_argument("--other-faces", type=float, metavar="SHARE",
+                        help="with --fakes self-blended or both: the share of blended fakes whose source is another "
+                             "real face aligned onto the face by its landmarks (Face X-ray's blended images) rather "
+                             "than the face itself (default: 0, self-blends only)")  # fmt: skip
     parser.add_argument("--frozen-blocks", type=int,
                         help="pretrained backbones: leading feature blocks (the stem is block 0) kept at their ImageNet "
                              f"weights ({recipe_defaults('frozen_blocks')})")

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: str = NO_AUGMENTATION, seed: int = 0,
-                 shard: tuple[int, int] | None = None, blend_landmarks: np.ndarray | None = None) -> tf.data.Dataset:  # fmt: skip
+                 shard: tuple[int, int] | None = None, blend_landmarks: np.ndarray | None = None,
+                 other_faces: float = 0.0) -> tf.data.Dataset:  # fmt: skip
     """Batches of (uint8 images, float32 targets) read from ``source`` by position.
 
     Training draws a fresh permutation of every position each epoch (a full shuffle of
@@ -41,7 +42,8 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
     With ``blend_landmarks`` (five face landmarks per position of ``source``) every real image
     is followed by a self-blend of itself (:func:`deepfake_detector.selfblend.self_blend`),
     labelled fake, drawn anew each epoch and reproducible from ``seed``; then both are augmented,
-    alike if the policy is ``paired``.
+    alike if the policy is ``paired``. ``other_faces`` of the blends take another real image of
+    ``source`` as their donor (``self_blend``'s ``donor``) instead of the face itself.
     """
     size, count = source.image_size, len(source)
     positions = tf.data.Dataset.range(count)
@@ -56,8 +58,9 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
 
     def read(batch_positions):
         images = tf.numpy_function(source.read, [batch_positions], tf.uint8, stateful=False)
-        return tf.ensure_shape(images, [None, size, size, 3]), tf.gather(targets, batch_positions)
+        return tf.ensure_shape(images, [None, size, size, 3]), tf.gather(targets, batch_positions), batch_positions
 
+    # Each batch carries its positions: a second pass over ``positions`` would be reshuffled.
     dataset = positions.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)
     policy = AUGMENTATIONS[augment] if training and augment != NO_AUGMENTATION else None
     if blend_landmarks is not None:
@@ -65,8 +68,11 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
             raise ValueError("self-blends of a mixed split cannot be sharded into equal shares")
         elements += int((source.labels == REAL_INDEX).sum()) if shard is None else elements  # sharded: all real
         paired = policy if policy is not None and policy.paired else None
-        dataset = _with_self_blends(dataset, positions, blend_landmarks, seed, batch_size, paired)
+        blend = _blender(source, blend_landmarks, other_faces)
+        dataset = _with_self_blends(dataset, blend, seed, batch_size, paired)
         policy = None if paired else policy
+    else:
+        dataset = dataset.map(lambda images, batch_targets, _: (images, batch_targets))
     if policy is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset.unbatch(), seeds)).map(
@@ -82,13 +88,13 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _with_self_blends(batches: tf.data.Dataset, positions: tf.data.Dataset, landmarks: np.ndarray, seed: int,
-                      batch_size: int, paired: Augmentation | None = None) -> tf.data.Dataset:  # fmt: skip
-    """Each real image followed by its self-blend (fake), blended in parallel, rebatched.
+def _with_self_blends(batches: tf.data.Dataset, blend, seed: int, batch_size: int,
+                      paired: Augmentation | None = None) -> tf.data.Dataset:  # fmt: skip
+    """Each real image followed by its blend (fake): ``blend(image, position, seed)``, in
+    parallel, rebatched. ``batches``: (images, targets, positions).
 
     With a ``paired`` policy the two are then augmented by one draw of it (a dataset fake by its own)."""
-    landmarks = tf.constant(np.asarray(landmarks, np.float32))
-    elements = tf.data.Dataset.zip((batches.unbatch(), positions))
+    elements = batches.unbatch().map(lambda image, target, position: ((image, target), position))
     blend_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
     augment_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
@@ -96,7 +102,7 @@ def _with_self_blends(batches: tf.data.Dataset, positions: tf.data.Dataset, land
         image, target = element
 
         def real_and_blend():
-            blended = tf.numpy_function(_blend, [image, tf.gather(landmarks, position), blend_seed], tf.uint8, stateful=False)
+            blended = tf.numpy_function(blend, [image, position, blend_seed], tf.uint8, stateful=False)
             pair_targets = tf.constant([[float(REAL_INDEX)], [float(FAKE_INDEX)]])
             return tf.stack([image, tf.ensure_shape(blended, image.shape)]), pair_targets
 
@@ -112,16 +118,39 @@ def _with_self_blends(batches: tf.data.Dataset, positions: tf.data.Dataset, land
     return pairs.unbatch().batch(batch_size)
 
 
-def _blend(image: np.ndarray, landmarks: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    return selfblend.self_blend(image, landmarks, np.random.default_rng(seed.astype(np.uint64)))[0]
+def _blender(source: SplitSource, landmarks: np.ndarray, other_faces: float):
+    """``blend(image, position, seed)``: the fake of ``source``'s image at ``position``."""
+    landmarks = np.asarray(landmarks, np.float32)
+    reals = np.flatnonzero(source.labels == REAL_INDEX)
+
+    def blend(image: np.ndarray, position: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(seed.astype(np.uint64))
+        donor = _donor(source, landmarks, reals, int(position), other_faces, rng)
+        return selfblend.self_blend(image, landmarks[position], rng, donor)[0]
+
+    return blend
+
+
+def _donor(source: SplitSource, landmarks: np.ndarray, reals: np.ndarray, position: int, share: float,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """Another real image of ``source`` and its landmarks, ``share`` of the time; else None.
+    Draws nothing from ``rng`` when ``share`` is 0, so self-blends alone stay as they were."""
+    if share <= 0 or len(reals) < 2 or rng.random() >= share:
+        return None
+    donor = int(reals[rng.integers(len(reals))])
+    if donor == position:
+        donor = int(reals[(np.searchsorted(reals, donor) + 1) % len(reals)])
+    return source.read(np.array([donor]))[0], landmarks[donor]
 
 
 class BlendedSource:
     """A split's real images, then one self-blend of each (fixed per position): a fixed, streamed
-    evaluation set for self-blended training, read like a :class:`~deepfake_detector.cache.SplitCache`."""
+    evaluation set for self-blended training, read like a :class:`~deepfake_detector.cache.SplitCache`.
+    ``other_faces`` of the blends have another of the real images as donor, as in training."""
 
-    def __init__(self, reals: SplitSource, landmarks: np.ndarray, seed: int):
+    def __init__(self, reals: SplitSource, landmarks: np.ndarray, seed: int, other_faces: float = 0.0):
         self.reals, self.landmarks, self.seed = reals, np.asarray(landmarks, np.float32), seed
+        self.other_faces = other_faces
         count = len(reals)
         self.labels = np.r_[np.full(count, REAL_INDEX), np.full(count, FAKE_INDEX)].astype(np.int32)
         self.image_size = reals.image_size
@@ -135,7 +164,9 @@ class BlendedSource:
         for i, position in enumerate(positions):
             if position >= count:
                 rng = np.random.default_rng([self.seed, int(position)])
-                images[i] = selfblend.self_blend(images[i], self.landmarks[position - count], rng)[0]
+                real = int(position - count)
+                donor = _donor(self.reals, self.landmarks, np.arange(count), real, self.other_faces, rng)
+                images[i] = selfblend.self_blend(images[i], self.landmarks[real], rng, donor)[0]
         return images
 
 

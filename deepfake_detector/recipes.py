@@ -157,6 +157,7 @@ class TrainConfig:
     ema_momentum: float = 0.0  # above 0: the saved weights are an exponential moving average of the trained ones
     augment: str = "none"  # "none" or a name in AUGMENTATIONS
     fakes: str = "dataset"  # a name in FAKES: the dataset's own, self-blends of its real images only, or both
+    other_faces: float = 0.0  # share of blended fakes made from another real face aligned onto the face (Face X-ray's)
     frozen_blocks: int = 0  # pretrained backbones: leading feature blocks kept at their ImageNet weights
     pretrained: bool = True  # ImageNet weights for mobilenet_v2 and efficientnet_lite0
     flip_average: bool = False  # save a model that averages each image's score with its mirror's

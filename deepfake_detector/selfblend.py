@@ -21,6 +21,11 @@ A blend follows their recipe, every choice drawn from the caller's ``rng``:
    scaled by a blend ratio drawn from {0.25, 0.5, 0.75, 1, 1, 1}.
 4. ``blended = source * mask + image * (1 - mask)``.
 
+With a ``donor`` (another real face and its landmarks) the source in step 2 starts from that
+face, aligned onto this one by the similarity that best maps its five landmarks onto these
+and, half the time, shifted to this face's mean colour inside the mask: Face X-ray's blended
+images (Li et al., CVPR 2020), a swap made from real faces alone. The rest is the same.
+
 Unlike the reference code the target is never altered: outside the mask a blend is its
 input, bit for bit, so a training pair (a real face, its blend) differs only where the
 blend does. Altering the source alone still covers both directions, because every
@@ -81,6 +86,7 @@ SHARPEN_AMOUNT = (0.2, 0.5)  # SBI's Sharpen(alpha, lightness)
 SHARPEN_LIGHTNESS = (0.5, 1.0)
 SHIFT = (0.135, 0.08)  # of the eye distance across and down: SBI's 3% and 1.5% of its crop
 SCALE = (0.95, 1 / 0.95)
+DONOR_COLOUR_MATCH = 0.5  # how often a donor face is shifted to the target's mean colour, as swap tools do
 WARP_AMPLITUDE = (0.02, 0.08)  # of the eye distance: the mask's outline wobbles by about a pixel
 # SBI blends on a crop about 4.5 eye distances wide and 5.3 high (its crop_face with margin:
 # twice the jaw's width, 2.4 times brow-to-chin), and draws the mask on a 192-256 px canvas
@@ -243,6 +249,36 @@ def _random_affine(centre: np.ndarray, eye_distance: float, rng: np.random.Gener
     return affine
 
 
+def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 2 x 3 rotation, uniform scale and shift that best maps ``source`` points onto
+    ``target`` points (least squares, Umeyama 1991)."""
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    centred_source, centred_target = source - source_mean, target - target_mean
+    u, singular, vt = np.linalg.svd(centred_target.T @ centred_source / len(source))
+    signs = np.array([1.0, -1.0 if np.linalg.det(u @ vt) < 0 else 1.0])
+    rotation = u @ np.diag(signs) @ vt
+    scale = float((singular * signs).sum() / centred_source.var(0).sum())
+    return np.hstack([scale * rotation, (target_mean - scale * rotation @ source_mean)[:, None]]).astype(np.float32)
+
+
+def _aligned_donor(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray, donor: np.ndarray,
+                   donor_landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """Another face moved onto ``image``'s face by its landmarks, sometimes given its mean colour."""
+    if donor.shape != image.shape or donor.dtype != np.uint8:
+        raise ValueError(f"a donor face must be {image.dtype} {image.shape} like the face, not {donor.dtype} {donor.shape}")
+    donor_landmarks = np.asarray(donor_landmarks, np.float32)
+    if donor_landmarks.shape != (5, 2) or not _usable(donor_landmarks, *donor.shape[:2]):
+        donor_landmarks = default_landmarks(donor.shape[:2])
+    height, width = image.shape[:2]
+    source = cv2.warpAffine(donor, _similarity(donor_landmarks, landmarks), (width, height), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REFLECT_101)  # fmt: skip
+    if rng.random() < DONOR_COLOUR_MATCH and mask.any():
+        inside = mask > 0.5
+        shift = image[inside].mean(0) - source[inside].mean(0)
+        source = np.clip(np.rint(source + shift.astype(np.float32)), 0, 255).astype(np.uint8)
+    return source
+
+
 @functools.lru_cache(maxsize=8)
 def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
@@ -291,7 +327,8 @@ def seam_width(mask: np.ndarray, landmarks: np.ndarray) -> float:
     return ramp / outline / float(np.linalg.norm(landmarks[1] - landmarks[0]))
 
 
-def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+               donor: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """A self-blended fake of a real face and the weight of the source in each pixel.
 
     Args:
@@ -301,6 +338,8 @@ def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
             finite, describe a face under 2 pixels or lie off the image are replaced by
             ``default_landmarks``.
         rng: every random choice comes from it: the same state gives the same blend.
+        donor: ``(image, landmarks)`` of another real face of the same size: the source is
+            then that face aligned onto this one (Face X-ray's blended images), not this face.
 
     Returns:
         ``(blended, mask)``: H x W x 3 uint8, and H x W float32 in [0, 1], the share of the
@@ -319,7 +358,8 @@ def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generato
     eye_distance = float(np.linalg.norm(landmarks[1] - landmarks[0]))
 
     mask = _hull_mask(height, width, landmarks, rng)
-    source = _change_detail(_shift_colour(image, rng), rng)
+    source = image if donor is None else _aligned_donor(image, landmarks, mask, *donor, rng)
+    source = _change_detail(_shift_colour(source, rng), rng)
     affine = _random_affine(landmarks.mean(0), eye_distance, rng)
     source = cv2.warpAffine(source, affine, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     mask = cv2.warpAffine(mask, affine, (width, height), flags=cv2.INTER_LINEAR, borderValue=0.0)

@@ -44,6 +44,7 @@ from deepfake_detector.preprocessing import PreprocessingConfig
 from deepfake_detector.recipes import (
     ARCHITECTURES,
     AUGMENTATIONS,
+    DATASET_FAKES,
     FAKES,
     NO_AUGMENTATION,
     OPTIMIZERS,
@@ -124,6 +125,11 @@ def check_config(config: TrainConfig) -> None:
     if config.fakes == "both" and config.distribute == "multiworker":
         raise TrainingSetupError("--fakes both cannot be split into equal shares across workers; "
                                  "use dataset or self-blended with --distribute multiworker")  # fmt: skip
+    if not 0.0 <= config.other_faces <= 1.0:
+        raise TrainingSetupError(f"--other-faces is a share of the blended fakes, from 0 to 1, got {config.other_faces}")
+    if config.other_faces and config.fakes == DATASET_FAKES:
+        raise TrainingSetupError(f"--other-faces changes blended fakes, and --fakes {DATASET_FAKES} makes none; "
+                                 "use it with --fakes self-blended or both")  # fmt: skip
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
         raise TrainingSetupError(f"steps per epoch must be at least 1, got {config.steps_per_epoch}")
     if config.frozen_blocks and config.arch not in PRETRAINED_ARCHITECTURES:
@@ -221,6 +227,8 @@ class TrainModel:
         # the run is do not.
         recipe = {k: v for k, v in dataclasses.asdict(config).items()
                   if k not in ("backup_dir", "verbose", "flip_average", "cache_dir")}  # fmt: skip
+        if not config.other_faces:
+            del recipe["other_faces"]  # added later: backups written before it still resume
         backup = ResumableBackup(backup_dir_for(config, task), recipe)
         backup.check_same_run()
         # A resumed run re-seeds its shuffles and dropout with the epochs done: restarted with the
@@ -233,7 +241,8 @@ class TrainModel:
         splits = handler.splits()
         train_source, validation, blend_landmarks, class_weight = training_sources(splits, config)
         shard = input_shard(strategy)  # several workers: each reads its share of the cache
-        train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks)
+        train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks,
+                                config.other_faces)  # fmt: skip
         val_ds = make_dataset(validation, global_batch, False, shard=shard)
 
         # Every worker writes (saving takes part in collective ops); only the chief's files stay.
@@ -324,9 +333,11 @@ def training_sources(splits: dict, config: TrainConfig):
         reals = np.flatnonzero(splits["Train"].labels == REAL_INDEX)
         val_reals = np.flatnonzero(splits["Validation"].labels == REAL_INDEX)
         validation = BlendedSource(cache.Subset(splits["Validation"], val_reals),
-                                   split_landmarks(splits["Validation"])[val_reals], config.seed)  # fmt: skip
-        log.info("self-blended: %d real training images, each with a fresh self-blend every epoch; "
-                 "Validation: %d real images and one self-blend of each", len(reals), len(val_reals))  # fmt: skip
+                                   split_landmarks(splits["Validation"])[val_reals], config.seed,
+                                   config.other_faces)  # fmt: skip
+        log.info("self-blended: %d real training images, each with a fresh self-blend every epoch (%.0f%% of them "
+                 "from another real face); Validation: %d real images and one blend of each",
+                 len(reals), 100 * config.other_faces, len(val_reals))  # fmt: skip
         return cache.Subset(splits["Train"], reals), validation, train_landmarks[reals], None
     n_real = int((splits["Train"].labels == REAL_INDEX).sum())
     n_fake = len(splits["Train"])  # the dataset's fakes (all but n_real) and one self-blend per real image

@@ -246,6 +246,89 @@ def test_a_paired_policy_changes_a_face_and_its_blend_alike():
     assert np.median(outside) > 10
 
 
+def test_a_donor_face_is_blended_only_inside_the_mask_and_shows_there():
+    image = textured_image(0)
+    donor = np.full_like(image, 128)  # flat: wherever it shows, the face's texture is gone
+    landmarks = default_landmarks(image.shape[:2])
+    moved = landmarks * 0.9 + 3  # the donor's face sits smaller and lower right
+    full_strength = 0
+    for seed in range(8):
+        blended, mask = self_blend(image, landmarks, np.random.default_rng(seed), donor=(donor, moved))
+        assert blended.shape == image.shape and blended.dtype == np.uint8
+        assert np.array_equal(blended[mask == 0], image[mask == 0])
+        again, _ = self_blend(image, landmarks, np.random.default_rng(seed), donor=(donor, moved))
+        np.testing.assert_array_equal(again, blended)  # reproducible from the seed
+        inside = mask > 0.9
+        if inside.sum() > 20:
+            full_strength += 1
+            assert blended[inside].std(0).max() < 0.3 * image[inside].std(0).min()
+    assert full_strength >= 2  # blend ratio 1 half the time
+
+
+def test_the_donor_is_aligned_onto_the_face():
+    from deepfake_detector.selfblend import _similarity
+
+    landmarks = default_landmarks(64)
+    angle = np.deg2rad(10)
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    donor_landmarks = (landmarks - 32) @ turn.T * 1.2 + [30, 36]
+    mapping = _similarity(donor_landmarks, landmarks)
+    np.testing.assert_allclose(donor_landmarks @ mapping[:, :2].T + mapping[:, 2], landmarks, atol=1e-3)
+
+
+def test_a_donor_of_another_size_is_refused():
+    with pytest.raises(ValueError, match="donor face must be"):
+        self_blend(textured_image(0), default_landmarks((HEIGHT, WIDTH)), np.random.default_rng(0),
+                   donor=(textured_image(1, 48, 48), default_landmarks(48)))  # fmt: skip
+
+
+def test_each_face_is_blended_by_its_own_landmarks_and_other_faces_by_another_real_one(monkeypatch):
+    from deepfake_detector import pipeline
+    from deepfake_detector.pipeline import BlendedSource, make_dataset
+
+    source = _faces_source(24, fake_every=3)  # 16 real, 8 fake: donors are real only
+    landmarks = np.stack([default_landmarks(48) + i / 10 for i in range(24)])  # each position its own
+    calls = []
+
+    def recording_blend(image, face_landmarks, rng, donor=None):
+        face = _which(image, source)
+        np.testing.assert_array_equal(face_landmarks, landmarks[face])  # each face blended by its own landmarks
+        calls.append((face, None if donor is None else (_which(donor[0], source), donor)))
+        return self_blend(image, face_landmarks, rng, donor)
+
+    monkeypatch.setattr(pipeline.selfblend, "self_blend", recording_blend)
+
+    def epoch(other_faces: float) -> tuple[np.ndarray, np.ndarray]:
+        calls.clear()
+        batches = list(make_dataset(source, 8, training=True, seed=3, blend_landmarks=landmarks, other_faces=other_faces))
+        return np.concatenate([b.numpy() for b, _ in batches]), np.concatenate([t.numpy()[:, 0] for _, t in batches])
+
+    plain, plain_targets = epoch(0.0)
+    assert len(calls) == 16 and all(donor is None for _, donor in calls)
+    donors, targets = epoch(1.0)
+    np.testing.assert_array_equal(targets, plain_targets)  # the same pairs, real = 0 then fake = 1
+    np.testing.assert_array_equal(donors[targets == 0], plain[targets == 0])
+    assert not np.array_equal(donors[targets == 1], plain[targets == 1])
+    assert len(calls) == 16 and all(donor is not None for _, donor in calls)
+    for face, (position, (image, donor_landmarks)) in calls:
+        assert position != face and source.labels[position] == 0  # another image, a real one
+        np.testing.assert_array_equal(image, source.images[position])  # as read from the source
+        np.testing.assert_array_equal(donor_landmarks, landmarks[position])  # with its own landmarks
+    assert len({position for _, (position, _) in calls}) > 4  # drawn at random, not one fixed donor
+    np.testing.assert_array_equal(epoch(1.0)[0], donors)  # reproducible from the seed
+    epoch(0.5)
+    assert 0 < sum(donor is not None for _, donor in calls) < 16
+
+    monkeypatch.undo()
+    reals = _faces_source(5, fake_every=99)
+    validation = BlendedSource(reals, np.broadcast_to(default_landmarks(48), (5, 5, 2)), seed=7, other_faces=1.0)
+    first = validation.read(np.arange(10))
+    np.testing.assert_array_equal(validation.read(np.array([9, 6])), first[[9, 6]])  # fixed
+    np.testing.assert_array_equal(first[:5], reals.images)
+    plain_validation = BlendedSource(reals, np.broadcast_to(default_landmarks(48), (5, 5, 2)), seed=7).read(np.arange(10))
+    assert all(not np.array_equal(first[5 + i], plain_validation[5 + i]) for i in range(5))
+
+
 def test_the_blended_validation_set_is_fixed_and_labelled():
     from deepfake_detector.pipeline import BlendedSource
 

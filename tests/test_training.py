@@ -92,6 +92,10 @@ def test_frozen_blocks_and_unknown_augmentations_are_refused():
         check_config(TrainConfig(fakes="gan"))
     with pytest.raises(TrainingSetupError, match="steps per epoch"):
         check_config(TrainConfig(steps_per_epoch=0))
+    with pytest.raises(TrainingSetupError, match="--fakes dataset makes none"):
+        check_config(TrainConfig(other_faces=0.5))
+    with pytest.raises(TrainingSetupError, match="from 0 to 1, got 1.5"):
+        check_config(TrainConfig(fakes="self-blended", other_faces=1.5))
 
 
 def test_the_mobilenet_v2_recipe_is_the_shipped_models():
@@ -106,7 +110,7 @@ def test_the_mobilenet_v2_recipe_is_the_shipped_models():
     recipe = dataclasses.asdict(TrainConfig.for_arch("mobilenet_v2"))
     where_and_how_loud = {"data_dir", "output", "backup_dir", "verbose", "archive", "sha256", "cache_dir"}
     # Options added after the shipped model was trained, at the value that trains it as it was.
-    trained_before = {"fakes": "dataset", "steps_per_epoch": None}
+    trained_before = {"fakes": "dataset", "other_faces": 0.0, "steps_per_epoch": None}
     saved = {**trained_before, **shipped.train_config}
     differing = {k: (v, saved.get(k)) for k, v in recipe.items() if k not in where_and_how_loud and saved.get(k) != v}
     assert differing == {}
