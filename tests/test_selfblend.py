@@ -236,7 +236,8 @@ def test_a_paired_policy_changes_a_face_and_its_blend_alike():
         images = np.concatenate([b.numpy() for b, _ in batches]).astype(int)
         targets = np.concatenate([t.numpy()[:, 0] for _, t in batches])
         assert targets.tolist() == [0.0, 1.0] * 16
-        assert not any(np.array_equal(image, original) for image in images for original in source.images)  # augmented
+        unchanged = sum(np.array_equal(image, original) for image in images for original in source.images)
+        assert unchanged <= 2  # augmented (a draw of no flip, no shift, no colour and no JPEG leaves one as it was)
         difference = np.abs(images[0::2] - images[1::2]).mean(-1)
         return difference[:, border].mean(1), difference[:, ~border].mean(1)
 
