@@ -134,7 +134,9 @@ def _blender(source: SplitSource, landmarks: np.ndarray, other_faces: float):
 def _donor(source: SplitSource, landmarks: np.ndarray, reals: np.ndarray, position: int, share: float,
            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
     """Another real image of ``source`` and its landmarks, ``share`` of the time; else None.
-    Draws nothing from ``rng`` when ``share`` is 0, so self-blends alone stay as they were."""
+    Draws nothing from ``rng`` when ``share`` is 0, so self-blends alone stay as they were.
+    Each donor is one more row read at random: cheap while the cache sits in the page cache
+    (the LFW data), slow where its reads go to the disk (a full archive on this machine)."""
     if share <= 0 or len(reals) < 2 or rng.random() >= share:
         return None
     donor = int(reals[rng.integers(len(reals))])

@@ -224,6 +224,8 @@ def test_the_pipeline_follows_each_real_with_its_own_blend_labelled_fake():
 
 
 def test_a_paired_policy_changes_a_face_and_its_blend_alike():
+    import tensorflow as tf
+
     from deepfake_detector.pipeline import make_dataset
 
     source = _faces_source(16, fake_every=99)  # all real: pairs at (0, 1), (2, 3), ...
@@ -232,12 +234,13 @@ def test_a_paired_policy_changes_a_face_and_its_blend_alike():
     border[6:-6, 6:-6] = False  # outside every mask of the mean face at 48 px
 
     def pair_differences(augment: str) -> tuple[np.ndarray, np.ndarray]:
+        # The datasets' seeds combine with TensorFlow's global one, which earlier tests move.
+        tf.random.set_seed(0)
         batches = list(make_dataset(source, 8, training=True, augment=augment, seed=3, blend_landmarks=landmarks))
         images = np.concatenate([b.numpy() for b, _ in batches]).astype(int)
         targets = np.concatenate([t.numpy()[:, 0] for _, t in batches])
         assert targets.tolist() == [0.0, 1.0] * 16
-        unchanged = sum(np.array_equal(image, original) for image in images for original in source.images)
-        assert unchanged <= 2  # augmented (a draw of no flip, no shift, no colour and no JPEG leaves one as it was)
+        assert not any(np.array_equal(image, original) for image in images for original in source.images)  # augmented
         difference = np.abs(images[0::2] - images[1::2]).mean(-1)
         return difference[:, border].mean(1), difference[:, ~border].mean(1)
 
