@@ -80,6 +80,9 @@ def test_a_16_file_upload_never_touches_the_disk(trained_model_path, tmp_path):
         # is traced in the background after start-up); nothing else may appear.
         assert [path.name for path in scratch.iterdir() if not path.name.startswith("__autograph_generated_file")] == []
     new_files = {target for target in seen - before if target.startswith("/") or "(deleted)" in target}
+    # Autograph also reads the source of the module it traces (explain.py): on a loaded machine the
+    # background trace can still be running when the upload arrives. Source files are not uploads.
+    new_files = {target for target in new_files if not target.endswith(".py")}
     assert not new_files, f"the server opened files while handling the upload: {sorted(new_files)}"
 
 
