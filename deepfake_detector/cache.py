@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ from deepfake_detector.decoding import default_workers
 from deepfake_detector.errors import DatasetError, ImageError
 from deepfake_detector.files import staged_directory
 from deepfake_detector.labels import FOLDER_NAMES, TRAINING_CLASS_ORDER, labelled_files
-from deepfake_detector.preprocessing import PreprocessingConfig, load_image
+from deepfake_detector.preprocessing import PreprocessingConfig, load_image, open_image
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +166,29 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def cache_key(split_dir: Path, paths: list[str], targets: list[int], image_size: int) -> str:
-    """SHA-256 over the preprocessing config and every file's relative path, size, mtime and label."""
+#: ``TrainConfig.framing`` values (``recipes.FRAMINGS``): the whole image, or its largest face.
+WHOLE, FACE = "whole", "face"
+
+
+def cache_key(split_dir: Path, paths: list[str], targets: list[int], image_size: int, framing: str = WHOLE) -> str:
+    """SHA-256 over the preprocessing config, the framing and every file's relative path, size, mtime and label."""
     files = []
     for path, target in zip(paths, targets):
         stat = os.stat(path)
         files.append([os.path.relpath(path, split_dir), stat.st_size, stat.st_mtime_ns, int(target)])
     described = {"version": CACHE_VERSION, "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "files": files}
+    if framing != WHOLE:  # whole-image caches keep the keys they had before framing existed
+        described["framing"] = framing
     return hashlib.sha256(json.dumps(described, separators=(",", ":")).encode()).hexdigest()
 
 
 def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, limit: int | None = None,
                seed: int = 0, workers: int | None = None, processes: bool | None = None,
-               files: tuple[list[str], list[int]] | None = None) -> SplitCache:  # fmt: skip
+               files: tuple[list[str], list[int]] | None = None, framing: str = WHOLE) -> SplitCache:  # fmt: skip
     """The cache of one split folder (``Real/`` and ``Fake/``), built first if needed.
+
+    ``framing`` is :data:`WHOLE` (each image resized whole) or :data:`FACE` (each image's largest
+    face, found and cropped by :func:`deepfake_detector.faces.framed_face`, as the page crops it).
 
     ``limit`` keeps a random subset of that many files (chosen by ``seed``). Files that cannot
     be decoded are skipped and counted. ``processes`` forces worker processes (True) or threads
@@ -194,16 +204,18 @@ def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, li
     if limit is not None and limit < len(paths):
         keep = np.sort(np.random.default_rng(seed).permutation(len(paths))[:limit])
         paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
-    key = cache_key(split_dir, paths, targets, image_size)
+    if framing not in (WHOLE, FACE):
+        raise ValueError(f"unknown framing {framing!r}; use {WHOLE} or {FACE}")
+    key = cache_key(split_dir, paths, targets, image_size, framing)
     cache_dir = Path(cache_dir)
-    prefix = f"{split_dir.name}-{image_size}px-"
+    prefix = f"{split_dir.name}-{image_size}px-{'' if framing == WHOLE else 'faces-'}"
     target = cache_dir / f"{prefix}{key[:16]}"
     if not (target / META_FILE).exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with open(cache_dir / f".{target.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run builds it once; the other waits
             if not (target / META_FILE).exists():
-                _build(target, split_dir, paths, targets, image_size, workers, processes)
+                _build(target, split_dir, paths, targets, image_size, workers, processes, framing)
                 for stale in cache_dir.glob(f"{prefix}*"):  # the same split's older contents
                     if stale != target and stale.is_dir():
                         log.info("removing the outdated cache %s", stale)
@@ -219,7 +231,7 @@ def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, li
 
 
 def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], image_size: int,
-           workers: int | None, processes: bool | None) -> None:  # fmt: skip
+           workers: int | None, processes: bool | None, framing: str = WHOLE) -> None:  # fmt: skip
     row_bytes = image_size * image_size * 3
     needed = len(paths) * row_bytes
     free = shutil.disk_usage(target.parent).free
@@ -240,43 +252,71 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
             else ThreadPoolExecutor(workers)
         )  # fmt: skip
         failures: dict[int, str] = {}
-        with executor, tqdm(total=len(paths), desc=f"caching {split_dir.name} at {image_size} px", unit="img") as bar:
-            futures = [executor.submit(decode_rows, str(images_file), image_size, start, paths[start : start + CHUNK])
-                       for start in range(0, len(paths), CHUNK)]  # fmt: skip
+        no_face = 0
+        desc = f"caching {split_dir.name} at {image_size} px" + (", faces framed" if framing == FACE else "")
+        with executor, tqdm(total=len(paths), desc=desc, unit="img") as bar:
+            futures = [executor.submit(decode_rows, str(images_file), image_size, start, paths[start : start + CHUNK],
+                                       framing) for start in range(0, len(paths), CHUNK)]  # fmt: skip
             for future in as_completed(futures):
-                done, failed = future.result()
+                done, failed, faceless = future.result()
                 failures.update(failed)
+                no_face += faceless
                 bar.update(done)
         if failures:
             log.warning("%s: %d image(s) could not be decoded and were skipped", split_dir, len(failures))
+        if framing == FACE:
+            log.info("%s: no face found in %d of %d image(s); those are used whole", split_dir, no_face,
+                     len(paths) - len(failures))  # fmt: skip
         rows = np.asarray([i for i in range(len(paths)) if i not in failures], np.int64)
         np.save(scratch / "rows.npy", rows)
         np.save(scratch / "labels.npy", np.asarray(targets, np.int32)[rows])
         meta = {"version": CACHE_VERSION, "split_dir": str(split_dir), "image_size": image_size,
-                "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "n_files": len(paths),
+                "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "framing": framing,
+                "n_no_face": no_face, "n_files": len(paths),
                 "n_skipped": len(failures), "skipped": {paths[i]: reason for i, reason in sorted(failures.items())}}  # fmt: skip
         (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
     log.info("cached %s: %d images at %d px, %.2f GB, in %.1f s, in %s",
              split_dir, len(rows), image_size, needed / 1e9, time.perf_counter() - start, target)  # fmt: skip
 
 
-def decode_rows(images_file: str, image_size: int, start: int, paths: list[str]) -> tuple[int, dict[int, str]]:
-    """Decode ``paths`` into rows ``start...`` of ``images_file``; returns (count, {row: reason} of failures).
+def decode_rows(images_file: str, image_size: int, start: int, paths: list[str],
+                framing: str = WHOLE) -> tuple[int, dict[int, str], int]:  # fmt: skip
+    """Decode ``paths`` into rows ``start...`` of ``images_file``; returns (count, {row: reason} of
+    failures, how many had no face when ``framing`` is :data:`FACE`).
 
     Runs in a worker process (PIL holds the GIL for part of each decode), so it imports
-    nothing heavier than the preprocessing.
+    nothing heavier than the preprocessing, and the face finder only to frame faces.
     """
     row_bytes = image_size * image_size * 3
-    failures = {}
+    failures, no_face = {}, 0
     fd = os.open(images_file, os.O_WRONLY)
     try:
         for offset, path in enumerate(paths):
             try:
-                image = load_image(path, image_size)
+                if framing == FACE:
+                    image, found = _framed(path, image_size)
+                    no_face += not found
+                else:
+                    image = load_image(path, image_size)
             except (ImageError, OSError) as error:
                 failures[start + offset] = str(error)
                 continue
             os.pwrite(fd, image.tobytes(), (start + offset) * row_bytes)
     finally:
         os.close(fd)
-    return len(paths), failures
+    return len(paths), failures, no_face
+
+
+def _framed(path: str, image_size: int):
+    """The image's largest face framed as the page frames it (:func:`faces.framed_face`)."""
+    from deepfake_detector import faces  # onnxruntime: only in processes that frame faces
+
+    return faces.framed_face(open_image(path), _cache_finder(), image_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _cache_finder():
+    """One RetinaFace per process, on one thread: the build already runs a process per core."""
+    from deepfake_detector import faces
+
+    return faces.RetinaFaceFinder(threads=1)

@@ -39,6 +39,19 @@ SPLITS = ("Train", "Validation", "Test")
 ARCHIVE_NAME = "dataset.zip"
 #: Where ``unzip_dataset`` extracts, inside the download folder.
 EXTRACTED = "extracted"
+#: What the fakes of each data set we know are, by its folder's name: what a model measured on
+#: it can claim to catch (the page and ``/healthz`` list them; ``ModelMetadata.measured_on``).
+DATASET_KINDS = {
+    "lfw-faceswap": "face swaps in photos (LFW faces, the FaceSwap tool)",
+    "dfdc-faces": "face swaps in video frames (Deepfake Detection Challenge)",
+    "gan-faces": "GAN-generated faces (StyleGAN family, generated.photos style)",
+    "Dataset": "face swaps in photos (OpenForensics, the Kaggle deepfake-and-real-images archive)",
+}
+
+
+def dataset_kind(name: str) -> str:
+    """What the fakes of the data set in folder ``name`` are, in words."""
+    return DATASET_KINDS.get(name, f"the fakes of the data set {name!r}")
 
 
 def find_dataset_root(directory: str | Path, splits: tuple[str, ...] = SPLITS) -> Path:
@@ -82,7 +95,8 @@ class DatasetHandler:
     split folders are looked for in ``dataset_download_dir`` and two levels down (an archive
     extracted to ``extracted/`` holds ``Dataset/``). The keyword-only arguments are ours:
     ``archive`` (a zip already downloaded), ``sha256`` (its expected checksum), the input size
-    and batch size, the cache folder, a per-split image limit for trials, and the seed.
+    and batch size, the cache folder, a per-split image limit for trials, the seed, and the
+    framing (``"whole"`` images, or each image's largest ``"face"`` cropped as the page crops it).
     """
 
     def __init__(self, dataset_url: str = KAGGLE_URL, dataset_download_dir: str | Path = "data",
@@ -90,7 +104,7 @@ class DatasetHandler:
                  test_dir: str = "Test", val_dir: str = "Validation", *, archive: str | Path | None = None,
                  sha256: str | None = None, image_size: int = 128, batch_size: int = 64,
                  cache_dir: str | Path | None = None, max_images_per_split: int | None = None,
-                 seed: int = 1337):  # fmt: skip
+                 seed: int = 1337, framing: str = cache.WHOLE):  # fmt: skip
         self.dataset_url = dataset_url
         self.dataset_download_dir = Path(dataset_download_dir)
         self.dataset_file = dataset_file
@@ -101,6 +115,7 @@ class DatasetHandler:
         self.image_size, self.batch_size = image_size, batch_size
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self.max_images_per_split, self.seed = max_images_per_split, seed
+        self.framing = framing
         self._splits: dict[str, cache.SplitCache] = {}
 
     # ------------------------------------------------------------------ finding and fetching
@@ -200,7 +215,8 @@ class DatasetHandler:
             listed = {role: labels.labelled_files(root / self.split_dirs[role]) for role in missing}
             for role in missing:
                 split = cache.open_split(root / self.split_dirs[role], self.cache_dir, self.image_size,
-                                         self.max_images_per_split, self.seed, files=listed[role])  # fmt: skip
+                                         self.max_images_per_split, self.seed, files=listed[role],
+                                         framing=self.framing)  # fmt: skip
                 log.info("%s: %s (cache %s)", role, split.info, split.directory)
                 self._splits[role] = split
         return {role: self._splits[role] for role in roles}

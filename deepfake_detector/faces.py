@@ -340,3 +340,15 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_fa
         for i, box in enumerate(boxes)
     ]
     return ModelInputs(FOUND, boxes, np.stack(inputs), whole_image=whole, faces_found=faces_found)
+
+
+def framed_face(image: Image.Image, finder: FaceFinder, image_size: int,
+                resample: str = DEFAULT_RESAMPLE) -> tuple[np.ndarray, bool]:  # fmt: skip
+    """The model input of an image's largest face, exactly as :func:`model_inputs` makes it for
+    the page, and whether a face was found (without one, the whole image).
+
+    What training caches for each image when its recipe frames faces (``cache.py``), so the
+    network is trained on the crops the ``Detector`` will score.
+    """
+    found = model_inputs(image, finder, image_size, max_faces=1, resample=resample)
+    return found.inputs[0], found.face_detection == FOUND
