@@ -22,8 +22,10 @@ from deepfake_detector.recipes import (
     AUGMENTATIONS,
     DATASET_FAKES,
     FAKES,
+    FRAMINGS,
     NO_AUGMENTATION,
     SELF_BLEND_AUGMENTATION,
+    SELF_BLENDED_SOURCE,
     STRATEGIES,
     THRESHOLD_RULES,
     VERBOSITY,
@@ -53,8 +55,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default=TrainConfig.arch, choices=ARCHITECTURES,
                         help=choices_help(ARCHITECTURES, TrainConfig.arch))
-    parser.add_argument("--data-dir", default=TrainConfig.data_dir,
-                        help="dataset folder; the Kaggle archive is fetched here if it is empty (default: %(default)s)")
+    parser.add_argument("--data-dir", action="append",
+                        help="dataset folder; the Kaggle archive is fetched here if it is empty (default: "
+                             f"{TrainConfig.data_dir}). Repeat it to train on several datasets at once, each a source "
+                             "known by its folder's name, drawn in shares every epoch (--mix)")
+    parser.add_argument("--mix", metavar="SOURCE=WEIGHT,...",
+                        help="with several --data-dir: each source's share of an epoch, e.g. lfw-faceswap=2,dfdc-faces=1 "
+                             f"(a source not named weighs 1; with --fakes both, {SELF_BLENDED_SOURCE} names the "
+                             "self-blends); real and fake are balanced within each source (default: equal shares)")
+    parser.add_argument("--framing", choices=FRAMINGS,
+                        help=f"what of each training image the model sees: {choices_help(FRAMINGS)} "
+                             f"({recipe_defaults('framing')})")
     parser.add_argument("--archive", help="a deepfake-and-real-images zip you already have")
     parser.add_argument("--sha256", help="expected SHA-256 of the archive")
     parser.add_argument("--output", default=TrainConfig.output,
@@ -71,7 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                             "epoch and later run (default: DATA/.cache, or a per-user folder "
                                             "if DATA cannot be written; about 9.4 GB for the Kaggle archive at 128 px)")
     parser.add_argument("--steps-per-epoch", type=int, help="cap on training steps per epoch, for trials and benchmarks "
-                                                            "(Validation and Test are still scored whole)")
+                                                            "(Validation and Test are still scored whole); with "
+                                                            "several --data-dir, the epoch's length (default: as many "
+                                                            "images as the sources' Train splits hold)")
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
     parser.add_argument("--image-size", type=int, help=f"square input side in pixels ({recipe_defaults('image_size')})")
     augmentations = {NO_AUGMENTATION: "no augmentation", **AUGMENTATIONS}
@@ -104,7 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
     """The recipe of ``--arch`` with every option given on the command line in place of its value."""
-    options = vars(args)
+    options = dict(vars(args))
+    if options.get("data_dir"):  # one folder stays a plain string, as the tutorial's config has it
+        options["data_dir"] = options["data_dir"][0] if len(options["data_dir"]) == 1 else options["data_dir"]
     overrides = {field.name: options[field.name] for field in dataclasses.fields(TrainConfig) if field.name in options}
     return TrainConfig.for_arch(overrides.pop("arch"), **overrides)
 

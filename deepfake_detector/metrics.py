@@ -39,9 +39,9 @@ def log_loss(y_true: np.ndarray, fake_probability: np.ndarray) -> float:
     return float(skm.log_loss(y_true, np.clip(fake_probability, 1e-7, 1 - 1e-7), labels=[0, 1]))
 
 
-def roc_points(y_true: np.ndarray, fake_probability: np.ndarray):
-    """False and true positive rates and thresholds (fake positive)."""
-    return skm.roc_curve(y_true, fake_probability, pos_label=1, drop_intermediate=False)
+def roc_points(y_true: np.ndarray, fake_probability: np.ndarray, sample_weight: np.ndarray | None = None):
+    """False and true positive rates and thresholds (fake positive), each image weighted by ``sample_weight``."""
+    return skm.roc_curve(y_true, fake_probability, pos_label=1, sample_weight=sample_weight, drop_intermediate=False)
 
 
 def _cut_between(thresholds: np.ndarray, i: int) -> float:
@@ -56,9 +56,10 @@ def _cut_between(thresholds: np.ndarray, i: int) -> float:
     return float(min(max((high + low) / 2.0, 0.0), 1.0))
 
 
-def equal_error_rate(y_true: np.ndarray, fake_probability: np.ndarray) -> tuple[float, float]:
+def equal_error_rate(y_true: np.ndarray, fake_probability: np.ndarray,
+                     sample_weight: np.ndarray | None = None) -> tuple[float, float]:  # fmt: skip
     """(EER, threshold at the EER): where the false positive and false negative rates meet."""
-    fpr, tpr, thresholds = roc_points(y_true, fake_probability)
+    fpr, tpr, thresholds = roc_points(y_true, fake_probability, sample_weight)
     fnr = 1.0 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2.0), _cut_between(thresholds, i)
@@ -71,19 +72,34 @@ def tpr_at_fpr(y_true: np.ndarray, fake_probability: np.ndarray, max_fpr: float)
     return float(tpr[allowed].max()) if allowed.any() else 0.0
 
 
-def choose_threshold(y_true: np.ndarray, fake_probability: np.ndarray, rule: str = TrainConfig.threshold_rule) -> float:
+def source_weights(labels_by_source: list[np.ndarray]) -> np.ndarray:
+    """Sample weights for pooled scores that count every source alike within each class:
+    ``1 / n`` for an image of a class with ``n`` images in its source."""
+    weights = []
+    for source_labels in labels_by_source:
+        w = np.zeros(len(source_labels))
+        for label in np.unique(source_labels):
+            chosen = source_labels == label
+            w[chosen] = 1.0 / chosen.sum()
+        weights.append(w)
+    return np.concatenate(weights)
+
+
+def choose_threshold(y_true: np.ndarray, fake_probability: np.ndarray, rule: str = TrainConfig.threshold_rule,
+                     sample_weight: np.ndarray | None = None) -> float:  # fmt: skip
     """A decision threshold from validation scores.
 
     ``eer`` puts it where the two error rates are equal; ``balanced_accuracy`` picks the
-    score cut that maximises balanced accuracy.
+    score cut that maximises balanced accuracy. ``sample_weight`` weighs the images (pooled
+    sources counted alike: ``source_weights``).
     """
     y_true, fake_probability = np.asarray(y_true), np.asarray(fake_probability, np.float64)
     if len(np.unique(y_true)) < 2:
         raise ValueError("choosing a threshold needs both real and fake images")
     if rule == "eer":
-        return equal_error_rate(y_true, fake_probability)[1]
+        return equal_error_rate(y_true, fake_probability, sample_weight)[1]
     if rule == "balanced_accuracy":
-        fpr, tpr, thresholds = roc_points(y_true, fake_probability)
+        fpr, tpr, thresholds = roc_points(y_true, fake_probability, sample_weight)
         i = int(np.argmax(tpr - fpr))  # balanced accuracy = (tpr + 1 - fpr) / 2
         return _cut_between(thresholds, i)
     raise ValueError(f"unknown threshold rule {rule!r}; use one of {', '.join(THRESHOLD_RULES)}")
@@ -176,4 +192,22 @@ def format_table(rows: dict[str, dict], keys=None) -> str:
             value = rows[name].get(key)
             cells.append(("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)).rjust(col))
         lines.append(key.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+#: The columns of a per-source table (``evaluate.py`` with several ``--data-dir``).
+SOURCE_KEYS = ("n_real", "n_fake", "roc_auc", "average_precision", "accuracy", "real_accuracy", "fake_accuracy",
+               "tpr_at_fpr_1")  # fmt: skip
+
+
+def format_rows(rows: dict[str, dict], keys=SOURCE_KEYS) -> str:
+    """A plain-text table with one row per named metrics dict (e.g. one per source, then pooled)."""
+    first = max([6] + [len(name) + 2 for name in rows])
+    col = max(len(key) for key in keys) + 2
+    lines = ["source".ljust(first) + "".join(key.rjust(col) for key in keys)]
+    for name, metrics in rows.items():
+        cells = [metrics.get(key) for key in keys]
+        lines.append(name.ljust(first) + "".join(
+            ("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)).rjust(col)
+            for value in cells))  # fmt: skip
     return "\n".join(lines)

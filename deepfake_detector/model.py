@@ -42,6 +42,7 @@ class ModelMetadata:
     preprocessing: dict = field(default_factory=lambda: PreprocessingConfig().to_dict())
     threshold: float = 0.5  # decision threshold on fake_probability
     threshold_rule: str = "fixed 0.5"
+    selection_rule: str = ""  # which epoch was kept, when chosen by more than the last (multi-source runs)
     flip_average: bool = False  # the graph averages each image's score with its mirror image's
     name: str = "deepfake-detector"
     train_config: dict = field(default_factory=dict)
@@ -53,6 +54,27 @@ class ModelMetadata:
     @property
     def image_size(self) -> int:
         return int(self.preprocessing["image_size"])
+
+    @property
+    def framing(self) -> str:
+        """What of an image the network was trained on: ``"whole"`` or its largest ``"face"``
+        (``recipes.FRAMINGS``); models from before framing existed saw whole images."""
+        return self.train_config.get("framing", "whole")
+
+    def measured_on(self) -> list[dict]:
+        """The kinds of fakes this model was measured on, each with its Test figures (saved when
+        it was trained: one entry per source of a multi-source run), and nothing else."""
+        from deepfake_detector.data import dataset_kind  # no TensorFlow there
+
+        if "sources" in self.metrics:
+            tests = {name: measured["test"] for name, measured in self.metrics["sources"].items()}
+        elif "test" in self.metrics and self.train_config.get("dataset"):
+            tests = {Path(str(self.train_config["dataset"])).name: self.metrics["test"]}
+        else:
+            return []
+        return [{"data": name, "kind": dataset_kind(name), "n_real": test.get("n_real"), "n_fake": test.get("n_fake"),
+                 "roc_auc": test.get("roc_auc"), "fakes_caught": test.get("fake_accuracy"),
+                 "reals_passed": test.get("real_accuracy")} for name, test in tests.items()]  # fmt: skip
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True, default=float)
@@ -264,6 +286,7 @@ class DeepfakeDetectorModel:
         """
         if callbacks is None:
             callbacks = tutorial_callbacks(self, Path(BEST_SUFFIX.join(("deepfake_detector_model", ".keras"))))
+        fit_options.setdefault("shuffle", False)  # the datasets shuffle themselves; Keras warns that it cannot
         return self.model.fit(train_data, validation_data=val_data, epochs=epochs, callbacks=callbacks, **fit_options)
 
     def evaluate_model(self, test_data) -> list[float]:
@@ -298,7 +321,7 @@ def best_path(output: str | Path) -> Path:
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """The best epoch so far (lowest ``monitor``) saved as a loadable model, as the tutorial's
+    """The best epoch so far (lowest ``monitor``, or highest with ``higher_is_better``) saved as a loadable model, as the tutorial's
     ``ModelCheckpoint`` did, and with its metadata, so ``inference.py --model`` serves it.
 
     Its threshold is a plain 0.5 (the final model's is chosen on Validation when training
@@ -307,16 +330,21 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, detector_model: DeepfakeDetectorModel, path: str | Path, monitor: str = "val_loss",
-                 verbose: int = 1, initial_best: float = math.inf):  # fmt: skip
+                 verbose: int = 1, initial_best: float | None = None, higher_is_better: bool = False):  # fmt: skip
         super().__init__()
         self.detector_model, self.path, self.monitor = detector_model, Path(path), monitor
-        self.verbose, self.best = verbose, initial_best
+        self.higher_is_better = higher_is_better
+        worst = -math.inf if higher_is_better else math.inf
+        self.verbose, self.best = verbose, worst if initial_best is None else initial_best
+
+    def _better(self, current: float) -> bool:
+        return current > self.best if self.higher_is_better else current < self.best
 
     def on_epoch_end(self, epoch, logs=None):
         current = (logs or {}).get(self.monitor)
         if current is None or not math.isfinite(current):
             return
-        if current >= self.best:
+        if not self._better(current):
             if self.verbose:
                 print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}", flush=True)
             return

@@ -68,7 +68,7 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
             raise ValueError("self-blends of a mixed split cannot be sharded into equal shares")
         elements += int((source.labels == REAL_INDEX).sum()) if shard is None else elements  # sharded: all real
         paired = policy if policy is not None and policy.paired else None
-        blend = _blender(source, blend_landmarks, other_faces)
+        blend = blender(source, blend_landmarks, other_faces)
         dataset = _with_self_blends(dataset, blend, seed, batch_size, paired)
         policy = None if paired else policy
     else:
@@ -118,7 +118,7 @@ def _with_self_blends(batches: tf.data.Dataset, blend, seed: int, batch_size: in
     return pairs.unbatch().batch(batch_size)
 
 
-def _blender(source: SplitSource, landmarks: np.ndarray, other_faces: float):
+def blender(source: SplitSource, landmarks: np.ndarray, other_faces: float):
     """``blend(image, position, seed)``: the fake of ``source``'s image at ``position``."""
     landmarks = np.asarray(landmarks, np.float32)
     reals = np.flatnonzero(source.labels == REAL_INDEX)

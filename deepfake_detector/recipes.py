@@ -25,6 +25,7 @@ class Architecture:
 FINE_TUNING = dict(
     epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine", warmup_epochs=1,
     early_stopping_patience=0, label_smoothing=0.05, augment="full", flip_average=True, ema_momentum=0.998,
+    framing="face",
 )  # fmt: skip
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -89,6 +90,14 @@ FAKES = {
     "both": "the dataset's fakes and self-blends",
 }  # fmt: skip
 DATASET_FAKES = "dataset"
+#: The name of the self-blended source in a multi-source run's ``--mix`` (``mixing.py``).
+SELF_BLENDED_SOURCE = "self-blended"
+
+#: ``TrainConfig.framing``: how a training image becomes a model input, decided when its split is cached.
+FRAMINGS = {
+    "whole": "the whole image, as the original tutorial did",
+    "face": "its largest face, found and framed as the page frames faces (an image without one is used whole)",
+}
 
 @dataclass(frozen=True)
 class Strategy:
@@ -140,7 +149,8 @@ class TrainConfig:
     """A training recipe. The defaults are the original tutorial's (``arch='seed'``)."""
 
     arch: str = "seed"  # "seed": the original 4-block CNN; "mobilenet_v2" (the shipped recipe), "efficientnet_lite0"
-    data_dir: str = "data"  # a folder with Train/Validation/Test (downloaded here if empty)
+    data_dir: str | list[str] = "data"  # a folder with Train/Validation/Test (downloaded here if empty), or several
+    mix: str | None = None  # several data folders: each source's share of an epoch, "NAME=W,..." (default: equal)
     archive: str | None = None  # a Kaggle zip the user already has
     sha256: str | None = None  # checksum of the downloaded archive, when known
     output: str = "deepfake_detector_model.keras"  # the tutorial's file, in the working folder
@@ -158,6 +168,7 @@ class TrainConfig:
     augment: str = "none"  # "none" or a name in AUGMENTATIONS
     fakes: str = "dataset"  # a name in FAKES: the dataset's own, self-blends of its real images only, or both
     other_faces: float = 0.0  # share of blended fakes made from another real face aligned onto the face (Face X-ray's)
+    framing: str = "whole"  # a name in FRAMINGS: the whole image or its largest face, cropped when cached
     frozen_blocks: int = 0  # pretrained backbones: leading feature blocks kept at their ImageNet weights
     pretrained: bool = True  # ImageNet weights for mobilenet_v2 and efficientnet_lite0
     flip_average: bool = False  # save a model that averages each image's score with its mirror's
@@ -181,3 +192,13 @@ class TrainConfig:
             recipe.update(augment=SELF_BLEND_AUGMENTATION)  # SBI's colour jitter on top of the recipe's
         recipe.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**recipe)
+
+    @property
+    def data_dirs(self) -> list[str]:
+        """Every data folder of the run: one, or several for a multi-source run (``mixing.py``)."""
+        return [self.data_dir] if isinstance(self.data_dir, str) else list(self.data_dir)
+
+    @property
+    def multi_source(self) -> bool:
+        """Whether the run draws its epochs from sources in shares (several data folders or ``--mix``)."""
+        return len(self.data_dirs) > 1 or self.mix is not None

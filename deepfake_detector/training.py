@@ -36,9 +36,18 @@ from deepfake_detector.distribute import (
 from deepfake_detector.errors import TrainingSetupError
 from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
 from deepfake_detector.metrics import tutorial_metrics
-from deepfake_detector.model import BestModelCheckpoint, DeepfakeDetectorModel, ModelMetadata, best_path
+from deepfake_detector.mixing import (
+    MEAN_AUC,
+    EpochPlan,
+    MixedSource,
+    SourceValidation,
+    make_mixed_dataset,
+    parse_mix,
+    source_names,
+)
+from deepfake_detector.model import BestModelCheckpoint, DeepfakeDetectorModel, ModelMetadata, best_path, load_model
 from deepfake_detector.networks import build_model, flip_averaged, freeze_leading_blocks
-from deepfake_detector.pipeline import BlendedSource, make_dataset, split_landmarks
+from deepfake_detector.pipeline import BlendedSource, SplitSource, make_dataset, split_landmarks
 from deepfake_detector.plots import write_training_curves
 from deepfake_detector.preprocessing import PreprocessingConfig
 from deepfake_detector.recipes import (
@@ -48,13 +57,15 @@ from deepfake_detector.recipes import (
     FAKES,
     NO_AUGMENTATION,
     OPTIMIZERS,
+    FRAMINGS,
     PRETRAINED_ARCHITECTURES,
     SCHEDULES,
+    SELF_BLENDED_SOURCE,
     STRATEGIES,
     THRESHOLD_RULES,
     TrainConfig,
 )
-from deepfake_detector.thresholds import choose_threshold_and_measure
+from deepfake_detector.thresholds import choose_threshold_and_measure, choose_threshold_and_measure_sources
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +120,7 @@ def check_config(config: TrainConfig) -> None:
         ("architecture", config.arch, ARCHITECTURES), ("distribution", config.distribute, STRATEGIES),
         ("fakes", config.fakes, FAKES), ("augmentation", config.augment, (NO_AUGMENTATION, *AUGMENTATIONS)),
         ("threshold rule", config.threshold_rule, THRESHOLD_RULES), ("optimizer", config.optimizer, OPTIMIZERS),
-        ("schedule", config.schedule, SCHEDULES),
+        ("schedule", config.schedule, SCHEDULES), ("framing", config.framing, FRAMINGS),
     ):  # fmt: skip
         if value not in choices:
             raise TrainingSetupError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
@@ -135,8 +146,22 @@ def check_config(config: TrainConfig) -> None:
     if config.frozen_blocks and config.arch not in PRETRAINED_ARCHITECTURES:
         raise TrainingSetupError(f"frozen blocks are an option of the pretrained backbones "
                                  f"({', '.join(PRETRAINED_ARCHITECTURES)}); {config.arch} has none")  # fmt: skip
+    if config.multi_source:
+        check_sources(config)
     if config.distribute == "multiworker":
         read_tf_config()
+
+
+def check_sources(config: TrainConfig) -> None:
+    """Refuse a multi-source run that cannot work, before any data is read: names, shares, and
+    the options a multi-source run does not take."""
+    names = source_names(config.data_dirs)
+    parse_mix(config.mix, names + ([SELF_BLENDED_SOURCE] if config.fakes == "both" else []))
+    if config.fakes == "self-blended":
+        raise TrainingSetupError("--fakes self-blended trains on one --data-dir; with several, use --fakes both "
+                                 "(self-blends as one more source) or dataset")  # fmt: skip
+    if config.distribute == "multiworker":
+        raise TrainingSetupError("a multi-source run trains on one machine; use --distribute none or mirrored")
 
 
 def build_training_model(config: TrainConfig) -> keras.Model:
@@ -168,6 +193,28 @@ def backup_dir_for(config: TrainConfig, task: str | None) -> Path:
 # ----------------------------------------------------------------------------- one run
 
 
+@dataclasses.dataclass
+class TrainingData:
+    """What one run trains, validates and tests on (:meth:`TrainModel.training_data`).
+
+    A single dataset is validated by Keras (``val_ds``); a multi-source run (``mixing.py``) by
+    :class:`~deepfake_detector.mixing.SourceValidation` on each of ``validations``.
+    """
+
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset | None
+    validations: dict[str, SplitSource]  # by source name; one entry for a single dataset
+    tests: dict[str, SplitSource]
+    class_weight: dict | None
+    steps_per_epoch: int | None  # for fit: None uses the whole dataset each epoch
+    schedule_steps: int  # steps per epoch, for the learning-rate schedule
+    record: dict  # where the data came from and its counts, for the saved model
+
+    @property
+    def multi_source(self) -> bool:
+        return self.val_ds is None
+
+
 class TrainModel:
     """One training run, from the dataset to the saved model: the tutorial's ``TrainModel``.
 
@@ -177,6 +224,10 @@ class TrainModel:
     ``(history, evaluation_metrics)`` as the tutorial's did; afterwards ``output_path`` is the
     saved model (None on a worker that is not the chief) and ``metrics`` its Validation and
     Test metrics at the threshold chosen on Validation.
+
+    With several data folders (``config.data_dir`` a list), the run draws every epoch from all of
+    them in shares (:mod:`deepfake_detector.mixing`), keeps the epoch with the best mean of the
+    sources' Validation ROC AUCs, and chooses its threshold on their pooled Validation scores.
 
     The same run scales out with ``tf.distribute`` (``config.distribute``). Training state is
     backed up every epoch, so a run that is killed continues from its last finished epoch
@@ -188,11 +239,19 @@ class TrainModel:
                  test_dir: str = "Test", val_dir: str = "Validation", *, config: TrainConfig | None = None):  # fmt: skip
         self.config = config or TrainConfig()
         c = self.config
-        self.dataset_handler = DatasetHandler(
-            dataset_url, dataset_download_dir if dataset_download_dir is not None else c.data_dir, dataset_file,
-            dataset_dir, train_dir, test_dir, val_dir, archive=c.archive, sha256=c.sha256, image_size=c.image_size,
-            batch_size=c.batch_size, cache_dir=c.cache_dir, max_images_per_split=c.max_images_per_split, seed=c.seed,
-        )  # fmt: skip
+        folders = [dataset_download_dir] if dataset_download_dir is not None else c.data_dirs
+        # One --cache-dir for several datasets: a folder each, since a cache is named by its split's folder.
+        cache_dirs = [c.cache_dir] * len(folders) if len(folders) == 1 or not c.cache_dir else [
+            str(Path(c.cache_dir) / Path(folder).resolve().name) for folder in folders]  # fmt: skip
+        self.dataset_handlers = [
+            DatasetHandler(
+                dataset_url, folder, dataset_file, dataset_dir, train_dir, test_dir, val_dir, archive=c.archive,
+                sha256=c.sha256, image_size=c.image_size, batch_size=c.batch_size, cache_dir=cache_dir,
+                max_images_per_split=c.max_images_per_split, seed=c.seed, framing=c.framing,
+            )
+            for folder, cache_dir in zip(folders, cache_dirs)
+        ]  # fmt: skip
+        self.dataset_handler = self.dataset_handlers[0]  # the tutorial's one dataset
         self.output_path: Path | None = None
         self.metrics: dict = {}
 
@@ -213,91 +272,52 @@ class TrainModel:
         self.config = config
         check_config(config)
         strategy = make_strategy(config.distribute)  # first: multi-worker set-up needs a fresh runtime
-        replicas = strategy.num_replicas_in_sync
-        global_batch = config.batch_size * replicas
-        chief = is_chief(strategy)
+        global_batch = config.batch_size * strategy.num_replicas_in_sync
         task = task_name(strategy)
-        log.info("distribute: %s (%s), %d replica(s)%s; global batch %d = %d per replica x %d",
-                 config.distribute, STRATEGIES[config.distribute].tf_name, replicas,
-                 f", this process is {task}" if task else "", global_batch, config.batch_size, replicas)  # fmt: skip
-        if config.mixed_precision:
-            log.info("mixed precision: mixed_float16 compute, float32 variables and output")
-
-        # The recipe decides whether a backup can be resumed; where it is written and how chatty
-        # the run is do not.
-        recipe = {k: v for k, v in dataclasses.asdict(config).items()
-                  if k not in ("backup_dir", "verbose", "flip_average", "cache_dir")}  # fmt: skip
-        if not config.other_faces:
-            del recipe["other_faces"]  # added later: backups written before it still resume
+        log_strategy(config, strategy, global_batch, task)
+        recipe = recipe_of(config)
         backup = ResumableBackup(backup_dir_for(config, task), recipe)
         backup.check_same_run()
-        # A resumed run re-seeds its shuffles and dropout with the epochs done: restarted with the
-        # same seed it would replay the first epochs' batches and masks, which the network has fitted.
+        # A resumed single-dataset run re-seeds its shuffles and dropout with the epochs done: restarted
+        # with the same seed it would replay the first epochs' batches and masks, which the network has
+        # fitted. A multi-source run's epochs are drawn by their number, so it continues the same sequence.
         run_seed = config.seed + backup.saved_epoch()
         keras.utils.set_random_seed(run_seed)
-        handler = self.dataset_handler
-        handler.download_dataset()
-        handler.unzip_dataset()
-        splits = handler.splits()
-        train_source, validation, blend_landmarks, class_weight = training_sources(splits, config)
-        shard = input_shard(strategy)  # several workers: each reads its share of the cache
-        train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks,
-                                config.other_faces)  # fmt: skip
-        val_ds = make_dataset(validation, global_batch, False, shard=shard)
+        data = self.training_data(config, run_seed, backup.saved_epoch(), input_shard(strategy), global_batch)
 
         # Every worker writes (saving takes part in collective ops); only the chief's files stay.
         output, scratch = Path(config.output), None
-        if not chief:
+        if not is_chief(strategy):
             scratch = Path(tempfile.mkdtemp(prefix="deepfake-detector-worker-"))
             output = scratch / output.name
-        with strategy.scope():
-            detector_model = DeepfakeDetectorModel(build_training_model(config), metadata_for(config, output.stem))
-            if config.frozen_blocks:
-                frozen = freeze_leading_blocks(detector_model.model, config.frozen_blocks)
-                log.info("frozen: %s blocks 0-%d (%d layers)", config.arch, config.frozen_blocks - 1, frozen)
-            compile_model(detector_model, config, steps_per_epoch=config.steps_per_epoch or len(train_ds))
-        model = detector_model.model
+        detector_model = build_detector_model(config, strategy, output, data.schedule_steps)
         detector_model.metadata.train_config = {k: v for k, v in recipe.items() if k != "output"}
-        best = BestModelCheckpoint(detector_model, best_path(output), verbose=1 if config.verbose else 0,
-                                   initial_best=min(backup.saved_history().get("val_loss", []), default=math.inf))  # fmt: skip
-        # Before the backup in the list: it records the logs the callbacks before it completed.
-        callbacks = [*make_callbacks(config, best), ThroughputLogger(global_batch), backup]
+        callbacks = training_callbacks(config, detector_model, output, backup, data, global_batch)
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            work_around_keras_multi_worker_gaps(model)
+            work_around_keras_multi_worker_gaps(detector_model.model)
         start = time.time()
         with strategy.scope():
-            fitted = detector_model.train_model(train_ds, val_ds, config.epochs, callbacks,
-                                                steps_per_epoch=config.steps_per_epoch, class_weight=class_weight,
+            fitted = detector_model.train_model(data.train_ds, data.val_ds, config.epochs, callbacks,
+                                                steps_per_epoch=data.steps_per_epoch, class_weight=data.class_weight,
                                                 verbose=config.verbose)  # fmt: skip
         train_seconds = time.time() - start
-        # The plateau recipe restores its best epoch through EarlyStopping; the cosine recipe keeps
-        # its last epoch (the schedule has annealed).
         history = backup.history  # every epoch, also those before a resume
         fitted.history = history
-        # A plain float32 copy without the optimizer: the saved file is the same whatever the
-        # strategy, and a third of the size (AdamW keeps two slots per weight).
-        model = single_device_copy(model, config)
-        if config.flip_average:
-            model = flip_averaged(model)
-        final = DeepfakeDetectorModel(model, metadata_for(config, output.stem))
-        threshold, metrics, test_scores = choose_threshold_and_measure(final, validation, splits["Test"], config.threshold_rule)
-        evaluation_metrics = tutorial_metrics(splits["Test"].labels, test_scores)
-        final.metadata = dataclasses.replace(
-            final.metadata,
-            threshold=threshold,
-            threshold_rule=f"{config.threshold_rule} on Validation",
-            flip_average=config.flip_average,
-            train_config={**dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
-                          "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
-                          "replicas": replicas, "global_batch_size": global_batch,
-                          "train_seconds": round(train_seconds, 1), "dataset": str(handler.find()),
-                          "splits": {split: source.info for split, source in splits.items()}, "history": history},
-            metrics=metrics,
-        )  # fmt: skip
+        final, evaluation_metrics = finish_model(detector_model.model, config, output, data)
+        final.metadata.train_config = {
+            **dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
+            "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
+            "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
+            "train_seconds": round(train_seconds, 1), **data.record, "history": history,
+        }  # fmt: skip
         final.save_model(output)
         write_training_curves(history, output.with_suffix(".curves.png"))
         backup.remove()
         self.metrics = final.metadata.metrics
+        self._clean_up(task, backup, scratch, output)
+        return fitted, evaluation_metrics
+
+    def _clean_up(self, task: str | None, backup: ResumableBackup, scratch: Path | None, output: Path) -> None:
         if task:  # the workers' shared parent folder goes with the last of them
             with contextlib.suppress(OSError):
                 backup.directory.parent.rmdir()
@@ -307,7 +327,126 @@ class TrainModel:
             self.output_path = None
         else:
             self.output_path = output
-        return fitted, evaluation_metrics
+
+    def training_data(self, config: TrainConfig, run_seed: int, first_epoch: int, shard, global_batch: int) -> TrainingData:
+        """The datasets of a run: one dataset as the tutorial's, or several sources in shares."""
+        for handler in self.dataset_handlers:
+            handler.download_dataset()
+            handler.unzip_dataset()
+        if config.multi_source:
+            return self._mixed_data(config, first_epoch, global_batch)
+        handler = self.dataset_handler
+        splits = handler.splits()
+        train_source, validation, blend_landmarks, class_weight = training_sources(splits, config)
+        train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks,
+                                config.other_faces)  # fmt: skip
+        name = source_names([str(handler.find())])[0]
+        return TrainingData(
+            train_ds, make_dataset(validation, global_batch, False, shard=shard), {name: validation},
+            {name: splits["Test"]}, class_weight, config.steps_per_epoch, config.steps_per_epoch or len(train_ds),
+            {"dataset": str(handler.find()), "splits": {split: source.info for split, source in splits.items()}},
+        )  # fmt: skip
+
+    def _mixed_data(self, config: TrainConfig, first_epoch: int, global_batch: int) -> TrainingData:
+        names = source_names(config.data_dirs)
+        splits = {name: handler.splits() for name, handler in zip(names, self.dataset_handlers)}
+        train = MixedSource({name: split["Train"] for name, split in splits.items()})
+        blends = config.fakes == "both"
+        shares = parse_mix(config.mix, names + ([SELF_BLENDED_SOURCE] if blends else []))
+        landmarks = np.concatenate([split_landmarks(split["Train"]) for split in splits.values()]) if blends else None
+        steps = config.steps_per_epoch or -(-len(train) // global_batch)
+        plan = EpochPlan(train, shares, steps * global_batch, config.seed)
+        log.info("sources: %s; %d images an epoch: %s", ", ".join(names), plan.epoch_size,
+                 ", ".join(f"{name} {count}" for name, count in plan.counts().items()))  # fmt: skip
+        train_ds = make_mixed_dataset(plan, global_batch, first_epoch, config.epochs, config.augment, landmarks,
+                                      config.other_faces)  # fmt: skip
+        record = {
+            "dataset": [str(handler.find()) for handler in self.dataset_handlers],
+            "sources": {name: {"shares": shares[name], "images_per_epoch": plan.counts()[name],
+                               "splits": {role: split.info for role, split in splits[name].items()}} for name in names},
+            "epoch_draw": {name: {"share": share, "images_per_epoch": plan.counts()[name]} for name, share in shares.items()},
+            "selection": f"the epoch with the highest mean of the sources' Validation ROC AUCs ({MEAN_AUC})",
+        }  # fmt: skip
+        return TrainingData(train_ds, None, {name: split["Validation"] for name, split in splits.items()},
+                            {name: split["Test"] for name, split in splits.items()}, None, steps, steps, record)  # fmt: skip
+
+
+def recipe_of(config: TrainConfig) -> dict:
+    """The config fields that decide whether a backup can be resumed; where it is written and
+    how chatty the run is do not."""
+    recipe = {k: v for k, v in dataclasses.asdict(config).items()
+              if k not in ("backup_dir", "verbose", "flip_average", "cache_dir")}  # fmt: skip
+    for added_later, default in (("other_faces", 0.0), ("mix", None), ("framing", "whole")):
+        if recipe[added_later] == default:
+            del recipe[added_later]  # backups written before it existed still resume
+    return recipe
+
+
+def log_strategy(config: TrainConfig, strategy, global_batch: int, task: str | None) -> None:
+    replicas = strategy.num_replicas_in_sync
+    log.info("distribute: %s (%s), %d replica(s)%s; global batch %d = %d per replica x %d",
+             config.distribute, STRATEGIES[config.distribute].tf_name, replicas,
+             f", this process is {task}" if task else "", global_batch, config.batch_size, replicas)  # fmt: skip
+    if config.mixed_precision:
+        log.info("mixed precision: mixed_float16 compute, float32 variables and output")
+
+
+def build_detector_model(config: TrainConfig, strategy, output: Path, schedule_steps: int) -> DeepfakeDetectorModel:
+    """The network to train, frozen and compiled as the recipe says, inside the strategy's scope."""
+    with strategy.scope():
+        detector_model = DeepfakeDetectorModel(build_training_model(config), metadata_for(config, output.stem))
+        if config.frozen_blocks:
+            frozen = freeze_leading_blocks(detector_model.model, config.frozen_blocks)
+            log.info("frozen: %s blocks 0-%d (%d layers)", config.arch, config.frozen_blocks - 1, frozen)
+        compile_model(detector_model, config, steps_per_epoch=schedule_steps)
+    return detector_model
+
+
+def training_callbacks(config: TrainConfig, detector_model: DeepfakeDetectorModel, output: Path,
+                       backup: ResumableBackup, data: TrainingData, global_batch: int) -> list:  # fmt: skip
+    """The recipe's callbacks, the best epoch kept, throughput logs, and the backup last (it
+    records the logs of the callbacks before it). A multi-source run keeps the epoch with the
+    best mean of the sources' Validation ROC AUCs; a single dataset, the lowest val_loss."""
+    verbose = 1 if config.verbose else 0
+    if not data.multi_source:
+        best = BestModelCheckpoint(detector_model, best_path(output), verbose=verbose,
+                                   initial_best=min(backup.saved_history().get("val_loss", []), default=math.inf))  # fmt: skip
+        return [*make_callbacks(config, best), ThroughputLogger(global_batch), backup]
+    best = BestModelCheckpoint(detector_model, best_path(output), monitor=MEAN_AUC, verbose=verbose,
+                               initial_best=max(backup.saved_history().get(MEAN_AUC, []), default=-math.inf),
+                               higher_is_better=True)  # fmt: skip
+    validation = SourceValidation(data.validations, best, batch_size=2 * global_batch)
+    return [validation, *make_callbacks(config), ThroughputLogger(global_batch), backup]
+
+
+def finish_model(model: keras.Model, config: TrainConfig, output: Path, data: TrainingData):
+    """The model to save: a plain float32 copy (the best epoch's, for a multi-source run), flip-averaged
+    if the recipe says so, with its threshold chosen on Validation and its metrics; and the
+    tutorial's four numbers on Test.
+
+    The plateau recipe restores its best epoch through EarlyStopping; the cosine recipe keeps its
+    last epoch (the schedule has annealed). A multi-source run takes the epoch its checkpoint kept.
+    """
+    # A plain float32 copy without the optimizer: the saved file is the same whatever the
+    # strategy, and a third of the size (AdamW keeps two slots per weight).
+    if data.multi_source and best_path(output).is_file():
+        model = load_model(best_path(output))[0]
+    model = single_device_copy(model, config)
+    if config.flip_average:
+        model = flip_averaged(model)
+    final = DeepfakeDetectorModel(model, metadata_for(config, output.stem))
+    if data.multi_source:
+        threshold, metrics, test_labels, test_scores = choose_threshold_and_measure_sources(
+            final, data.validations, data.tests, config.threshold_rule)
+        rule = f"{config.threshold_rule} on the pooled Validation scores, each source weighted equally"
+    else:
+        (validation,), (test,) = data.validations.values(), data.tests.values()
+        threshold, metrics, test_scores = choose_threshold_and_measure(final, validation, test, config.threshold_rule)
+        test_labels, rule = test.labels, f"{config.threshold_rule} on Validation"
+    final.metadata = dataclasses.replace(final.metadata, threshold=threshold, threshold_rule=rule,
+                                         selection_rule=data.record.get("selection", ""),
+                                         flip_average=config.flip_average, metrics=metrics)  # fmt: skip
+    return final, tutorial_metrics(test_labels, test_scores)
 
 
 def train(config: TrainConfig) -> tuple[Path | None, dict]:
