@@ -4,9 +4,12 @@
     python evaluate.py --model models/x.keras --data-dir photos --json report.json --plots plots
     python evaluate.py --data-dir data --perturb "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"
     python evaluate.py --archive deepfake-and-real-images.zip --data-dir data   # the Kaggle zip, extracted first
+    python evaluate.py --data-dir A --data-dir B --perturb "jpeg:50"   # one row per source, and all pooled
 
 --data-dir is a folder holding Real/ and/or Fake/, or a dataset with Train/Validation/Test
-(--split picks one). Fake is the positive class. Bad input exits with status 2.
+(--split picks one). Repeated, each folder is a source, known by its folder's name: the report
+has one row per source and a pooled row (every image of them all once). Fake is the positive
+class. Bad input exits with status 2.
 """
 
 import argparse
@@ -25,7 +28,9 @@ PROG = "evaluate.py"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a .keras model saved by train.py (default: the shipped models/deepfake_detector.keras)")
-    parser.add_argument("--data-dir", type=Path, required=True, help="folder with Real/ and Fake/, or a dataset root with Train/Validation/Test")
+    parser.add_argument("--data-dir", type=Path, required=True, action="append",
+                        help="folder with Real/ and Fake/, or a dataset root with Train/Validation/Test; "
+                             "repeat it for one row per source and a pooled row")
     parser.add_argument("--archive", type=Path, help="a dataset zip (the Kaggle archive) to extract into --data-dir first, "
                                                      "unless a dataset is already there")
     parser.add_argument("--split", default="Test", choices=SPLITS, help="split to use when --data-dir is a dataset root (default: %(default)s)")
@@ -39,8 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def evaluate(args: argparse.Namespace) -> int:
     # Input is checked before TensorFlow is imported: a typo costs no start-up time.
     from deepfake_detector.data import DatasetHandler
-    from deepfake_detector.evaluation import evaluate_folder, resolve_folder
-    from deepfake_detector.metrics import format_table
+    from deepfake_detector.evaluation import evaluate_folder, evaluate_sources, resolve_folder
     from deepfake_detector.perturbations import parse_spec
 
     if args.batch_size < 1:
@@ -50,8 +54,11 @@ def evaluate(args: argparse.Namespace) -> int:
     except PerturbationSpecError as error:
         return fail(PROG, f"--perturb: {error}")
     if args.archive is not None:
-        DatasetHandler(dataset_download_dir=args.data_dir, archive=args.archive).unzip_dataset()
-    folder, split = resolve_folder(args.data_dir, args.split)
+        DatasetHandler(dataset_download_dir=args.data_dir[0], archive=args.archive).unzip_dataset()
+    resolved = [resolve_folder(data_dir, args.split) for data_dir in args.data_dir]
+    names = [Path(data_dir).resolve().name for data_dir in args.data_dir]
+    if len(set(names)) < len(names):
+        return fail(PROG, "two --data-dir folders have the same name; a source is known by its folder's name")
 
     from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
 
@@ -59,20 +66,45 @@ def evaluate(args: argparse.Namespace) -> int:
     if not model_path.is_file():
         return fail(PROG, f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH")
     detector = Detector.from_path(model_path)
+    split = resolved[0][1]
     try:
-        report = evaluate_folder(detector, folder, perturbations, batch_size=args.batch_size, plots_dir=args.plots)
+        if len(resolved) == 1:
+            report = evaluate_folder(detector, resolved[0][0], perturbations, batch_size=args.batch_size, plots_dir=args.plots)
+        else:
+            folders = {name: folder for name, (folder, _) in zip(names, resolved)}
+            report = evaluate_sources(detector, folders, perturbations, batch_size=args.batch_size, plots_dir=args.plots)
     except OSError as error:  # e.g. the --plots folder cannot be written
         return fail(PROG, error)
     report = {"model_path": str(model_path), "split": split, **report}
+    print_report(report)
+    return write_report(report, args)
 
-    rows = {"clean": report, **report.get("perturbations", {})}
-    print(f"{report['model']} on {folder} (threshold {report['threshold']:.3f}, fake is positive)")
-    print(format_table(rows))
-    for name, metrics in rows.items():
-        for note in metrics["notes"]:
-            print(f"note ({name}): {note}")
-    if report["n_skipped"]:
-        print(f"skipped {report['n_skipped']} unreadable file(s); see the JSON report for which and why")
+
+def print_report(report: dict) -> None:
+    """One column per condition for one folder; one row per source and a pooled row for several."""
+    from deepfake_detector.metrics import format_rows, format_table
+
+    if "sources" in report:
+        rows = {**report["sources"], "pooled": report["pooled"]}
+        print(f"{report['model']} on {', '.join(rows)} (threshold {report['threshold']:.3f}, fake is positive)")
+        for condition in ["clean", *report["pooled"].get("perturbations", {})]:
+            print(f"\n[{condition}]")
+            print(format_rows({name: row if condition == "clean" else row["perturbations"][condition]
+                               for name, row in rows.items()}))  # fmt: skip
+        skipped = sum(row["n_skipped"] for row in report["sources"].values())
+    else:
+        rows = {"clean": report, **report.get("perturbations", {})}
+        print(f"{report['model']} on {report['data_dir']} (threshold {report['threshold']:.3f}, fake is positive)")
+        print(format_table(rows))
+        for name, metrics in rows.items():
+            for note in metrics["notes"]:
+                print(f"note ({name}): {note}")
+        skipped = report["n_skipped"]
+    if skipped:
+        print(f"skipped {skipped} unreadable file(s); see the JSON report for which and why")
+
+
+def write_report(report: dict, args: argparse.Namespace) -> int:
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from deepfake_detector import faces, labels
 from deepfake_detector.explain import Explainer, overlay_data_url
@@ -164,6 +165,14 @@ class Detector:
     def preprocess(self, source: ImageSource) -> np.ndarray:
         return load_image(source, self.image_size, self.resample)
 
+    def model_input(self, image: Image.Image, finder: FaceFinder | None = None) -> np.ndarray:
+        """What the network was trained on, of a decoded image: its largest face framed as the
+        page frames it (:func:`deepfake_detector.faces.framed_face`) when the model was trained on
+        faces, else the whole image. ``evaluate.py`` scores this."""
+        if self.metadata.framing == "face":
+            return faces.framed_face(image, finder or faces.default_finder(), self.image_size, self.resample)[0]
+        return load_image(image, self.image_size, self.resample)
+
     def predict_faces(self, source: ImageSource, finder: FaceFinder | None = None, explain: bool = False,
                       max_faces: int | None = None, max_explained: int | None = None) -> ImageScore:  # fmt: skip
         """Score every face in a photo (the whole photo when none is found); the verdict is the
@@ -213,6 +222,9 @@ class Detector:
             "created": self.metadata.created,
             "threshold": self.threshold,
             "threshold_rule": self.metadata.threshold_rule,
+            "selection_rule": self.metadata.selection_rule,
+            "framing": self.metadata.framing,
+            "measured_on": self.metadata.measured_on(),
             "image_size": self.image_size,
             "flip_average": bool(self.metadata.flip_average),
             "runtime": self.runtime,

@@ -21,7 +21,7 @@ from deepfake_detector.errors import DatasetError, ImageError
 from deepfake_detector.metrics import compute_metrics
 from deepfake_detector.perturbations import Perturbation, parse_spec
 from deepfake_detector.plots import write_plots
-from deepfake_detector.preprocessing import load_image, open_image
+from deepfake_detector.preprocessing import open_image
 
 if TYPE_CHECKING:  # detector imports TensorFlow; evaluation itself does not need it
     from deepfake_detector.detector import Detector
@@ -91,7 +91,8 @@ def score_folder(
     """Score the images of ``folder`` clean and under each perturbation.
 
     Each file is read and decoded once; the perturbations act on that decoded image and every
-    condition goes through ``preprocessing.load_image``. Decoding runs on a thread pool (PIL
+    condition becomes what the model was trained on (``Detector.model_input``: the whole image,
+    or its largest face framed as the page frames it). Decoding runs on a thread pool (PIL
     releases the GIL) one batch ahead of the model (:func:`deepfake_detector.decoding.decoded_batches`),
     so memory stays at about two batches.
     """
@@ -99,12 +100,11 @@ def score_folder(
     paths, targets = _labelled_files(folder)
     conditions: list[Perturbation | None] = [None, *perturbations]
     names = [CLEAN, *(p.name for p in perturbations)]
-    size, resample = detector.image_size, detector.resample
 
     def prepare(path: str):
         try:
             original = open_image(Path(path).read_bytes())
-            inputs = [load_image(original if c is None else c.apply(original), size, resample) for c in conditions]
+            inputs = [detector.model_input(original if c is None else open_image(c.apply(original))) for c in conditions]
             return np.stack(inputs), None
         except (ImageError, OSError) as error:
             return None, str(error)
@@ -159,24 +159,66 @@ def evaluate_folder(
         per unreadable file), every key of :data:`deepfake_detector.metrics.METRIC_KEYS` for the clean images, and
         ``perturbations`` ({name: metrics}) when perturbations were asked for.
     """
+    perturbations = _conditions(perturbations)
+    scored = score_folder(detector, folder, perturbations, batch_size=batch_size)
+    report = measure(detector, folder, scored)
+    if plots_dir is not None:
+        write_plots(scored.y_true, scored.fake_probability[CLEAN], detector.threshold, plots_dir, title=detector.name)
+    return report
+
+
+def evaluate_sources(
+    detector: "Detector",
+    folders: dict[str, str | Path],
+    perturbations: Sequence[Perturbation] | str | None = None,
+    batch_size: int = 64,
+    plots_dir: str | Path | None = None,
+) -> dict:
+    """Several folders, each a source (``evaluate.py --data-dir A --data-dir B``): one report per
+    source, as :func:`evaluate_folder` gives, and a pooled one over every image of them all.
+
+    Returns ``{"model", "threshold", "sources": {name: report}, "pooled": report}``; with
+    ``plots_dir``, each source's plots go to a sub-folder named after it.
+    """
+    perturbations = _conditions(perturbations)
+    scored = {name: score_folder(detector, folder, perturbations, batch_size=batch_size) for name, folder in folders.items()}
+    sources = {name: measure(detector, folders[name], scores) for name, scores in scored.items()}
+    pooled = FolderScores(
+        paths=[path for scores in scored.values() for path in scores.paths],
+        y_true=np.concatenate([scores.y_true for scores in scored.values()]),
+        fake_probability={condition: np.concatenate([scores.fake_probability[condition] for scores in scored.values()])
+                          for condition in next(iter(scored.values())).fake_probability},
+        skipped={path: reason for scores in scored.values() for path, reason in scores.skipped.items()},
+    )  # fmt: skip
+    if plots_dir is not None:
+        for name, scores in scored.items():
+            write_plots(scores.y_true, scores.fake_probability[CLEAN], detector.threshold, Path(plots_dir) / name,
+                        title=f"{detector.name} on {name}")  # fmt: skip
+    pooled_report = measure(detector, ", ".join(str(folder) for folder in folders.values()), pooled)
+    return {"model": detector.name, "threshold": detector.threshold, "sources": sources, "pooled": pooled_report}
+
+
+def _conditions(perturbations: Sequence[Perturbation] | str | None) -> list[Perturbation]:
+    """The perturbations to score besides the clean images (a spec string is parsed)."""
     if isinstance(perturbations, str):
         perturbations = parse_spec(perturbations)
-    perturbations = list(perturbations or [])
-    scored = score_folder(detector, folder, perturbations, batch_size=batch_size)
+    return list(perturbations or [])
+
+
+def measure(detector: "Detector", data_dir: str | Path, scored: FolderScores) -> dict:
+    """The report of one set of scores at ``detector``'s threshold: every metric clean and under each perturbation."""
     threshold = detector.threshold
     report = {
         "model": detector.name,
-        "data_dir": str(folder),
+        "data_dir": str(data_dir),
         "n_skipped": len(scored.skipped),
         "skipped": [{"path": path, "reason": reason} for path, reason in scored.skipped.items()],
         **compute_metrics(scored.y_true, scored.fake_probability[CLEAN], threshold),
     }
-    if perturbations:
+    if len(scored.fake_probability) > 1:
         report["perturbations"] = {
             name: compute_metrics(scored.y_true, fake_probability, threshold)
             for name, fake_probability in scored.fake_probability.items()
             if name != CLEAN
         }
-    if plots_dir is not None:
-        write_plots(scored.y_true, scored.fake_probability[CLEAN], threshold, plots_dir, title=detector.name)
     return report

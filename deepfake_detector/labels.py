@@ -20,6 +20,9 @@ FAKE = "fake"
 TRAINING_CLASS_ORDER: tuple[str, str] = (REAL, FAKE)
 REAL_INDEX = TRAINING_CLASS_ORDER.index(REAL)
 FAKE_INDEX = TRAINING_CLASS_ORDER.index(FAKE)
+#: What the page calls each verdict. A face below the threshold is not certified real: it shows
+#: no sign of the fakes the model was measured on, which is all a detector can say.
+VERDICT_WORDS: dict[str, str] = {FAKE: "Fake", REAL: "No sign of the fakes it knows"}
 #: The folder that holds each class in a dataset split (``Train/Real``, ``Train/Fake``).
 FOLDER_NAMES: dict[str, str] = {REAL: "Real", FAKE: "Fake"}
 

@@ -118,7 +118,8 @@ def create_app(
 
     @app.context_processor
     def page_facts():
-        return {"face_finder": finder.name, "keeps_uploads": upload_store is not None}
+        return {"face_finder": finder.name, "keeps_uploads": upload_store is not None,
+                "verdict_words": labels.VERDICT_WORDS}
 
     def score(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, ImageScore]:
         """Score one upload, with heatmaps for at most ``max_explained`` of its faces."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from deepfake_detector.labels import VERDICT_WORDS
 from harness.server import running_server
 
 pytestmark = pytest.mark.slow  # a real server and a real browser
@@ -56,7 +57,7 @@ def test_upload_a_face_and_see_the_verdict(browser, page_url, tmp_path, fake_png
     page.wait_for_selector("#result")
     verdict = page.inner_text("#verdict")
     percentage = page.inner_text("#percentage")
-    assert verdict in ("Real", "Fake")
+    assert verdict in VERDICT_WORDS.values()
     assert percentage.endswith("%") and 0.0 <= float(percentage[:-1]) <= 100.0
     assert page.locator("#result img").evaluate("img => img.naturalWidth") > 0  # the upload is shown
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling

@@ -265,3 +265,27 @@ def test_evaluate_script_missing_model(tiny_dataset, tmp_path, capsys):
     args = evaluate.get_args_parser().parse_args(["--model", str(missing), "--data-dir", str(tiny_dataset)])
     assert evaluate.main(args) == 2
     assert capsys.readouterr().err == f"evaluate.py: no model at {missing}; train one with `python train.py --data-dir DATA` or pass --model PATH\n"
+
+
+@pytest.mark.slow
+def test_evaluate_script_one_row_per_source_and_a_pooled_row(trained_model_path, tmp_path):
+    from tests.helpers import make_dataset
+
+    one = make_dataset(tmp_path / "one", {"Test": 6}, seed=1)
+    two = make_dataset(tmp_path / "two", {"Test": 10}, seed=2)
+    report_path = tmp_path / "report.json"
+    result = run_evaluate("--model", str(trained_model_path), "--data-dir", str(one), "--data-dir", str(two),
+                          "--json", str(report_path), "--perturb", "jpeg:50")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert list(report["sources"]) == ["one", "two"] and report["split"] == "Test"
+    assert report["sources"]["one"]["n_real"] == 6 and report["sources"]["two"]["n_fake"] == 10
+    assert report["pooled"]["n_real"] == 16 and report["pooled"]["n_fake"] == 16
+    for row in (*report["sources"].values(), report["pooled"]):
+        assert row["threshold"] == report["threshold"] and "jpeg:50" in row["perturbations"]
+    # Printed: a table per condition, one row per source and the pooled row.
+    lines = result.stdout.splitlines()
+    clean = lines.index("[clean]")
+    assert lines[clean + 1].split()[:3] == ["source", "n_real", "n_fake"]
+    assert [line.split()[0] for line in lines[clean + 2 : clean + 5]] == ["one", "two", "pooled"]
+    assert lines[clean + 4].split()[1:3] == ["16", "16"] and "[jpeg:50]" in lines

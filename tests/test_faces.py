@@ -316,3 +316,24 @@ def test_heatmaps_go_to_the_highest_scores_up_to_the_cap(detector):
     ranked = sorted((face.prediction.fake_probability for face in analysis.faces), reverse=True)
     assert sorted(face.prediction.fake_probability for face in explained) == sorted(ranked[:3])
     assert all(face.heatmap is None for face in detector.predict_faces(image, GridFinder(4), explain=True, max_explained=0).faces)
+
+
+def test_training_caches_the_same_face_pixels_the_detector_scores(detector, astronaut, coffee, tmp_path):
+    """One framing for both paths: the astronaut photo (a face in a wider scene) goes through the
+    cache a face-framing recipe trains on, and through the page's ``Detector``; a photo without
+    a face is used whole by both."""
+    from deepfake_detector import cache
+
+    split = tmp_path / "Train"
+    for folder, image in (("Real", astronaut), ("Fake", coffee)):
+        (split / folder).mkdir(parents=True)
+        image.save(split / folder / "photo.png")
+    cached = cache.open_split(split, tmp_path / "cache", detector.image_size, processes=False, framing=cache.FACE)
+    assert cached.meta["n_no_face"] == 1  # coffee
+    scored = detector.predict_faces((split / "Real" / "photo.png").read_bytes())
+    assert len(scored.faces) == 1 and scored.faces[0].box.width < astronaut.width / 3  # a crop, not the photo
+    np.testing.assert_array_equal(cached.read(np.array([0]))[0], scored.faces[0].crop)
+    whole = detector.predict_faces((split / "Fake" / "photo.png").read_bytes())
+    np.testing.assert_array_equal(cached.read(np.array([1]))[0], whole.crop)
+    plain = cache.open_split(split, tmp_path / "cache", detector.image_size, processes=False)
+    assert not np.array_equal(plain.read(np.array([0]))[0], cached.read(np.array([0]))[0])  # whole-image caches differ
