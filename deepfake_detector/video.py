@@ -207,7 +207,7 @@ class VideoReader:
         except self._av.FFmpegError as error:
             raise VideoError("the video is truncated or corrupt") from error
         if not pts or not keyframes:
-            raise VideoError("the video has no frames we can decode")
+            raise VideoError("the video is truncated or corrupt: it has no frames we can decode")
         self._pts, self._keyframes = sorted(pts), sorted(keyframes)
         return self._facts()
 
@@ -354,40 +354,81 @@ def overlap(a: FaceBox, b: FaceBox) -> float:
     return inter / float(a.area + b.area - inter) if inter else 0.0
 
 
-def landmark_distance(a: TrackFace, b: TrackFace) -> float:
-    """Mean distance between the two faces' landmarks (box centres without them), in face sizes."""
-    if a.landmarks is not None and b.landmarks is not None:
-        points_a, points_b = a.landmarks, b.landmarks
+@dataclass(frozen=True)
+class _Position:
+    """Where a track's face is expected in the next frame: its last box and landmarks moved on
+    at the speed of its last two sightings (a face that walks keeps walking)."""
+
+    box: FaceBox
+    points: np.ndarray  # 5 x 2 landmarks, or 1 x 2 box centre when the finder has none
+
+
+def _points(face: TrackFace) -> np.ndarray:
+    box = face.face.box
+    return face.landmarks if face.landmarks is not None else np.array([[box.x + box.width / 2, box.y + box.height / 2]])
+
+
+def _expected(track: Track, sample: int) -> _Position:
+    last = track.faces[-1]
+    box, points = last.face.box, _points(last)
+    if len(track.faces) < 2:
+        return _Position(box, points)
+    before = track.faces[-2]
+    step = (np.mean(points, axis=0) - np.mean(_points(before), axis=0)) / (last.sample - before.sample)
+    dx, dy = step * (sample - last.sample)
+    moved = FaceBox(round(box.x + dx), round(box.y + dy), box.width, box.height, box.score)
+    return _Position(moved, points + [dx, dy] if points.shape == _points(before).shape else points)
+
+
+def landmark_distance(expected: _Position, face: TrackFace) -> float:
+    """Mean distance between the expected landmarks and a face's (box centres without them), in face sizes."""
+    points = _points(face)
+    if points.shape != expected.points.shape:
+        box = face.face.box
+        points, expected_points = np.array([[box.x + box.width / 2, box.y + box.height / 2]]), expected.points.mean(axis=0, keepdims=True)
     else:
-        points_a, points_b = (np.array([[f.box.x + f.box.width / 2, f.box.y + f.box.height / 2]])
-                              for f in (a.face, b.face))  # fmt: skip
-    size = math.sqrt(max(1, a.face.box.area))
-    return float(np.linalg.norm(points_a - points_b, axis=1).mean() / size)
+        expected_points = expected.points
+    return float(np.linalg.norm(points - expected_points, axis=1).mean() / math.sqrt(max(1, expected.box.area)))
 
 
-def _assign(tracks: list[Track], found: list[TrackFace], pairs: set, cost) -> None:
+def _assign(expected: list[_Position], found: list[TrackFace], pairs: set, cost) -> None:
     """Match still unmatched tracks and faces one to one where ``cost`` is finite."""
     from scipy.optimize import linear_sum_assignment
 
-    open_tracks = [t for t in range(len(tracks)) if t not in {p[0] for p in pairs}]
+    open_tracks = [t for t in range(len(expected)) if t not in {p[0] for p in pairs}]
     open_faces = [f for f in range(len(found)) if f not in {p[1] for p in pairs}]
     if not open_tracks or not open_faces:
         return
-    matrix = np.array([[cost(tracks[t].faces[-1], found[f]) for f in open_faces] for t in open_tracks])
+    matrix = np.array([[cost(expected[t], found[f]) for f in open_faces] for t in open_tracks])
     finite = np.isfinite(matrix)
     rows, columns = linear_sum_assignment(np.where(finite, matrix, 1e9))
     pairs.update((open_tracks[r], open_faces[c]) for r, c in zip(rows, columns) if finite[r, c])
 
 
+def _overlap_cost(expected: _Position, face: TrackFace) -> float:
+    iou = overlap(expected.box, face.face.box)
+    return -iou if iou >= MIN_OVERLAP else math.inf
+
+
+def _landmark_cost(expected: _Position, face: TrackFace) -> float:
+    distance = landmark_distance(expected, face)
+    return distance if distance <= MAX_LANDMARK_DISTANCE else math.inf
+
+
 def link_tracks(frames: list[list[TrackFace]]) -> list[Track]:
-    """Link each sampled frame's faces to the tracks seen in the last ``MAX_GAP + 1`` frames:
-    box overlap first, then landmark distance; a face left over starts a track."""
+    """Link each sampled frame's faces to the tracks seen in the last ``MAX_GAP + 1`` frames,
+    where each track is expected to have moved on at its last speed: box overlap first, then
+    landmark distance; a face left over starts a track."""
     tracks: list[Track] = []
-    for sample, found in enumerate(frames):
+    for found in frames:
+        if not found:
+            continue
+        sample = found[0].sample
         alive = [track for track in tracks if sample - track.faces[-1].sample <= MAX_GAP + 1]
+        expected = [_expected(track, sample) for track in alive]
         pairs: set[tuple[int, int]] = set()
-        _assign(alive, found, pairs, lambda a, b: -iou if (iou := overlap(a.face.box, b.face.box)) >= MIN_OVERLAP else math.inf)
-        _assign(alive, found, pairs, lambda a, b: d if (d := landmark_distance(a, b)) <= MAX_LANDMARK_DISTANCE else math.inf)
+        _assign(expected, found, pairs, _overlap_cost)
+        _assign(expected, found, pairs, _landmark_cost)
         for t, f in pairs:
             alive[t].faces.append(found[f])
         matched = {f for _, f in pairs}
@@ -405,6 +446,7 @@ class FrameResult:
     sampled: SampledFrame
     analysis: "ImageScore"
     thumbnail: Image.Image | None = None
+    image_width: int = 0  # of the frame as scored (the boxes' scale)
 
     def to_dict(self) -> dict:
         entry = {"sample": self.sampled.sample, "frame": self.sampled.frame, "time_s": round(self.sampled.time_s, 3),
@@ -453,7 +495,8 @@ def score_video(detector: "Detector", source: VideoSource, finder: FaceFinder | 
             found.append([TrackFace(sampled.sample, sampled.frame, sampled.time_s, face, recorder.landmarks.get(face.box))
                           for face in analysis.faces])  # fmt: skip
             thumbnail = _thumbnail(sampled.image, thumbnails) if thumbnails else None
-            results.append(FrameResult(SampledFrame(sampled.sample, sampled.frame, sampled.time_s, None), analysis, thumbnail))
+            results.append(FrameResult(SampledFrame(sampled.sample, sampled.frame, sampled.time_s, None), analysis, thumbnail,
+                                       sampled.image.width))
     tracks = link_tracks(found)
     for track in tracks:
         track.prediction = detector.prediction_for(track.fake_probability)

@@ -144,3 +144,23 @@ def huge_frames(width: int = 7680, height: int = 4320, count: int = 2) -> bytes:
     """Frames over the 3840x2160 limit, stated truthfully (flat grey, so the file stays small)."""
     frame = np.full((height, width, 3), 128, np.uint8)
     return encode((frame for _ in range(count)), fps=1, codec="mpeg4")
+
+
+def hostile_videos(clip_mkv: bytes, clip_avi: bytes) -> dict[str, tuple[bytes, int]]:
+    """Hostile containers and the status each must get: truncated, lying headers, a huge
+    declared size, a thousand streams, zip bombs of frames. ``clip_mkv`` and ``clip_avi`` are
+    short valid clips (Matroska, and AVI with MPEG-4 video) to cut and falsify."""
+    return {
+        "cut_half.mkv": (clip_mkv[: len(clip_mkv) // 2], 400),
+        "cut_header.mkv": (clip_mkv[:200], 400),
+        "cut_half.avi": (clip_avi[: len(clip_avi) // 2], 400),
+        "lying_frames.avi": (lying_avi(clip_avi, 1000), 400),  # says 1000 frames, holds a few
+        "lying_frames_huge.avi": (lying_avi(clip_avi), 413),  # says 10 million frames
+        "lying_duration.mkv": (lying_duration_mkv(clip_mkv), 413),  # says 115 days
+        "huge_frames.mp4": (huge_frames(), 413),  # 7680x4320
+        "many_streams.mkv": (many_streams(1000), 413),
+        "frame_bomb.mkv": (frame_bomb(), 413),  # 100,000 frames of 640x360 in 3 MB
+        "keyframe_bomb.mkv": (frame_bomb(50_000, side=1280, fps=100), 413),  # 500 s, one keyframe: 46 gigapixels to decode
+        "junk_after_ftyp.mp4": (b"\x00\x00\x00\x18ftypisom" + bytes(5000), 400),
+        "matroska_magic_only.webm": (b"\x1a\x45\xdf\xa3" + bytes(3000), 400),
+    }
