@@ -309,3 +309,20 @@ def test_evaluate_a_folder_of_videos(detector, tmp_path):
     report = evaluate_video_folder(detector, tmp_path, frames=6)
     assert report["n_videos"] == 4 and report["n_skipped"] == 1 and report["accuracy"] == 1.0
     assert report["skipped"][0]["path"].endswith("broken.mp4")
+
+
+def test_evaluate_py_reports_video_level_metrics(trained_model_path, tmp_path):
+    for folder, mark in (("Real", False), ("Fake", True)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "clip.mkv").write_bytes(clip([moving(mark)], "matroska"))
+    report_path = tmp_path / "report.json"
+    process = subprocess.run(
+        [sys.executable, "evaluate.py", "--data-dir", str(tmp_path), "--model", str(trained_model_path), "--frames", "4",
+         "--json", str(report_path)], cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "on 2 videos" in process.stdout
+    import json
+
+    report = json.loads(report_path.read_text())
+    assert report["media"] == "video" and report["n_videos"] == 2 and report["accuracy"] == 1.0
