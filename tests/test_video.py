@@ -326,3 +326,48 @@ def test_evaluate_py_reports_video_level_metrics(trained_model_path, tmp_path):
 
     report = json.loads(report_path.read_text())
     assert report["media"] == "video" and report["n_videos"] == 2 and report["accuracy"] == 1.0
+
+
+# ----------------------------------------------------------------------------- the real server
+
+
+@pytest.mark.slow
+def test_the_real_server_scores_a_video_in_memory_and_refuses_hostile_ones(trained_model_path, tmp_path):
+    """inference.py as a real process: a video upload opens no file for writing (its open files are
+    watched while it is scored), and each hostile container gets its 4xx while the server's peak
+    memory stays within 1 GB of what it held before."""
+    import threading
+
+    import requests
+
+    from harness.server import memory_mb, running_process
+    from tests.test_serving import open_files
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    data = clip([moving(mark=True)])
+    frames = [np.full((120, 160, 3), value, np.uint8) for value in range(0, 200, 10)]
+    hostile = videos.hostile_videos(videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4"))
+    with running_process(trained_model_path, env={"TMPDIR": str(scratch)}) as (url, process):
+        before, seen, done = open_files(process.pid), set(), threading.Event()
+
+        def watch():
+            while not done.is_set():
+                seen.update(open_files(process.pid))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            response = requests.post(f"{url}/api/predict", files={"file": ("clip.mp4", data)}, timeout=120)
+        finally:
+            done.set()
+            watcher.join()
+        assert response.status_code == 200 and response.json()["label"] == "fake", response.text[:300]
+        new_files = {target for target in seen - before if target.startswith("/") or "(deleted)" in target}
+        assert not new_files, f"the server opened files for writing while scoring the video: {sorted(new_files)}"
+        resident_before = memory_mb(process.pid)[0]
+        for name, (body, status) in hostile.items():
+            response = requests.post(f"{url}/api/predict", files={"file": (name, body)}, timeout=120)
+            assert response.status_code == status and response.json()["error"], (name, response.status_code, response.text[:200])
+        assert memory_mb(process.pid)[1] - resident_before < 1024, "a hostile video cost over 1 GB"
+    assert [path.name for path in scratch.iterdir() if not path.name.startswith("__autograph_generated_file")] == []
