@@ -38,6 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", type=Path, help="write roc.png, confusion_matrix.png and score_histogram.png to this folder")
     parser.add_argument("--perturb", metavar="SPEC", help='also score perturbed copies, e.g. "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"')
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=32, help="frames sampled per video when the folders hold videos (default: %(default)s)")
     return parser
 
 
@@ -67,6 +68,10 @@ def evaluate(args: argparse.Namespace) -> int:
         return fail(PROG, f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH")
     detector = Detector.from_path(model_path)
     split = resolved[0][1]
+    from deepfake_detector.evaluation import has_videos
+
+    if len(resolved) == 1 and has_videos(resolved[0][0]):  # a folder of Real/ and Fake/ videos: video-level metrics
+        return _evaluate_videos(args, detector, resolved[0][0], split, model_path)
     try:
         if len(resolved) == 1:
             report = evaluate_folder(detector, resolved[0][0], perturbations, batch_size=args.batch_size, plots_dir=args.plots)
@@ -115,6 +120,22 @@ def write_report(report: dict, args: argparse.Namespace) -> int:
     if args.plots:
         print(f"plots in {args.plots}")
     return 0
+
+
+def _evaluate_videos(args: argparse.Namespace, detector, folder: Path, split, model_path: Path) -> int:
+    """Each video scored as ``inference.py predict`` scores it (its highest track); metrics per video."""
+    from deepfake_detector.evaluation import evaluate_video_folder
+    from deepfake_detector.metrics import format_table
+
+    if args.perturb:
+        return fail(PROG, "--perturb is for images, not videos")
+    report = {"model_path": str(model_path), "split": split, **evaluate_video_folder(detector, folder, args.frames)}
+    print(f"{report['model']} on {report['n_videos']} videos in {folder} ({report['frames']} frames each, "
+          f"threshold {report['threshold']:.3f}, fake is positive)")  # fmt: skip
+    print(format_table({"videos": report}))
+    if report["n_skipped"]:
+        print(f"skipped {report['n_skipped']} unreadable video(s); see the JSON report for which and why")
+    return write_report(report, args)
 
 
 def main(args: argparse.Namespace) -> int:

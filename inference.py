@@ -4,6 +4,7 @@
     python inference.py --model models/x.keras --port 8080      (or: python inference.py serve ...)
     python inference.py --keep-uploads           # also store each upload in uploads/ for review
     python inference.py predict photos/ a.jpg --output results.csv   # one row per face
+    python inference.py predict clip.mp4 --frames-csv frames.csv      # one row per face track (per face per frame)
 
 With no --model it serves deepfake_detector_model.keras from the working folder when
 ``python train.py`` has written one there (as in the original tutorial), else the shipped model.
@@ -60,19 +61,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", parents=[serve_options], help="serve the upload page and JSON API (the default)",
                         description="Serve the upload page and JSON API; options go after the command.")  # fmt: skip
     predict = commands.add_parser(
-        "predict", prog=PREDICT_PROG, help="score image files and folders",
+        "predict", prog=PREDICT_PROG, help="score image or video files and folders",
         description=(
             "Score image files and folders (recursively): one row per face found (face_index, box "
             "= x y width height), or one whole-image row with both empty when a file has no face. "
-            "An image's verdict is its highest fake_probability. Exit status 1 if any file failed."
+            "An image's verdict is its highest fake_probability. Videos (MP4, WebM, MOV, MKV, AVI; "
+            "in a run of their own): evenly spaced frames are sampled and each face is followed "
+            "through them: one row per track (its score is the mean of its frames; a video's "
+            "verdict is its highest track). Exit status 1 if any file failed."
         ),
     )  # fmt: skip
-    predict.add_argument("paths", nargs="+", help="image files and folders")
+    predict.add_argument("paths", nargs="+", help="image or video files and folders")
     predict.add_argument("--model", type=Path, help=MODEL_HELP)
     predict.add_argument("--output", help="results file: .csv for CSV, anything else for JSON lines (default: CSV on stdout)")
     predict.add_argument("--batch-size", type=int, default=64, help="images per model call (default: %(default)s)")
     predict.add_argument("--workers", type=int, help=f"decoding threads (default: twice the CPUs, at most {MAX_DEFAULT_THREADS})")
     predict.add_argument("--no-faces", action="store_true", help="score each whole image, without face detection")
+    predict.add_argument("--frames", type=int, default=32,
+                         help="frames sampled per video, evenly spaced (default: %(default)s, DeepfakeBench's protocol; at most 64)")
+    predict.add_argument("--frames-csv", help="videos: also write one row per face per sampled frame to this file (.csv, else JSON lines)")
     return parser
 
 
@@ -114,11 +121,21 @@ def predict(args: argparse.Namespace) -> int:
     from deepfake_detector.batch import RowWriter, expand_paths, score_files
     from deepfake_detector.faces import default_finder
 
+    from deepfake_detector.preprocessing import IMAGE_SUFFIXES
+    from deepfake_detector.video import VIDEO_SUFFIXES, is_video_path
+
+    paths = list(expand_paths(args.paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+    videos = [path for path in paths if is_video_path(path)]
+    if videos and len(videos) < len(paths):
+        return fail(PREDICT_PROG, "score images and videos in separate runs (their rows differ)")
+    if videos and args.no_faces:
+        return fail(PREDICT_PROG, "--no-faces is for images: a video's faces are followed through its frames")
+    if not paths:
+        return fail(PREDICT_PROG, "no image or video files found")
     detector = load_detector(args.model)
     finder = None if args.no_faces else default_finder()
-    paths = list(expand_paths(args.paths))
-    if not paths:
-        return fail(PREDICT_PROG, "no image files found")
+    if videos:
+        return predict_videos(args, videos, detector, finder)
     writer = RowWriter(args.output, stream=sys.stdout)
     failures = []
     try:
@@ -135,6 +152,45 @@ def predict(args: argparse.Namespace) -> int:
         print(f"{PREDICT_PROG}: {len(failures)} of {len(paths)} file(s) failed:", file=sys.stderr)
         for row in failures:
             print(f"  {row.path}: {row.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def predict_videos(args: argparse.Namespace, paths: list[str], detector, finder) -> int:
+    """One row per track of each video (and, with --frames-csv, one per face per frame)."""
+    from tqdm import tqdm
+
+    from deepfake_detector.batch import FRAME_FIELDS, TRACK_FIELDS, RowWriter, frame_rows, track_rows
+    from deepfake_detector.errors import VideoError
+    from deepfake_detector.video import VideoLimits, score_video
+
+    limits = VideoLimits()
+    if not 1 <= args.frames <= limits.frames:
+        return fail(PREDICT_PROG, f"--frames must be from 1 to {limits.frames}, got {args.frames}")
+    writer = RowWriter(args.output, stream=sys.stdout, fields=TRACK_FIELDS)
+    frames_writer = RowWriter(args.frames_csv, fields=FRAME_FIELDS) if args.frames_csv else None
+    failures = []
+    try:
+        for path in tqdm(paths, unit="video", desc="scoring"):
+            try:
+                analysis = score_video(detector, Path(path), finder, args.frames, limits)
+            except (VideoError, OSError) as error:
+                reason = "no such file" if isinstance(error, FileNotFoundError) else str(error)
+                writer.write({"path": path, "error": reason})
+                failures.append((path, reason))
+                continue
+            for row in track_rows(path, analysis):
+                writer.write(row)
+            for row in frame_rows(path, analysis) if frames_writer else ():
+                frames_writer.write(row)
+    finally:
+        writer.close()
+        if frames_writer:
+            frames_writer.close()
+    if failures:
+        print(f"{PREDICT_PROG}: {len(failures)} of {len(paths)} video(s) failed:", file=sys.stderr)
+        for path, reason in failures:
+            print(f"  {path}: {reason}", file=sys.stderr)
         return 1
     return 0
 

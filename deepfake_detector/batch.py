@@ -24,8 +24,13 @@ from deepfake_detector.detector import Detector
 from deepfake_detector.errors import ImageError
 from deepfake_detector.faces import FaceBox, FaceFinder, model_inputs
 from deepfake_detector.preprocessing import IMAGE_SUFFIXES, load_image, open_image
+from deepfake_detector.video import VideoScore
 
 FIELDS = ("path", "face_index", "box", "label", "fake_probability", "error")
+#: A video's rows: one per track (a face followed through the sampled frames), or one for the
+#: whole frames when no face was found; ``--frames-csv`` has one per face per sampled frame.
+TRACK_FIELDS = ("path", "track", "frames_seen", "first_s", "last_s", "label", "fake_probability", "error")
+FRAME_FIELDS = ("path", "track", "frame", "time_s", "box", "label", "fake_probability")
 
 
 @dataclass
@@ -38,16 +43,17 @@ class Row:
     box: list[int] | None = None  # [x, y, width, height] in the image's pixels
 
 
-def expand_paths(inputs: Iterable[str | Path]) -> Iterator[str]:
-    """Files as given, and image files under folders (recursively, sorted); missing paths too,
-    so they are reported as errors rather than silently dropped."""
+def expand_paths(inputs: Iterable[str | Path], suffixes: frozenset[str] = IMAGE_SUFFIXES) -> Iterator[str]:
+    """Files as given, and files with ``suffixes`` (images by default) under folders
+    (recursively, sorted); missing paths too, so they are reported as errors rather than
+    silently dropped."""
     for item in inputs:
         item = Path(item)
         if item.is_dir():
             for root, dirs, files in os.walk(item):
                 dirs.sort()
                 for name in sorted(files):
-                    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    if Path(name).suffix.lower() in suffixes:
                         yield str(Path(root) / name)
         else:
             yield str(item)
@@ -100,24 +106,45 @@ def _scores_in_chunks(detector: Detector, inputs: list[np.ndarray], batch_size: 
     return np.concatenate([detector.scores(stacked[i : i + batch_size]) for i in range(0, len(stacked), batch_size)])
 
 
-class RowWriter:
-    """Writes rows as CSV (``.csv``) or JSON lines (anything else), flushing as it goes."""
+def track_rows(path: str, analysis: VideoScore) -> list[dict]:
+    """One :data:`TRACK_FIELDS` row per track of a scored video (one whole-frames row without faces)."""
+    if not analysis.tracks:
+        return [{"path": path, "frames_seen": len(analysis.frames), "label": analysis.prediction.label,
+                 "fake_probability": round(analysis.prediction.fake_probability, 6)}]  # fmt: skip
+    return [{"path": path, "track": index, "frames_seen": len(track.faces), "first_s": round(track.faces[0].time_s, 3),
+             "last_s": round(track.faces[-1].time_s, 3), "label": track.prediction.label,
+             "fake_probability": round(track.prediction.fake_probability, 6)}
+            for index, track in enumerate(analysis.tracks)]  # fmt: skip
 
-    def __init__(self, path: str | Path | None, stream=None):
+
+def frame_rows(path: str, analysis: VideoScore) -> list[dict]:
+    """One :data:`FRAME_FIELDS` row per face per sampled frame, in time order."""
+    rows = [{"path": path, "track": index, "frame": face.frame, "time_s": round(face.time_s, 3), "box": face.face.box.as_list(),
+             "label": face.face.prediction.label, "fake_probability": round(face.face.prediction.fake_probability, 6)}
+            for index, track in enumerate(analysis.tracks) for face in track.faces]  # fmt: skip
+    return sorted(rows, key=lambda row: (row["time_s"], row["track"]))
+
+
+class RowWriter:
+    """Writes rows as CSV (``.csv``) or JSON lines (anything else), flushing as it goes.
+    ``fields``: the columns (:data:`FIELDS` by default); rows are :class:`Row` s or dicts."""
+
+    def __init__(self, path: str | Path | None, stream=None, fields: tuple[str, ...] = FIELDS):
         self._owned = path is not None
         self.file = open(path, "w", newline="") if path else stream
         self.jsonl = bool(path) and not str(path).lower().endswith(".csv")
-        self.csv = None if self.jsonl else csv.DictWriter(self.file, fieldnames=FIELDS)
+        self.fields = fields
+        self.csv = None if self.jsonl else csv.DictWriter(self.file, fieldnames=fields)
         if self.csv:
             self.csv.writeheader()
 
-    def write(self, row: Row) -> None:
-        record = {f: getattr(row, f) for f in FIELDS}
+    def write(self, row: Row | dict) -> None:
+        record = {f: row.get(f) if isinstance(row, dict) else getattr(row, f) for f in self.fields}
         if self.jsonl:
             self.file.write(json.dumps(record) + "\n")
         else:
-            if row.box is not None:
-                record["box"] = " ".join(str(v) for v in row.box)  # "x y width height"
+            if record.get("box") is not None:
+                record["box"] = " ".join(str(v) for v in record["box"])  # "x y width height"
             self.csv.writerow({k: "" if v is None else v for k, v in record.items()})
 
     def close(self) -> None:

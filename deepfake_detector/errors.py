@@ -63,3 +63,26 @@ class ImageTooLargeError(ImageError):
 
 class UploadError(DeepfakeDetectorError, ValueError):
     """A web request without a usable file."""
+
+
+class VideoError(DeepfakeDetectorError, ValueError):
+    """A video that cannot be read or sampled; the message says why, for a user."""
+
+
+class UnsupportedVideoError(VideoError):
+    """A real video in a container or codec we do not decode."""
+
+    http_status = 415
+
+
+class VideoTooLargeError(VideoError):
+    """A video over the limits (size, duration, frames, streams, decoding cost or time)."""
+
+    http_status = 413
+
+
+class ServerBusyError(DeepfakeDetectorError, RuntimeError):
+    """The server's worker for this kind of request is taken; the client should try again."""
+
+    http_status = 503
+    retry_after_seconds: int = 5

@@ -222,3 +222,44 @@ def measure(detector: "Detector", data_dir: str | Path, scored: FolderScores) ->
             if name != CLEAN
         }
     return report
+
+
+# ----------------------------------------------------------------------------- videos
+
+
+def has_videos(folder: str | Path) -> bool:
+    """Whether ``folder``'s Real/ or Fake/ holds videos (``evaluate.py`` then scores videos)."""
+    from deepfake_detector.video import VIDEO_SUFFIXES
+
+    folders = [Path(folder) / name for name in labels.FOLDER_NAMES.values()]
+    return any(p.suffix.lower() in VIDEO_SUFFIXES for class_dir in folders if class_dir.is_dir() for p in class_dir.rglob("*"))
+
+
+def evaluate_video_folder(detector: "Detector", folder: str | Path, frames: int | None = None) -> dict:
+    """Video-level metrics on ``folder/Real`` and ``folder/Fake`` videos: each video's score is its
+    verdict (its highest track, :func:`deepfake_detector.video.score_video`), at the model's threshold.
+
+    Returns:
+        The report: ``model``, ``data_dir``, ``media`` ("video"), ``frames`` sampled per video,
+        ``n_videos``, ``n_skipped``, ``skipped``, and every key of :data:`deepfake_detector.metrics.METRIC_KEYS`.
+    """
+    from deepfake_detector.errors import VideoError
+    from deepfake_detector.video import DEFAULT_FRAMES, VIDEO_SUFFIXES, score_video
+
+    frames = frames or DEFAULT_FRAMES
+    folder = Path(folder)
+    paths, targets = labels.labelled_files(folder, require_both=False, suffixes=VIDEO_SUFFIXES)
+    scores, kept, skipped = [], [], {}
+    for path, target in tqdm(list(zip(paths, targets)), desc=f"scoring {folder.name}", unit="video"):
+        try:
+            scores.append(score_video(detector, Path(path), frames=frames).prediction.fake_probability)
+            kept.append(target)
+        except (VideoError, OSError) as error:
+            skipped[path] = str(error)
+    if not kept:
+        raise DatasetError(f"none of the {len(paths)} video(s) under {folder} can be read")
+    return {
+        "model": detector.name, "data_dir": str(folder), "media": "video", "frames": frames, "n_videos": len(kept),
+        "n_skipped": len(skipped), "skipped": [{"path": path, "reason": reason} for path, reason in skipped.items()],
+        **compute_metrics(np.asarray(kept), np.asarray(scores), detector.threshold),
+    }  # fmt: skip

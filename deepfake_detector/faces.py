@@ -253,6 +253,17 @@ class RetinaFaceFinder:
         largest = int(np.argmax(boxes[:, 2] * boxes[:, 3]))  # the first of equals, as max() picks
         return landmarks[largest].astype(np.float32) / np.float32(scale)
 
+    def find_with_landmarks(self, image: Image.Image) -> list[tuple[FaceBox, np.ndarray]]:
+        """:meth:`find`'s boxes, each with its five landmarks in image pixels (5 x 2 float32);
+        video tracking links faces across frames by them (``video.py``)."""
+        boxes, scores, landmarks, scale = self._detect(image)
+        found = []
+        for box, score, points in zip(boxes.tolist(), scores, landmarks):
+            clipped = _boxes([(*box, float(score))], scale, image)
+            if clipped:
+                found.append((clipped[0], points.astype(np.float32) / np.float32(scale)))
+        return sorted(found, key=lambda pair: (pair[0].x, pair[0].y))
+
 
 @dataclass
 class HaarCascadeFinder:

@@ -40,12 +40,14 @@ def label_for(fake_probability: float, threshold: float) -> str:
     return FAKE if fake_probability >= threshold else REAL
 
 
-def labelled_files(folder: str | Path, require_both: bool = True) -> tuple[list[str], list[int]]:
+def labelled_files(folder: str | Path, require_both: bool = True,
+                   suffixes: frozenset[str] = IMAGE_SUFFIXES) -> tuple[list[str], list[int]]:  # fmt: skip
     """Image files under ``folder/Real`` and ``folder/Fake`` (recursively, sorted) and their
     integer labels in ``TRAINING_CLASS_ORDER``; no file is opened.
 
     With ``require_both`` a missing or empty class folder is an error; without it either
-    may be missing, but not both.
+    may be missing, but not both. ``suffixes``: the files taken (images by default; videos
+    for a folder of videos).
 
     Raises:
         DatasetError: a class folder missing or empty (with ``require_both``), or no images at all.
@@ -58,9 +60,9 @@ def labelled_files(folder: str | Path, require_both: bool = True) -> tuple[list[
             if require_both:
                 raise DatasetError(f"no {FOLDER_NAMES[class_name]}/ folder under {folder}")
             continue
-        found = sorted(str(p) for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = sorted(str(p) for p in class_dir.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
         if not found and require_both:
-            raise DatasetError(f"{class_dir} has no images")
+            raise DatasetError(f"{class_dir} has no {'images' if suffixes == IMAGE_SUFFIXES else 'files to score'}")
         paths += found
         targets += [index] * len(found)
     if not paths:

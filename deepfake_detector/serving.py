@@ -36,7 +36,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
 from deepfake_detector.recipes import SERVING_RUNTIME
-from deepfake_detector.web import SECURITY_HEADERS, RequestLimits, create_app
+from deepfake_detector.web import SECURITY_HEADERS, RequestLimits, too_large_message, create_app
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def create_server(app: Flask, host: str, port: int, config: ServerConfig = Serve
     limits: RequestLimits = app.extensions["request_limits"]
     # waitress refuses a larger Content-Length unread; up to it, the app answers with its own
     # message. Every buffer holds at least that much, so nothing spills to a temporary file.
-    body_cap = limits.upload_bytes + 1024 * 1024
+    body_cap = app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024  # the video cap: images have a smaller one, checked by the app
     application = _returning_memory(app) if config.return_memory else app
     server = _Server(
         application, host=host, port=port, threads=config.threads, ident=config.ident,
@@ -91,7 +91,7 @@ def create_server(app: Flask, host: str, port: int, config: ServerConfig = Serve
         max_request_body_size=body_cap, inbuf_overflow=body_cap + 1, outbuf_overflow=body_cap + 1,
     )  # fmt: skip
     server.messages = {
-        413: f"the upload is larger than {limits.upload_bytes // (1024 * 1024)} MB",
+        413: too_large_message(limits, app.extensions["video_limits"]),
         431: "the request's headers are too large",
         500: "internal error",
     }

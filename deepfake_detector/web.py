@@ -20,6 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from flask import Flask, Request, current_app, g, jsonify, render_template, request
@@ -28,9 +29,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from deepfake_detector import faces, labels
 from deepfake_detector.detector import Detector, FaceScore, ImageScore
-from deepfake_detector.errors import ImageError, UploadError
+from deepfake_detector.errors import ImageError, ImageTooLargeError, ServerBusyError, UploadError, VideoError
 from deepfake_detector.preprocessing import decode, probe_image
 from deepfake_detector.uploads import UploadStore
+from deepfake_detector.video import DEFAULT_FRAMES, VideoLimits, VideoScore, data_url, looks_like_video, score_video
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +90,15 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 def create_app(
     detector: Detector, limits: RequestLimits = RequestLimits(), face_finder: faces.FaceFinder | None = None,
-    upload_store: UploadStore | None = None,
+    upload_store: UploadStore | None = None, video_limits: VideoLimits = VideoLimits(),
 ) -> Flask:
     """Build the app around an already loaded detector (tests hand in a tiny one).
 
     ``face_finder`` defaults to :func:`deepfake_detector.faces.default_finder`, loaded here,
     at start-up, not on the first request. ``upload_store``, when given, keeps every upload
     that was scored (page and API, each file of a ``files`` request); without it nothing is
-    written anywhere.
+    written anywhere. A video upload (``video_limits``) is scored by one worker at a time
+    (:func:`_score_video`); it is never stored.
     """
     if not (TEMPLATES / "index.html").is_file():
         raise FileNotFoundError(f"no {TEMPLATES / 'index.html'}: the page's templates/ and static/ belong "
@@ -103,11 +106,13 @@ def create_app(
     app = Flask(__name__, template_folder=str(TEMPLATES), static_folder=str(STATIC))
     app.request_class = InMemoryRequest
     app.config.update(
-        MAX_CONTENT_LENGTH=limits.upload_bytes, JSON_SORT_KEYS=False, MAX_FORM_MEMORY_SIZE=limits.field_bytes,
+        MAX_CONTENT_LENGTH=max(limits.upload_bytes, video_limits.upload_bytes), JSON_SORT_KEYS=False, MAX_FORM_MEMORY_SIZE=limits.field_bytes,
         MAX_FORM_PARTS=limits.files + limits.form_fields,
     )  # fmt: skip
     app.extensions["detector"] = detector
     app.extensions["request_limits"] = limits
+    app.extensions["video_limits"] = video_limits
+    app.extensions["video_worker"] = threading.Semaphore(1)  # one video decoded and scored at a time
     finder = face_finder or faces.default_finder()
     app.extensions["face_finder"] = finder
     model_info = detector.describe()
@@ -145,6 +150,7 @@ def create_app(
         upload = request.files.get(field)
         if upload is None:
             raise UploadError(f"no file in the request: send it as multipart form field '{field}'")
+        _check_image_body(limits)
         return upload.read()
 
     @app.before_request
@@ -165,8 +171,14 @@ def create_app(
     @app.post("/")
     def upload_page():
         try:
+            if (clip := _uploaded_video()) is not None:
+                video = _video_page(_score_video(clip, thumbnail_width=240))
+                return render_template("index.html", model=model_info, video=video)
             result, image, analysis = score(read_upload(), explain_allowance())
-        except (UploadError, ImageError) as error:
+        except ServerBusyError as error:
+            headers = {"Retry-After": str(error.retry_after_seconds)}
+            return render_template("index.html", model=model_info, error=str(error)), error.http_status, headers
+        except (UploadError, ImageError, VideoError) as error:
             return render_template("index.html", model=model_info, error=str(error)), error.http_status
         preview = _preview_data_url(image, analysis)
         return render_template("index.html", model=model_info, result=result, preview=preview)
@@ -176,6 +188,7 @@ def create_app(
         many = request.files.getlist("files")
         explain_left = explain_allowance()
         if many:
+            _check_image_body(limits)
             results = []
             deadline = g.start + limits.files_seconds
             for index, upload in enumerate(many):
@@ -193,8 +206,12 @@ def create_app(
                 results.append(entry)
             return jsonify(results=results, model=model_info["model"], elapsed_ms=_elapsed_ms())
         try:
+            if (clip := _uploaded_video()) is not None:
+                return jsonify(**_score_video(clip).to_dict(), model=model_info["model"], elapsed_ms=_elapsed_ms())
             result = score(read_upload(), explain_left)[0]
-        except (UploadError, ImageError) as error:
+        except ServerBusyError as error:
+            return *_json_error(str(error), error.http_status), {"Retry-After": str(error.retry_after_seconds)}
+        except (UploadError, ImageError, VideoError) as error:
             return _json_error(str(error), error.http_status)
         return jsonify(**result, model=model_info["model"], elapsed_ms=_elapsed_ms())
 
@@ -204,8 +221,8 @@ def create_app(
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(error: RequestEntityTooLarge):
-        if request.content_length is None or request.content_length > limits.upload_bytes:
-            message = f"the upload is larger than {limits.upload_bytes // (1024 * 1024)} MB"
+        if request.content_length is None or request.content_length > app.config["MAX_CONTENT_LENGTH"]:
+            message = too_large_message(limits, video_limits)
         elif error.description != RequestEntityTooLarge.description:
             message = error.description  # InMemoryRequest's: too many files
         else:  # Werkzeug's form limits
@@ -233,6 +250,74 @@ def create_app(
     return app
 
 
+def too_large_message(limits: RequestLimits, video_limits: VideoLimits) -> str:
+    """What an upload over both caps is told (the server's own 413 says the same)."""
+    return (f"the upload is larger than {video_limits.upload_bytes // (1024 * 1024)} MB for a video "
+            f"or {limits.upload_bytes // (1024 * 1024)} MB for images")  # fmt: skip
+
+
+def _check_image_body(limits: RequestLimits) -> None:
+    """Images have a smaller cap than videos; the body was let in up to the video cap."""
+    if request.content_length is not None and request.content_length > limits.upload_bytes:
+        raise ImageTooLargeError(f"the upload is larger than {limits.upload_bytes // (1024 * 1024)} MB")
+
+
+def _uploaded_video(field: str = "file") -> BinaryIO | None:
+    """The upload's in-memory stream when its first bytes are a video container's, else None."""
+    upload = request.files.get(field)
+    if upload is None:
+        return None
+    head = upload.stream.read(16)
+    upload.stream.seek(0)
+    return upload.stream if looks_like_video(head) else None
+
+
+def _frames_asked(limits: VideoLimits) -> int:
+    """``?frames=N`` (or the form's ``frames``), else the default."""
+    value = request.args.get("frames") or request.form.get("frames") or ""
+    if not value:
+        return DEFAULT_FRAMES
+    if not value.isdigit() or not 1 <= int(value) <= limits.frames:
+        raise VideoError(f"frames must be a whole number from 1 to {limits.frames}, got {value[:20]!r}")
+    return int(value)
+
+
+def _score_video(stream: BinaryIO, thumbnail_width: int = 0) -> VideoScore:
+    """Score a video upload with the app's one video worker; 503 when it stays busy."""
+    extensions = current_app.extensions
+    video_limits: VideoLimits = extensions["video_limits"]
+    frames = _frames_asked(video_limits)
+    worker = extensions["video_worker"]
+    if not worker.acquire(timeout=video_limits.queue_seconds):
+        raise ServerBusyError("another video is being scored; send this one again in a few seconds")
+    try:
+        return score_video(extensions["detector"], stream, extensions["face_finder"], frames, video_limits,
+                           thumbnails=thumbnail_width)  # fmt: skip
+    finally:
+        worker.release()
+
+
+def _video_page(analysis: VideoScore) -> dict:
+    """What the page shows for a video: the answer, each track's face (its highest-scoring
+    crop), the sampled frames with the tracks' boxes, and the plot's data (drawn by video.js)."""
+    result = analysis.to_dict()
+    track_of = {id(face.face): index for index, track in enumerate(analysis.tracks) for face in track.faces}
+    for entry, track in zip(result["tracks"], analysis.tracks):
+        best = max(track.faces, key=lambda face: face.face.prediction.fake_probability)
+        entry["face_image"] = data_url(best.face.crop)
+    frames = []
+    for frame in analysis.frames:
+        picture = frame.thumbnail.copy()
+        if frame.analysis.faces:
+            numbers = [track_of.get(id(face), 0) + 1 for face in frame.analysis.faces]
+            _draw_faces(picture, frame.analysis.faces, picture.width / frame.image_width, numbers)
+        frames.append({"time_s": round(frame.sampled.time_s, 2), "image": data_url(picture)})
+    plot = {"threshold": analysis.prediction.threshold, "duration_s": analysis.facts.duration_s,
+            "tracks": [{"times": [f["time_s"] for f in t["frames"]], "scores": [f["fake_probability"] for f in t["frames"]]}
+                       for t in result["tracks"]]}  # fmt: skip
+    return {"result": result, "frames": frames, "plot": plot}
+
+
 def _elapsed_ms() -> float:
     return round((time.perf_counter() - g.start) * 1000.0, 1)
 
@@ -253,11 +338,11 @@ def _preview_data_url(image: Image.Image, analysis: ImageScore | None = None, si
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _draw_faces(preview: Image.Image, face_scores: list[FaceScore], scale: float) -> None:
+def _draw_faces(preview: Image.Image, face_scores: list[FaceScore], scale: float, numbers: list[int] | None = None) -> None:
     draw = ImageDraw.Draw(preview)
     font = ImageFont.load_default(size=max(12, round(preview.width / 24)))
     line = max(2, round(preview.width / 160))
-    for number, face in enumerate(face_scores, start=1):
+    for number, face in zip(numbers or range(1, len(face_scores) + 1), face_scores):
         colour = LABEL_COLOURS[face.prediction.label]
         x, y, width, height = (value * scale for value in face.box.as_list())
         draw.rectangle((x, y, x + width, y + height), outline=colour, width=line)

@@ -74,3 +74,34 @@ def test_upload_a_text_file_and_see_the_error(browser, page_url, tmp_path):
     page.click("button[type=submit]")
     message = page.wait_for_selector("#error").inner_text()
     assert "not an image" in message
+
+
+def face_clip() -> bytes:
+    """Two faces (the astronaut's, darkened) crossing: what tests/test_video.py scores."""
+    from tests.test_video import clip, crossing
+
+    return clip(crossing())
+
+
+def test_upload_a_video_and_see_its_tracks_and_plots(browser, page_url, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(face_clip())
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(page_url)
+    page.set_input_files("input[type=file]", str(video))
+    page.click("button[type=submit]")
+    page.wait_for_selector("#video-result")
+    assert page.inner_text("#verdict") in VERDICT_WORDS.values()
+    assert page.locator("#tracks > li").count() == 2
+    page.wait_for_selector(".plot svg polyline")
+    points = page.locator(".plot svg polyline").first.get_attribute("points").split()
+    assert len(points) == 32 and page.locator(".plot svg circle").count() == 64  # one per sampled frame, per track
+    assert page.locator("#tracks img").first.evaluate("img => img.naturalWidth") > 0  # the track's face
+    assert not page.locator(".frame-grid img").first.is_visible()  # the frames are shown on demand
+    page.click("#frames summary")
+    assert page.locator(".frame-grid img").first.is_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(tmp_path / "video.png"), full_page=True)
+    assert errors == []  # no Content-Security-Policy violation from the plot's script or its data

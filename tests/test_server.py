@@ -14,6 +14,8 @@ from PIL import Image
 
 from harness.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise, short_images
 from harness.server import memory_mb, running_process
+from harness.videos import encode as encode_video
+from harness.videos import hostile_videos
 from tests.helpers import image_bytes, synthetic_image
 
 pytestmark = pytest.mark.slow  # inference.py as a real server process, and the corpus to post to it
@@ -131,7 +133,14 @@ def hostile_corpus() -> list[tuple[str, bytes]]:
         *((f"short_{name}", data) for name, data in short_images(noise(256, seed=5)).items()),
     ]
     corpus += [(f"noise{i}.jpg", rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes()) for i in range(40)]
+    corpus += [(name, data) for name, (data, _) in video_corpus().items()]
     return corpus
+
+
+def video_corpus() -> dict[str, tuple[bytes, int]]:
+    """Hostile containers (harness/videos.py) and the status each must get."""
+    frames = [np.full((120, 160, 3), value, np.uint8) for value in range(0, 200, 10)]
+    return hostile_videos(encode_video(frames, container="matroska"), encode_video(frames, container="avi", codec="mpeg4"))
 
 
 def test_corpus_is_big_enough():
@@ -159,6 +168,7 @@ def test_hostile_corpus_never_breaks_the_server(server):
     assert outcomes["many_scans.jpg"] == 413 and outcomes["crowd.jpg"] == outcomes["flat_40mp.png"] == 200
     lying = ["one_row.png", "cut_after_2kb.jpg"] + [name for name in outcomes if name.startswith("short_")]
     assert {name: outcomes[name] for name in lying} == {name: 400 for name in lying}
+    assert {name: outcomes[name] for name in video_corpus()} == {name: status for name, (_, status) in video_corpus().items()}
     assert memory_mb(process.pid)[1] < 2048, "peak resident memory over 2 GB"
     assert requests.get(f"{server_url}/healthz", timeout=10).json()["status"] == "ok"
 
@@ -193,7 +203,7 @@ def test_waitress_own_errors_are_json_with_the_security_headers(server_url):
     requests_and_statuses = [
         # exactly waitress's header limit, unterminated: it answers on the last byte, with none left unread
         (start + b"a" * (262_144 - len(start)), 431),
-        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 199999999\r\n\r\n", 413),
         (b"GET /\x00 HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400),
     ]
     for raw, status in requests_and_statuses:
@@ -208,7 +218,7 @@ def test_waitress_own_errors_are_json_with_the_security_headers(server_url):
             assert header in head, (status, header)
         assert b"application/json" in head and json.loads(body)["error"]
         if status == 413:
-            assert json.loads(body)["error"] == "the upload is larger than 20 MB"
+            assert json.loads(body)["error"] == "the upload is larger than 100 MB for a video or 20 MB for images"
 
 
 @pytest.mark.parametrize("field, message", [("files", "at most 16 files per request"), ("note", "more than 24 parts")])
