@@ -79,8 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="how the decision threshold is chosen on Validation: "
                              + choices_help(THRESHOLD_RULES, TrainConfig.threshold_rule))
     parser.add_argument("--cache-dir", help="where each split is cached decoded at the input size, once, for every "
-                                            "epoch and later run (default: DATA/.cache, or a per-user folder "
-                                            "if DATA cannot be written; about 9.4 GB for the Kaggle archive at 128 px)")
+                                            "epoch and later run (default: the user's cache folder, "
+                                            "$XDG_CACHE_HOME/deepfake-detector/datasets or ~/.cache/deepfake-detector/"
+                                            "datasets, never the data folder; about 9.4 GB for the Kaggle archive at 128 px)")
     parser.add_argument("--steps-per-epoch", type=int, help="cap on training steps per epoch, for trials and benchmarks "
                                                             "(Validation and Test are still scored whole); with "
                                                             "several --data-dir, the epoch's length (default: as many "

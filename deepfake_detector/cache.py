@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from deepfake_detector.decoding import default_workers
 from deepfake_detector.errors import DatasetError, ImageError
-from deepfake_detector.files import staged_directory
+from deepfake_detector.files import staged_directory, user_cache_dir
 from deepfake_detector.labels import FOLDER_NAMES, TRAINING_CLASS_ORDER, labelled_files
 from deepfake_detector.preprocessing import PreprocessingConfig, load_image, open_image
 
@@ -143,27 +143,17 @@ class Subset:
         return self.source.read(self.positions[np.asarray(positions, np.int64)])
 
 
-#: The cache's folder beside the images (``DATA/.cache``).
+#: Where caches were kept beside the images before they moved to the user's cache folder
+#: (``DatasetHandler.download_dataset`` still counts such a folder as its own).
 CACHE_FOLDER = ".cache"
 
 
 def default_cache_dir(data_dir: str | Path) -> Path:
-    """``DATA/.cache``, beside the images; a per-user folder when ``DATA`` cannot be written.
-    Ask once ``DATA`` exists (``DatasetHandler.cache_dir`` does)."""
-    beside = Path(data_dir) / CACHE_FOLDER
-    if beside.is_dir() or _writable(Path(data_dir)):
-        return beside
-    return Path.home() / ".cache" / "deepfake-detector" / "datasets" / hashlib.sha256(
-        str(Path(data_dir).resolve()).encode()).hexdigest()[:12]  # fmt: skip
-
-
-def _writable(folder: Path) -> bool:
-    """Whether we may add to ``folder``: permitted, and not marked read-only (root is permitted
-    everything, so a folder with no write bits at all counts as read-only too)."""
-    try:
-        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
-    except OSError:
-        return False
+    """The user's cache folder (:func:`deepfake_detector.files.user_cache_dir`), ``datasets/``,
+    one folder per data folder (named by a hash of its full path), as Keras and other dataset
+    tools keep theirs: never inside the data, which may be shared, read-only or backed up."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    return user_cache_dir() / "datasets" / digest
 
 
 #: ``TrainConfig.framing`` values (``recipes.FRAMINGS``): the whole image, or its largest face.

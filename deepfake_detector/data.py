@@ -127,9 +127,8 @@ class DatasetHandler:
 
     @property
     def cache_dir(self) -> Path:
-        """Where the decoded splits are cached: as given, else ``DATA/.cache`` (or a per-user
-        folder when DATA cannot be written), decided when first needed, after the download
-        and extraction have made DATA."""
+        """Where the decoded splits are cached: as given, else a folder of the user's cache for
+        this data folder (:func:`deepfake_detector.cache.default_cache_dir`), never inside it."""
         return self._cache_dir or cache.default_cache_dir(self.dataset_download_dir)
 
     def find(self) -> Path:

@@ -78,3 +78,12 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """This tool's folder in the user's cache, as Keras and other dataset tools keep theirs:
+    ``$DEEPFAKE_DETECTOR_CACHE``, else ``$XDG_CACHE_HOME/deepfake-detector``, else
+    ``~/.cache/deepfake-detector``. Decoded datasets and converted models go there."""
+    if os.environ.get("DEEPFAKE_DETECTOR_CACHE"):
+        return Path(os.environ["DEEPFAKE_DETECTOR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-detector"

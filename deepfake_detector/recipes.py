@@ -176,7 +176,7 @@ class TrainConfig:
     seed: int = 1337
     max_images_per_split: int | None = None  # for quick trials; None uses everything
     steps_per_epoch: int | None = None  # cap on training steps per epoch (trials, benchmarks); Validation and Test stay whole
-    cache_dir: str | None = None  # where each split's decoded images are cached; None: DATA/.cache (cache.default_cache_dir)
+    cache_dir: str | None = None  # where each split's decoded images are cached; None: the user's cache (cache.default_cache_dir)
     distribute: str = "none"  # a name in STRATEGIES: one device, every local GPU (or the CPU), or TF_CONFIG's workers
     mixed_precision: bool = False  # mixed_float16 compute on GPUs; the output layer stays float32
     backup_dir: str | None = None  # per-epoch training state for resuming; None: .NAME.backup/ beside output

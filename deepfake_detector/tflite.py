@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepfake_detector.files import sha256_of, write_atomically
+from deepfake_detector.files import sha256_of, user_cache_dir, write_atomically
 from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,8 @@ class TFLiteScorer:
 
 
 def cache_dir() -> Path:
-    """Where converted models are kept: ``$DEEPFAKE_DETECTOR_CACHE``, else
-    ``$XDG_CACHE_HOME/deepfake-detector``, else ``~/.cache/deepfake-detector``."""
-    if os.environ.get("DEEPFAKE_DETECTOR_CACHE"):
-        return Path(os.environ["DEEPFAKE_DETECTOR_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfake-detector"
+    """Where converted models are kept: the user's cache folder (:func:`files.user_cache_dir`)."""
+    return user_cache_dir()
 
 
 def _cache_file(model_path: str | Path) -> Path | None:

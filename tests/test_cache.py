@@ -105,16 +105,29 @@ def test_a_failed_build_leaves_nothing_that_looks_finished(split_dir, tmp_path, 
     assert len(cache.open_split(split_dir, tmp_path / "cache", SIZE)) == 12
 
 
-def test_default_cache_dir_is_beside_the_data_unless_read_only(tmp_path, monkeypatch):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    assert cache.default_cache_dir(data_dir) == data_dir / ".cache"
+def test_default_cache_dir_is_the_users_cache_never_the_data_folder(tmp_path, monkeypatch):
+    data_dir, other = tmp_path / "data", tmp_path / "other"
+    monkeypatch.delenv("DEEPFAKE_DETECTOR_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    data_dir.chmod(0o555)  # read-only, as a shared copy is; root may still write, so the bits decide
-    try:
-        assert cache.default_cache_dir(data_dir).is_relative_to(tmp_path / "home" / ".cache" / "deepfake-detector")
-    finally:
-        data_dir.chmod(0o755)
+    default = cache.default_cache_dir(data_dir)
+    assert default.parent == tmp_path / "home" / ".cache" / "deepfake-detector" / "datasets"
+    assert default == cache.default_cache_dir(tmp_path / "." / "data") != cache.default_cache_dir(other)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.default_cache_dir(data_dir).is_relative_to(tmp_path / "xdg" / "deepfake-detector" / "datasets")
+
+
+def test_a_run_without_cache_dir_writes_nothing_into_the_data_folder(tmp_path, monkeypatch):
+    from deepfake_detector.data import DatasetHandler
+    from tests.helpers import make_dataset
+
+    data = make_dataset(tmp_path / "data", {"Train": 2, "Validation": 2, "Test": 2})
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    monkeypatch.setenv("DEEPFAKE_DETECTOR_CACHE", str(tmp_path / "user-cache"))
+    handler = DatasetHandler(dataset_download_dir=data, image_size=16)
+    handler.splits()
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert handler.cache_dir.is_relative_to(tmp_path / "user-cache") and any(handler.cache_dir.iterdir())
 
 
 # ----------------------------------------------------------------------------- the pipeline

@@ -8,6 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = re.compile(r"(models/[\w.-]+\.eval\.json)")
+SOURCES_REPORT = re.compile(r"(models/[\w.-]+\.sources\.json)")
 
 
 def _cells(row: str) -> list[str]:
@@ -24,6 +25,20 @@ def test_readme_accuracy_rows_match_their_committed_reports():
         expected = [report["accuracy"], report["roc_auc"], report["real_accuracy"], report["fake_accuracy"],
                     report["perturbations"]["jpeg:50"]["roc_auc"]]  # fmt: skip
         assert _cells(row)[1:6] == [f"{value:.3f}" for value in expected], report_path.name
+
+
+def test_readme_per_source_rows_match_their_committed_reports():
+    """The per-source table: each row names an evaluate.py report with several --data-dir and a source of it."""
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("|") and SOURCES_REPORT.search(line)]  # fmt: skip
+    assert len(rows) >= 3, "README should show the shipped model on every shared data set"
+    for row in rows:
+        report = json.loads((ROOT / SOURCES_REPORT.search(row).group(1)).read_text())
+        cells = _cells(row)
+        measured = report["pooled"] if cells[1] == "pooled" else report["sources"][cells[1]]
+        expected = [measured["roc_auc"], measured["fake_accuracy"], measured["real_accuracy"], measured["tpr_at_fpr_1"],
+                    measured["perturbations"]["jpeg:50"]["roc_auc"]]  # fmt: skip
+        assert cells[2:7] == [f"{value:.3f}" for value in expected], row
 
 
 def _readme_commands() -> list[str]:
