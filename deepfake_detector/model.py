@@ -247,6 +247,13 @@ class DeepfakeDetectorModel:
         output = self.fake_probability_of(self.model(images, training=False))
         return output if keras.ops.is_tensor(images) else keras.ops.convert_to_numpy(output)
 
+    def predict(self, images, batch_size: int = 32, **kwargs) -> np.ndarray:
+        """The tutorial's ``self.model.predict(img_array)``: P(fake), shape (N, 1), for a batch of
+        images at the model's input size (0..255), as every output here is, whatever the saved
+        class order (the tutorial's own ``predict`` returned P(real))."""
+        kwargs.setdefault("verbose", 0)
+        return self.fake_probability_of(self.model.predict(images, batch_size=batch_size, **kwargs))
+
     # -- the tutorial's life cycle
     def compile_model(self, learning_rate=1e-4, *, optimizer: str = "adam", weight_decay: float = 0.0,
                       ema_momentum: float = 0.0, label_smoothing: float = 0.0) -> None:  # fmt: skip

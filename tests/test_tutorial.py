@@ -14,6 +14,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import make_dataset
@@ -83,6 +84,13 @@ def test_the_tutorials_main_blocks_train_and_serve(served_archive, tmp_path, mon
     assert inference_model.model.image_size == 128
     fake_probability, percentage = inference_model.predict_image(source / "Test" / "Fake" / "fake_0.png")
     assert 0.0 <= fake_probability <= 1.0 and percentage == pytest.approx(100 * fake_probability)
+    # The tutorial's own call, self.model.predict(img_array), on images at the model's size: P(fake).
+    from deepfake_detector.preprocessing import load_image
+
+    batch = np.stack([load_image(source / "Test" / folder / f"{folder.lower()}_0.png", 128) for folder in ("Real", "Fake")])
+    predicted = inference_model.model.predict(batch)
+    assert predicted.shape == (2, 1)
+    np.testing.assert_allclose(predicted[:, 0], inference_model.detector.scores(batch), atol=1e-4)
     page = inference_model.app.test_client().get("/")
     assert page.status_code == 200
     health = inference_model.app.test_client().get("/healthz").get_json()
