@@ -21,6 +21,8 @@ Importing this module does not import TensorFlow (``evaluate.py`` checks its inp
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -182,7 +184,11 @@ class DatasetHandler:
         return True
 
     def unzip_dataset(self) -> bool:
-        """Extract the archive into ``dataset_download_dir/extracted`` unless a dataset is found; True when done.
+        """Extract the archive unless a dataset is found; True when done.
+
+        It is extracted into ``dataset_download_dir/extracted`` (refusing unsafe members), then
+        the folder holding the splits is moved to ``dataset_dir`` when one was given, as the
+        tutorial's ``./data/Dataset``; without one it stays under ``extracted/``.
 
         Raises:
             DatasetError: no archive to extract, a corrupt or unsafe archive, or one without
@@ -194,8 +200,14 @@ class DatasetHandler:
         archive = self.archive_path
         if not archive.is_file():
             raise DatasetError(f"{archive}: no dataset archive to extract (download it first)")
-        root = find_dataset_root(extract(archive, self.dataset_download_dir / EXTRACTED),
-                                      tuple(self.split_dirs.values()))  # fmt: skip
+        extracted = extract(archive, self.dataset_download_dir / EXTRACTED)
+        root = find_dataset_root(extracted, tuple(self.split_dirs.values()))
+        if self.dataset_dir is not None and not self.dataset_dir.exists():
+            # Where the caller said (the tutorial's ./data/Dataset), once extracted whole and checked.
+            self.dataset_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(root, self.dataset_dir)
+            shutil.rmtree(extracted, ignore_errors=True)  # what the archive held besides the dataset
+            root = self.dataset_dir
         log.info("dataset extracted to %s", root)
         return True
 

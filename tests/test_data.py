@@ -423,3 +423,17 @@ def test_decode_images_nothing(tmp_path):
     images, kept, failures = decode_images([], 12)
     assert images.shape == (0, 12, 12, 3) and images.dtype == np.uint8
     assert kept.tolist() == [] and failures == {}
+
+
+def test_unzip_puts_the_dataset_where_the_caller_said(tmp_path):
+    from deepfake_detector.data import DatasetHandler
+
+    make_zip(tmp_path / "data" / "dataset.zip", {f"Dataset/{split}/{cls}/x.jpg": b"x" for split in ("Train", "Validation", "Test")
+                                               for cls in ("Real", "Fake")} | {"readme.txt": b"hi"})  # fmt: skip
+    handler = DatasetHandler(dataset_download_dir=tmp_path / "data", dataset_dir=tmp_path / "data" / "Dataset")
+    assert handler.unzip_dataset()
+    assert (tmp_path / "data" / "Dataset" / "Test" / "Fake" / "x.jpg").read_bytes() == b"x"
+    assert not (tmp_path / "data" / "extracted").exists() and handler.find() == tmp_path / "data" / "Dataset"
+    assert handler.unzip_dataset()  # found there: nothing extracted again
+    without = DatasetHandler(dataset_download_dir=tmp_path / "other", archive=tmp_path / "data" / "dataset.zip")
+    assert without.unzip_dataset() and without.find() == tmp_path / "other" / "extracted" / "Dataset"

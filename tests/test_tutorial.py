@@ -71,6 +71,8 @@ def test_the_tutorials_main_blocks_train_and_serve(served_archive, tmp_path, mon
     loss, accuracy, precision, recall = evaluation_metrics
     assert math.isfinite(loss) and loss > 0
     assert all(0.0 <= value <= 1.0 for value in (accuracy, precision, recall))
+    assert (work / "data" / "Dataset" / "Train" / "Real").is_dir()  # where the tutorial said it would be
+    assert not (work / "data" / "extracted").exists()
     assert (work / "deepfake_detector_model.keras").is_file()
     assert (work / "deepfake_detector_model_best.keras").is_file()
 
