@@ -234,7 +234,13 @@ class DatasetHandler:
 
     def get_image_dataset_from_directory(self, dir_name: str, training: bool | None = None,
                                          augment: str = "none") -> tf.data.Dataset:  # fmt: skip
-        """One split, by its folder name, as batches of (uint8 images, labels real=0/fake=1).
+        """One split, by its folder name, as batches of (uint8 images, labels real=0/fake=1): the
+        tutorial's method, streamed from the split's cache.
+
+        Differences from the tutorial's ``image_dataset_from_directory``: ``class_names`` is
+        ``["Real", "Fake"]`` (the training order, so the sigmoid is P(fake); the tutorial's was
+        alphabetical, Fake=0, so its sigmoid was P(real)); labels are float32 of shape (batch, 1);
+        images are uint8 at the model's input size, resized as the page resizes them.
 
         ``training`` (default: for the training folder) draws a fresh shuffle every epoch and
         applies ``augment`` (:data:`deepfake_detector.recipes.AUGMENTATIONS`); otherwise the
@@ -246,7 +252,10 @@ class DatasetHandler:
         if dir_name not in roles:
             raise DatasetError(f"{dir_name!r} is not one of this dataset's split folders ({', '.join(roles)})")
         training = dir_name == self.train_dir if training is None else training
-        return make_dataset(self.splits()[roles[dir_name]], self.batch_size, training, augment, self.seed)
+        dataset = make_dataset(self.splits()[roles[dir_name]], self.batch_size, training, augment, self.seed)
+        # As image_dataset_from_directory's, but in the training order (Real=0, Fake=1), not alphabetical.
+        dataset.class_names = [labels.FOLDER_NAMES[name] for name in labels.TRAINING_CLASS_ORDER]
+        return dataset
 
     def load_split_data(self) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
         """``(train, test, val)``, in the tutorial's order."""

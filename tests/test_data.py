@@ -437,3 +437,25 @@ def test_unzip_puts_the_dataset_where_the_caller_said(tmp_path):
     assert handler.unzip_dataset()  # found there: nothing extracted again
     without = DatasetHandler(dataset_download_dir=tmp_path / "other", archive=tmp_path / "data" / "dataset.zip")
     assert without.unzip_dataset() and without.find() == tmp_path / "other" / "extracted" / "Dataset"
+
+
+def test_the_tutorials_split_loaders_stream_labelled_batches(tmp_path):
+    """DatasetHandler.load_split_data and get_image_dataset_from_directory, the tutorial's public methods."""
+    from deepfake_detector.data import DatasetHandler
+    from tests.helpers import make_dataset
+
+    data = make_dataset(tmp_path / "data", {"Train": 6, "Validation": 3, "Test": 4})
+    handler = DatasetHandler(dataset_download_dir=data, image_size=24, batch_size=4, cache_dir=tmp_path / "cache")
+    train, test, val = handler.load_split_data()  # the tutorial's order
+    for dataset, count in ((train, 12), (test, 8), (val, 6)):
+        assert dataset.class_names == ["Real", "Fake"]
+        images, targets = (np.concatenate(part) for part in zip(*((x.numpy(), y.numpy()) for x, y in dataset)))
+        assert images.shape == (count, 24, 24, 3) and images.dtype == np.uint8 and targets.shape == (count, 1)
+        assert sorted(targets[:, 0].tolist()) == [0.0] * (count // 2) + [1.0] * (count // 2)
+        # Fakes carry the bright square (tests/helpers.py): the label follows the image.
+        assert all((image.max() == 255) == bool(target[0]) for image, target in zip(images, targets))
+    first, second = ([y.numpy()[:, 0].tolist() for _, y in train] for _ in range(2))
+    assert first != second  # a fresh shuffle every epoch; Test and Validation keep the files' order
+    assert [y.numpy()[:, 0].tolist() for _, y in test] == [[0.0] * 4, [1.0] * 4]
+    with pytest.raises(DatasetError, match="not one of this dataset's split folders"):
+        handler.get_image_dataset_from_directory("Dataset")
