@@ -61,11 +61,13 @@ def evaluate(args: argparse.Namespace) -> int:
     if len(set(names)) < len(names):
         return fail(PROG, "two --data-dir folders have the same name; a source is known by its folder's name")
 
-    from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
+    from deepfake_detector.cli import default_model
+    from deepfake_detector.detector import Detector
 
-    model_path = args.model or DEFAULT_MODEL_PATH
+    model_path, why = default_model(PROG, args.model)
     if not model_path.is_file():
         return fail(PROG, f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH")
+    print(f"model: {model_path} ({why})")
     detector = Detector.from_path(model_path)
     split = resolved[0][1]
     from deepfake_detector.evaluation import has_videos

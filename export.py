@@ -46,9 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def export(args: argparse.Namespace) -> int:
-    from deepfake_detector.detector import DEFAULT_MODEL_PATH
+    from deepfake_detector.cli import default_model
 
-    model = args.model or DEFAULT_MODEL_PATH
+    model, why = default_model(PROG, args.model)
+    print(f"model: {model} ({why})")
     if args.format == "flip-averaged":
         from deepfake_detector.export import add_flip_average
 

@@ -85,13 +85,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def load_detector(model_path: Path | None, runtime: str = "keras"):
     """The model to score with; raises :class:`deepfake_detector.errors.ModelFileError`."""
+    from deepfake_detector.cli import default_model
     from deepfake_detector.detector import Detector
-    from deepfake_detector.serving import default_model_path
 
-    origin = ""
-    if model_path is None:
-        model_path, origin = default_model_path()
-    return Detector.from_path(model_path, runtime=runtime, origin=origin)
+    model_path, origin = default_model(PROG, model_path)
+    detector = Detector.from_path(model_path, runtime=runtime, origin=origin)
+    print(f"model: {model_path} ({origin})", file=sys.stderr)
+    return detector
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -9,12 +9,31 @@ drift from what runs. Nothing here imports TensorFlow: ``--help`` stays instant.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
 from deepfake_detector.errors import DeepfakeDetectorError
 from deepfake_detector.recipes import ARCHITECTURES, TrainConfig
 
 USAGE_ERROR = DeepfakeDetectorError.exit_code
+#: The model shipped with the repository (its card: models/README.md).
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "deepfake_detector.keras"
+#: What ``python train.py`` writes in the working folder, as the tutorial's did.
+TRAINED_MODEL = Path("deepfake_detector_model.keras")
+#: The scripts that use the model ``python train.py`` just wrote when there is one (the tutorial
+#: trained, then served what it trained); the others measure and export the shipped one.
+PREFER_TRAINED = ("inference.py",)
+
+
+def default_model(prog: str, given: str | Path | None = None) -> tuple[Path, str]:
+    """The one rule for which model a script uses, and why (each script says so): the one
+    given; else, for ``inference.py``, ``./deepfake_detector_model.keras`` when ``train.py`` wrote
+    one here; else the shipped model."""
+    if given is not None:
+        return Path(given), "given by --model"
+    if prog in PREFER_TRAINED and TRAINED_MODEL.is_file():
+        return TRAINED_MODEL, "trained here by python train.py"
+    return SHIPPED_MODEL, "shipped with the repository"
 
 
 def fail(prog: str, message, status: int = USAGE_ERROR) -> int:

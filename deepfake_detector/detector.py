@@ -25,6 +25,7 @@ import tensorflow as tf
 from PIL import Image
 
 from deepfake_detector import faces, labels
+from deepfake_detector.cli import SHIPPED_MODEL
 from deepfake_detector.explain import Explainer, overlay_data_url
 from deepfake_detector.faces import FaceBox, FaceFinder
 from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, load_model
@@ -35,7 +36,7 @@ from deepfake_detector.tflite import TFLiteScorer
 log = logging.getLogger(__name__)
 
 #: The model shipped with the repository (see models/README.md).
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "deepfake_detector.keras"
+DEFAULT_MODEL_PATH = SHIPPED_MODEL
 #: How the image verdict is made from the face scores (served as ``verdict``).
 VERDICT_HIGHEST_FACE = "highest face score"
 VERDICT_WHOLE_IMAGE = "whole image (no face found)"

@@ -34,7 +34,8 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 from werkzeug.wsgi import ClosingIterator
 
-from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
+from deepfake_detector.cli import default_model
+from deepfake_detector.detector import Detector
 from deepfake_detector.recipes import SERVING_RUNTIME
 from deepfake_detector.web import SECURITY_HEADERS, RequestLimits, too_large_message, create_app
 
@@ -141,17 +142,6 @@ def _returning_memory(wsgi_app):
 
 # ----------------------------------------------------------------------------- the tutorial's seam
 
-#: What ``python train.py`` writes in the working folder; ``python inference.py`` serves it when present.
-TRAINED_MODEL = Path("deepfake_detector_model.keras")
-
-
-def default_model_path() -> tuple[Path, str]:
-    """The model to serve when none is named, and why: the one ``python train.py`` just wrote in
-    the working folder (as in the tutorial), else the shipped one."""
-    if TRAINED_MODEL.is_file():
-        return TRAINED_MODEL, "trained here by python train.py"
-    return DEFAULT_MODEL_PATH, "shipped with the repository"
-
 
 class InferenceModel:
     """A trained model behind the upload page and JSON API: the tutorial's ``InferenceModel``.
@@ -161,7 +151,7 @@ class InferenceModel:
     (:func:`deepfake_detector.web.create_app`), ``predict_image(path)`` scores one file, and
     ``run()`` serves with waitress (never Flask's debug server). With no ``model_path``, the
     model ``python train.py`` wrote in the working folder, else the shipped one
-    (:func:`default_model_path`). ``upload_store`` keeps each upload for review
+    (:func:`deepfake_detector.cli.default_model`). ``upload_store`` keeps each upload for review
     (:class:`deepfake_detector.uploads.UploadStore`); by default nothing is written.
 
     Raises:
@@ -171,10 +161,7 @@ class InferenceModel:
     def __init__(self, model_path: str | Path | None = None, *, runtime: str = SERVING_RUNTIME, host: str = "127.0.0.1",
                  port: int = 5000, server: ServerConfig = ServerConfig(), upload_store=None,
                  limits: RequestLimits = RequestLimits()):  # fmt: skip
-        if model_path is None:
-            model_path, origin = default_model_path()
-        else:
-            origin = "given by path"
+        model_path, origin = default_model("inference.py", model_path)
         self.model_path = Path(model_path)
         self.detector = Detector.from_path(self.model_path, runtime=runtime, origin=origin)  # loaded and warmed up
         self.model = self.detector.detector_model

@@ -107,15 +107,19 @@ def test_the_tutorials_main_blocks_train_and_serve(served_archive, tmp_path, mon
 def test_inference_serves_the_model_train_py_just_wrote(trained_model_path, tmp_path, monkeypatch):
     """As in the tutorial: with no --model, ``deepfake_detector_model.keras`` in the working
     folder is served (and said so); without one, the shipped model."""
+    from deepfake_detector.cli import default_model
     from deepfake_detector.detector import DEFAULT_MODEL_PATH
-    from deepfake_detector.serving import default_model_path
 
     monkeypatch.chdir(tmp_path)
-    path, origin = default_model_path()
+    path, origin = default_model("inference.py")
     assert path == DEFAULT_MODEL_PATH and origin.startswith("shipped")
     (tmp_path / "deepfake_detector_model.keras").write_bytes(Path(trained_model_path).read_bytes())
-    path, origin = default_model_path()
+    path, origin = default_model("inference.py")
     assert path.name == "deepfake_detector_model.keras" and origin.startswith("trained here")
+    # One rule: evaluate.py and export.py measure and export the shipped model, unless told otherwise.
+    for prog in ("evaluate.py", "export.py"):
+        assert default_model(prog) == (DEFAULT_MODEL_PATH, "shipped with the repository")
+    assert default_model("evaluate.py", "x.keras") == (Path("x.keras"), "given by --model")
 
     from inference import InferenceModel
 
