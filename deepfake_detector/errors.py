@@ -63,3 +63,9 @@ class ImageTooLargeError(ImageError):
 
 class UploadError(DeepfakeDetectorError, ValueError):
     """A web request without a usable file."""
+
+
+class CrossSiteRequestError(DeepfakeDetectorError, ValueError):
+    """A browser sent the request from another site's page (a cross-site form post)."""
+
+    http_status = 403
