@@ -138,7 +138,10 @@ def create_app(
     one_large_image = threading.Lock()  # bounds memory: four 40 MP uploads at once took 3 GB
     if limits.explained_faces:  # Grad-CAM is traced on first use, for seconds: in the background now, not in a request
         blank = np.zeros((1, detector.image_size, detector.image_size, 3), np.uint8)
-        threading.Thread(target=detector.heatmaps, args=(blank,), name="trace-grad-cam", daemon=True).start()
+        # Not a daemon: the interpreter's exit waits for the trace to end. A daemon thread still in
+        # TensorFlow's C++ code at exit is unwound by pthread_exit, which aborts a script that used
+        # InferenceModel ("FATAL: exception not rethrown", status 134).
+        threading.Thread(target=detector.heatmaps, args=(blank,), name="trace-grad-cam").start()
 
     @app.context_processor
     def page_facts():

@@ -260,6 +260,38 @@ def test_huge_declared_body_is_refused_unread(server_url):
     assert reply.startswith(b"HTTP/1.1 413") or reply.startswith(b"HTTP/1.0 413"), reply[:100]
 
 
+def _reply_head(sock) -> bytes:
+    reply = b""
+    while b"\r\n\r\n" not in reply and (chunk := sock.recv(4096)):
+        reply += chunk
+    return reply
+
+
+def test_a_body_over_the_cap_is_not_invited_by_100_continue(server_url):
+    """``Expect: 100-continue`` with a 30 MB Content-Length: waitress answered "100 Continue" and
+    read 21 MB of the body before its 413. The first answer is the 413 now; a body within the cap
+    is still invited."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(server_url)
+    upload = requests.Request("POST", "http://x/", files={"file": ("a.png", valid_images()["rgb.png"])}).prepare()
+
+    def head(length: int) -> bytes:
+        return (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {upload.headers['Content-Type']}\r\n"
+                f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n").encode()  # fmt: skip
+
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head(30 * 1024 * 1024))
+        reply = _reply_head(sock)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(head(len(upload.body)))
+        assert _reply_head(sock).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(upload.body)
+        assert _reply_head(sock).startswith(b"HTTP/1.1 200"), "the invited body is scored"
+
+
 def test_security_headers_from_the_real_server(server_url):
     response = requests.get(server_url, timeout=10)
     assert response.ok

@@ -2,6 +2,7 @@
 
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +225,23 @@ def test_cross_site_posts_are_refused_and_scripts_keep_the_api(detector, fake_pn
     if status == 403:
         assert "another site" in api.get_json()["error"] and "another site" in page.get_data(as_text=True)
         assert list((tmp_path / "kept").iterdir()) == []  # neither scored nor kept
+
+
+def test_the_app_leaves_no_daemon_thread_to_be_killed_at_exit(detector, monkeypatch):
+    """A daemon thread still in TensorFlow's C++ code when the interpreter exits is unwound by
+    pthread_exit, which aborts the process (status 134): the Grad-CAM trace started here was one."""
+    from deepfake_detector import web
+
+    started = []
+
+    class Recorded(threading.Thread):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(web.threading, "Thread", Recorded)
+    web.create_app(detector, face_finder=GridFinder(0))
+    assert [thread.name for thread in started] == ["trace-grad-cam"]
+    assert not any(thread.daemon for thread in started)
+    for thread in started:
+        thread.join()
