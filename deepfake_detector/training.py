@@ -212,7 +212,7 @@ class TrainModel:
                                                                         ("epochs", epochs)) if v is not None})  # fmt: skip
         self.config = config
         check_config(config)
-        strategy = make_strategy(config.distribute)  # first: multi-worker set-up needs a fresh runtime
+        strategy = make_strategy(config.distribute, config.cluster_timeout)  # first: multi-worker set-up needs a fresh runtime
         replicas = strategy.num_replicas_in_sync
         global_batch = config.batch_size * replicas
         chief = is_chief(strategy)
