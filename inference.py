@@ -94,8 +94,9 @@ def serve(args: argparse.Namespace) -> int:
 
     store = None
     if args.keep_uploads:
-        if args.keep_uploads_max_mb < 0 or args.keep_uploads_max_files < 0:
-            return fail(PROG, "--keep-uploads-max-mb and --keep-uploads-max-files must be 0 or more")
+        for option, value in (("--keep-uploads-max-mb", args.keep_uploads_max_mb), ("--keep-uploads-max-files", args.keep_uploads_max_files)):
+            if value < 0:
+                return fail(PROG, f"{option} must be 0 or more")
         from deepfake_detector.uploads import UploadStore
 
         store = UploadStore(UPLOADS_DIR, int(args.keep_uploads_max_mb * 2**20), args.keep_uploads_max_files)
