@@ -190,7 +190,8 @@ def _check_size(width: int, height: int) -> None:
 
 def _check_container(image: Image.Image, data: bytes) -> None:
     """Costs the header of an opened image shows: RLE in a BMP, JPEG data inside a TIFF."""
-    if image.format == "BMP" and image.info.get("compression") in (1, 2) and image.width * image.height > MAX_RLE_BMP_PIXELS:
+    rle = image.format == "BMP" and image.info.get("compression") in (1, 2)  # RLE8, RLE4
+    if rle and image.width * image.height > MAX_RLE_BMP_PIXELS:
         raise ImageTooLargeError(f"an RLE-compressed BMP may have at most {MAX_RLE_BMP_PIXELS:,} pixels")
     if image.format == "TIFF" and image.info.get("compression") in ("jpeg", "tiff_jpeg"):
         pieces = []

@@ -161,7 +161,8 @@ def commented_gif(sub_blocks: int = 9_500_000) -> bytes:
 
 
 def jpeg_in_tiff(side: int = 1024, scans: int = 99) -> bytes:
-    """A grey TIFF whose one strip is a progressive JPEG of ``scans`` scans (compression 7)."""
+    """A grey TIFF whose one strip is a progressive JPEG of ``scans`` scans (compression 7). libtiff
+    itself refuses more than 100 scans, so 99 is the costliest: 99 passes over every block."""
     strip = many_scans_jpeg(side, scans)
     tags = [(256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 7), (262, 3, 1), (273, 4, 0), (277, 3, 1),
             (278, 4, side), (279, 4, len(strip))]  # fmt: skip

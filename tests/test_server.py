@@ -12,7 +12,21 @@ import pytest
 import requests
 from PIL import Image
 
-from harness.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise, short_images
+from harness.hostile import (
+    commented_gif,
+    crowd_jpeg,
+    cut_jpeg,
+    encode,
+    grey_png,
+    jpeg_in_tiff,
+    lying_png,
+    many_scans_jpeg,
+    mistyped_exif_jpeg,
+    mutants,
+    noise,
+    rle_bmp,
+    short_images,
+)
 from harness.server import memory_mb, running_process
 from tests.helpers import image_bytes, synthetic_image
 
@@ -129,7 +143,19 @@ def hostile_corpus() -> list[tuple[str, bytes]]:
         ("cut_after_2kb.jpg", cut_jpeg(encode(noise(2048), "JPEG"))),
         ("flat_40mp.png", encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG")),
         *((f"short_{name}", data) for name, data in short_images(noise(256, seed=5)).items()),
+        # issue 29's review
+        ("wide.png", grey_png(39_999_999, 1)),  # Lanczos built a kernel as wide as the image: 2 GB, 10 s
+        ("tall.png", grey_png(1, 39_999_999)),
+        ("wide16.png", grey_png(19_999_999, 1, depth=16)),
+        ("mistyped_exif.jpg", mistyped_exif_jpeg()),  # exif_transpose raised TypeError: a 500
+        ("rle.bmp", rle_bmp(6000, 6666)),  # 27 KB, 5-9 s in PIL's Python decoder
+        ("comments.gif", commented_gif(9_500_000)),  # 19 MB of one-byte sub-blocks: 2 s and 1 GB
+        ("scans.tiff", jpeg_in_tiff(1024, 99)),  # a JPEG inside a TIFF escaped the scan limit
+        ("sixteen_40mp.png", grey_png(6324, 6324, depth=16)),
     ]
+    seeds = {name: data for name, data in corpus if name in ("baseline.jpg", "rotated.jpg", "image.webp", "image.tiff",
+                                                              "image.bmp", "animated.gif", "gray16.png")}  # fmt: skip
+    corpus += mutants({**seeds, "mistyped_exif.jpg": mistyped_exif_jpeg()}, count=8, seed=29)
     corpus += [(f"noise{i}.jpg", rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes()) for i in range(40)]
     return corpus
 
@@ -157,6 +183,9 @@ def test_hostile_corpus_never_breaks_the_server(server):
     assert outcomes["icon.ico"] == 415
     assert outcomes["empty.jpg"] == 400
     assert outcomes["many_scans.jpg"] == 413 and outcomes["crowd.jpg"] == outcomes["flat_40mp.png"] == 200
+    refused = ["wide.png", "tall.png", "wide16.png", "rle.bmp", "comments.gif", "scans.tiff"]
+    assert {name: outcomes[name] for name in refused} == {name: 413 for name in refused}
+    assert outcomes["mistyped_exif.jpg"] == outcomes["sixteen_40mp.png"] == 200
     lying = ["one_row.png", "cut_after_2kb.jpg"] + [name for name in outcomes if name.startswith("short_")]
     assert {name: outcomes[name] for name in lying} == {name: 400 for name in lying}
     assert memory_mb(process.pid)[1] < 2048, "peak resident memory over 2 GB"
