@@ -143,7 +143,7 @@ def decode(image: Image.Image) -> Image.Image:
         image.load()
         transpose = ORIENTATIONS.get(_orientation(image))
         if transpose is not None:
-            image = image.transpose(transpose)
+            image = _upright(image, transpose)
         return _to_rgb(image)
 
 
@@ -202,6 +202,16 @@ def _check_container(image: Image.Image, data: bytes) -> None:
             raise ImageTooLargeError(f"the TIFF has more than {MAX_SEGMENTS:,} strips; decoding it would cost too much")
         for offset, count in pieces:  # each strip or tile is a JPEG stream that libjpeg decodes
             _walk(data[offset : offset + count])
+
+
+def _upright(image: Image.Image, transpose: Image.Transpose) -> Image.Image:
+    """The image turned upright, and no longer saying otherwise: its EXIF and XMP blocks are
+    dropped (rewriting them without the orientation, as ``exif_transpose`` does, fails on a
+    mistyped tag), so decoding the result again does not turn it twice."""
+    upright = image.transpose(transpose)  # a new image, with a copy of the info
+    for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"):
+        upright.info.pop(key, None)
+    return upright
 
 
 def _orientation(image: Image.Image) -> int:

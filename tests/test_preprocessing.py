@@ -492,3 +492,14 @@ def test_16_bit_images_convert_exactly_without_a_float_copy():
     finally:
         tracemalloc.stop()
     assert peak < 7 * big.width * big.height, f"{peak / 1e6:.1f} MB for a 1 MP 16-bit image"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_an_image_turned_upright_is_not_turned_again_when_decoded_again(mode):
+    array = np.zeros((20, 40, 3), np.uint8)
+    array[:, :20] = RED
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = open_image(image_bytes(Image.fromarray(array).convert(mode), "JPEG", quality=95, exif=exif.tobytes()))
+    assert upright.size == (20, 40) and open_image(upright).size == (20, 40)
+    np.testing.assert_array_equal(load_image(upright, 16), load_image(open_image(upright), 16))
