@@ -48,7 +48,9 @@ def _serve_options() -> argparse.ArgumentParser:
                          help="store each scored upload in uploads/ under a name made from its content, with a JSON "
                               "sidecar (verdict, scores, model, time), for review or retraining (default: kept in memory only)")
     options.add_argument("--keep-uploads-max-mb", type=float, default=1024.0,
-                         help="stop storing uploads once uploads/ holds this many MB; answers are unaffected (default: %(default)g)")
+                         help="stop storing uploads once uploads/ takes this many MB of disk; answers are unaffected (default: %(default)g)")
+    options.add_argument("--keep-uploads-max-files", type=int, default=20_000,
+                         help="and once it holds this many files, two per upload (default: %(default)d)")
     return options
 
 
@@ -99,11 +101,12 @@ def serve(args: argparse.Namespace) -> int:
 
     store = None
     if args.keep_uploads:
-        if args.keep_uploads_max_mb < 0:
-            return fail(PROG, "--keep-uploads-max-mb must be 0 or more")
+        for option, value in (("--keep-uploads-max-mb", args.keep_uploads_max_mb), ("--keep-uploads-max-files", args.keep_uploads_max_files)):
+            if value < 0:
+                return fail(PROG, f"{option} must be 0 or more")
         from deepfake_detector.uploads import UploadStore
 
-        store = UploadStore(UPLOADS_DIR, int(args.keep_uploads_max_mb * 2**20))
+        store = UploadStore(UPLOADS_DIR, int(args.keep_uploads_max_mb * 2**20), args.keep_uploads_max_files)
     # Loaded and warmed up before the port opens.
     inference_model = InferenceModel(args.model, runtime=args.runtime, host=args.host, port=args.port,
                                       server=ServerConfig(threads=args.threads), upload_store=store)  # fmt: skip

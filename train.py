@@ -108,6 +108,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"({recipe_defaults('flip_average')})")
     parser.add_argument("--distribute", default=TrainConfig.distribute, choices=STRATEGIES,
                         help=choices_help(STRATEGIES, TrainConfig.distribute))
+    parser.add_argument("--cluster-timeout", type=float, default=TrainConfig.cluster_timeout, metavar="SECONDS",
+                        help="--distribute multiworker: how long a worker waits for every other one to start before "
+                             "it stops with an error naming those not listening (default: %(default)g)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="compute in float16 on GPUs (mixed_float16); refused without a GPU")
     parser.add_argument("--backup-dir", help="where training state is backed up every epoch, to resume "

@@ -27,7 +27,19 @@ from PIL import Image
 
 from benchmarks.common import face_files, jpegs_256
 from deepfake_detector.detector import DEFAULT_MODEL_PATH
-from harness.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise
+from harness.hostile import (
+    commented_gif,
+    crowd_jpeg,
+    cut_jpeg,
+    encode,
+    grey_png,
+    jpeg_in_tiff,
+    lying_png,
+    many_scans_jpeg,
+    mistyped_exif_jpeg,
+    noise,
+    rle_bmp,
+)
 from harness.server import REPO, cpu_seconds, memory_mb, running_process, session_from
 
 OTHER_ADDRESS = "127.0.0.2"
@@ -41,6 +53,13 @@ class Payloads:
     cut_jpeg: bytes  # a 2048x2048 photo's first 2 KB, closed with EOI
     flat_png: bytes  # a real 40 MP RGBA PNG (one colour, so it is small)
     normal: bytes  # a 256x256 face JPEG
+    wide_png: bytes  # 39,999,999 x 1 grey (39 KB)
+    tall_png: bytes  # 1 x 39,999,999 grey
+    mistyped_exif: bytes  # Orientation 6 and XResolution stored as ASCII
+    rle_bmp: bytes  # 6000x6666, RLE8, one pixel per row (27 KB)
+    gif_comments: bytes  # a comment of 9.5 million one-byte sub-blocks (19 MB)
+    sixteen_bit: bytes  # 40 MP 16-bit grey PNG
+    tiff_scans: bytes  # a TIFF whose strip is a 40 MP JPEG of 99 scans
 
 
 @dataclass
@@ -50,11 +69,11 @@ class Case:
     run: Callable[[str, Payloads, float], list[tuple[int | str, int]]]  # (url, payloads, timeout) -> [(status, bytes)]
 
 
-def post(url: str, files, query: str = "", timeout: float = 180.0) -> tuple[int | str, int]:
+def post(url: str, files, query: str = "", timeout: float = 180.0, headers: dict | None = None) -> tuple[int | str, int]:
     """(status, answer size); status 0: no answer. A ``files`` answer's status is how many of
     its files were scored, written "200: 9/16 scored"."""
     try:
-        response = requests.post(f"{url}/api/predict{query}", files=files, timeout=timeout)
+        response = requests.post(f"{url}/api/predict{query}", files=files, timeout=timeout, headers=headers)
     except requests.RequestException:
         return 0, 0
     status = response.status_code
@@ -104,6 +123,40 @@ def many_parts(url: str, payloads: Payloads, timeout: float) -> list[tuple[int, 
         return [(0, 0)]
 
 
+def expect_continue(url: str, payloads: Payloads, timeout: float) -> list[tuple[str, int]]:
+    """``Expect: 100-continue`` and a 30 MB Content-Length; the body is sent, as curl does, once invited.
+    The status is written with how much of the body was sent: "413, 21 MB sent"."""
+    import socket
+    from urllib.parse import urlparse
+
+    address, length, sent = urlparse(url), 30 * 2**20, 0
+    with socket.create_connection((address.hostname, address.port), timeout=timeout) as sock:
+        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % length)  # fmt: skip
+        reply = _head(sock)
+        if reply.startswith(b"HTTP/1.1 100"):
+            try:
+                while sent < length:
+                    sent += sock.send(bytes(min(1 << 20, length - sent)))
+            except OSError:
+                pass
+            reply = _head(sock)
+    status = reply.split(b" ")[1].decode() if reply else "0"
+    return [(f"{status}, {sent / 2**20:.0f} MB sent", len(reply))]
+
+
+def _head(sock) -> bytes:
+    reply = b""
+    try:
+        while b"\r\n\r\n" not in reply and (chunk := sock.recv(65536)):
+            reply += chunk
+    except OSError:
+        pass
+    return reply
+
+
+CROSS_SITE = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+
 CASES = [
     Case("normal", "one 256x256 face JPEG", lambda u, p, t: [post(u, {"file": ("a.jpg", p.normal)}, timeout=t)]),
     Case("crowd", "1024x1024 JPEG tiled with 40 px faces", lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, timeout=t)]),
@@ -126,6 +179,25 @@ CASES = [
     Case("flat-40mp-png-4-at-once", "4 of them at once",
          lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("f.png", p.flat_png)}, timeout=t))),
     Case("parts", "3,000 form fields in one request", many_parts),
+    Case("wide-png", "PNG of 39,999,999 x 1 grey pixels (39 KB)",
+         lambda u, p, t: [post(u, {"file": ("w.png", p.wide_png)}, timeout=t)]),
+    Case("wide-png-4-at-once", "4 of them at once",
+         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("w.png", p.wide_png)}, timeout=t))),
+    Case("tall-png", "PNG of 1 x 39,999,999 grey pixels",
+         lambda u, p, t: [post(u, {"file": ("t.png", p.tall_png)}, timeout=t)]),
+    Case("mistyped-exif", "files request: a JPEG with a mistyped EXIF tag, and a normal one",
+         lambda u, p, t: [post(u, [("files", ("m.jpg", p.mistyped_exif)), ("files", ("a.jpg", p.normal))], timeout=t)]),
+    Case("rle-bmp", "RLE8 BMP, 6000x6666, one pixel per row (27 KB)",
+         lambda u, p, t: [post(u, {"file": ("r.bmp", p.rle_bmp)}, timeout=t)]),
+    Case("gif-comments", "GIF with 9.5 M one-byte comment sub-blocks (19 MB)",
+         lambda u, p, t: [post(u, {"file": ("g.gif", p.gif_comments)}, timeout=t)]),
+    Case("16-bit-40mp-png", "a 40 MP 16-bit grey PNG",
+         lambda u, p, t: [post(u, {"file": ("s.png", p.sixteen_bit)}, timeout=t)]),
+    Case("tiff-scans", "TIFF holding a 40 MP JPEG of 99 scans (libtiff stops at 100)",
+         lambda u, p, t: [post(u, {"file": ("s.tif", p.tiff_scans)}, timeout=t)]),
+    Case("expect-30mb", "Expect: 100-continue, Content-Length 30 MB", expect_continue),
+    Case("cross-site", "a normal upload with Origin and Sec-Fetch-Site of another site",
+         lambda u, p, t: [post(u, {"file": ("a.jpg", p.normal)}, timeout=t, headers=CROSS_SITE)]),
     Case("slow-clients", "100 connections sending 1 byte/s for 10 s", slow_clients),
 ]
 
@@ -139,6 +211,13 @@ def make_payloads() -> Payloads:
         cut_jpeg=cut_jpeg(encode(noise(2048), "JPEG"), 2048),
         flat_png=encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG"),
         normal=jpegs_256(1)[0],
+        wide_png=grey_png(39_999_999, 1),
+        tall_png=grey_png(1, 39_999_999),
+        mistyped_exif=mistyped_exif_jpeg(),
+        rle_bmp=rle_bmp(6000, 6666),
+        gif_comments=commented_gif(9_500_000),
+        sixteen_bit=grey_png(6324, 6324, depth=16),
+        tiff_scans=jpeg_in_tiff(6324, 99),
     )
 
 

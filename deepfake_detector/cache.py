@@ -202,15 +202,14 @@ def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, li
     target = cache_dir / f"{prefix}{key[:16]}"
     if not (target / META_FILE).exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with open(cache_dir / f".{target.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run builds it once; the other waits
+        with _build_lock(target):  # a concurrent run builds it once; the other waits
             if not (target / META_FILE).exists():
+                _remove_stale_scratch(cache_dir, prefix, target)
                 _build(target, split_dir, paths, targets, image_size, workers, processes, framing)
                 for stale in cache_dir.glob(f"{prefix}*"):  # the same split's older contents
                     if stale != target and stale.is_dir():
                         log.info("removing the outdated cache %s", stale)
                         shutil.rmtree(stale, ignore_errors=True)
-        (cache_dir / f".{target.name}.lock").unlink(missing_ok=True)
     cache = SplitCache(target)
     if not len(cache):
         raise DatasetError(f"none of the {len(paths)} image file(s) under {split_dir} can be read")
@@ -218,6 +217,53 @@ def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, li
         if not (cache.labels == index).any():
             raise DatasetError(f"{split_dir / FOLDER_NAMES[name]} has no readable images")
     return cache
+
+
+def _lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path):
+    """Hold ``target``'s lock file, and remove it before letting go, even when the build failed.
+    A run that was waiting on the removed file locks the new one instead: one holder at a time."""
+    path = _lock_path(target)
+    while True:
+        lock = open(path, "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+                break
+        lock.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        lock.close()
+
+
+def _remove_stale_scratch(cache_dir: Path, prefix: str, target: Path) -> None:
+    """Remove the scratch folders (``.NAME.random``, as large as the cache) that killed builds of
+    this split left: a build holds its cache's lock for as long as its scratch folder exists, and
+    the caller holds ``target``'s."""
+    for scratch in cache_dir.glob(f".{prefix}*"):
+        name = scratch.name[1:].rsplit(".", 1)[0]
+        if not scratch.is_dir() or (name != target.name and _locked(_lock_path(cache_dir / name))):
+            continue
+        log.info("removing %s, left by a cache build that was stopped", scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _locked(path: Path) -> bool:
+    """Whether another open file holds ``path``'s lock (a build in progress)."""
+    try:
+        with open(path) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except BlockingIOError:
+        return True
+    return False
 
 
 def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], image_size: int,

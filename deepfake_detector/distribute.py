@@ -7,14 +7,18 @@ takes plain values; :mod:`deepfake_detector.training` calls it for one run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from deepfake_detector.errors import TrainingSetupError
-from deepfake_detector.recipes import STRATEGIES
+from deepfake_detector.recipes import STRATEGIES, TrainConfig
 
 
 def read_tf_config() -> dict:
@@ -38,12 +42,14 @@ def read_tf_config() -> dict:
     return tf_config
 
 
-def make_strategy(distribute: str) -> tf.distribute.Strategy:
+def make_strategy(distribute: str, cluster_timeout: float = TrainConfig.cluster_timeout) -> tf.distribute.Strategy:
     """The ``tf.distribute`` strategy for a ``TrainConfig.distribute`` value.
 
     ``mirrored`` replicates over every visible GPU or, with none, every visible CPU device
     (one, unless logical CPU devices were configured). ``multiworker`` must be created before
-    TensorFlow runs anything in the process: it configures the runtime's collective ops.
+    TensorFlow runs anything in the process: it configures the runtime's collective ops, and
+    waits for every worker of ``TF_CONFIG`` to start, for at most ``cluster_timeout`` seconds
+    (:func:`_cluster_deadline`).
     """
     if distribute == "none":
         return tf.distribute.get_strategy()
@@ -51,9 +57,26 @@ def make_strategy(distribute: str) -> tf.distribute.Strategy:
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
     if distribute == "multiworker":
-        read_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with _cluster_deadline(read_tf_config(), cluster_timeout):
+            return tf.distribute.MultiWorkerMirroredStrategy()
     raise TrainingSetupError(f"unknown distribution {distribute!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+@contextlib.contextmanager
+def _cluster_deadline(tf_config: dict, timeout: float):
+    """Have the process killed, with a one-line error naming the tasks not listening, if the block
+    has not finished after ``timeout`` s (:mod:`deepfake_detector.watchdog`: the wait for a task
+    that never starts holds the GIL in TensorFlow's C++ runtime, so no thread of ours could)."""
+    tasks = [f"{kind} {index}={address}" for kind, addresses in tf_config["cluster"].items()
+             for index, address in enumerate(addresses)]  # fmt: skip
+    message = f"the cluster did not start within {timeout:g} s"
+    watchdog = subprocess.Popen([sys.executable, str(Path(__file__).with_name("watchdog.py")), str(os.getpid()),
+                                 str(timeout), message, *tasks], stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
 
 
 def _cluster_resolver(strategy: tf.distribute.Strategy):

@@ -2,15 +2,18 @@
 
 :func:`download` verifies TLS, resumes a cut download from its ``.part`` file and checks an
 optional SHA-256 before the file takes its final name; :func:`extract` refuses members that
-would land outside the target folder or are links, and renames the folder into place only
-when every member is out.
+would land outside the target folder or are links, and archives that would inflate past the
+free disk space or by more than :data:`MAX_INFLATION` (a zip bomb), and renames the folder into
+place only when every member is out.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import shutil
 import time
 import zipfile
 import zlib
@@ -22,6 +25,12 @@ from deepfake_detector.errors import DatasetError
 from deepfake_detector.files import sha256_of, staged_directory
 
 log = logging.getLogger(__name__)
+
+#: Most the members of a zip may inflate to, as a multiple of the archive's size. Images barely
+#: compress (the Kaggle archive: about 1x); a 3 GiB member in a 3.2 MB zip (1000x) is a bomb.
+MAX_INFLATION = 100
+#: Share of the target disk's free space that extracting may fill.
+FREE_SHARE = 0.95
 
 
 def download(url: str, destination: str | Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
@@ -152,10 +161,12 @@ def check_sha256(path: Path, expected: str, remove: bool) -> None:
 def extract(archive: str | Path, target: str | Path) -> Path:
     """Extract a zip into ``target`` safely: into a scratch folder first, then renamed into place.
 
-    Refuses members that would land outside ``target`` (zip-slip) or are links.
+    Refuses members that would land outside ``target`` (zip-slip) or are links, and archives
+    whose members inflate past the free space or by more than :data:`MAX_INFLATION`, all before
+    writing a byte (the sizes are the members' declared ones, which ``zipfile`` does not read past).
 
     Raises:
-        DatasetError: not a readable zip, an unsafe member, or corrupt data.
+        DatasetError: not a readable zip, an unsafe or oversized member, corrupt data, or a full disk.
     """
     archive, target = Path(archive), Path(target)
     if target.exists():
@@ -172,11 +183,30 @@ def extract(archive: str | Path, target: str | Path) -> Path:
                 raise DatasetError(f"{archive}: member {member.filename!r} would extract outside the target")
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
                 raise DatasetError(f"{archive}: member {member.filename!r} is a symbolic link")
+        _check_inflated_size(archive, zip_file, target.parent)
         start = time.perf_counter()
         try:
             for member in tqdm(zip_file.infolist(), desc=f"extracting {archive.name}", unit="file"):
                 zip_file.extract(member, scratch)
         except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # bad CRC, corrupt data
             raise DatasetError(f"{archive}: corrupt zip archive ({error}); download it again") from error
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DatasetError(f"{archive}: the disk of {target.parent} filled up while extracting; nothing was "
+                               "kept: free some space, or extract it elsewhere") from None  # fmt: skip
     log.info("extracted %s in %.1f s", archive, time.perf_counter() - start)
     return target
+
+
+def _check_inflated_size(archive: Path, zip_file: zipfile.ZipFile, folder: Path) -> None:
+    """Refuse a zip whose members inflate past ``folder``'s free space or :data:`MAX_INFLATION` times its size."""
+    inflated = sum(member.file_size for member in zip_file.infolist())
+    packed = archive.stat().st_size
+    if inflated > MAX_INFLATION * packed:
+        raise DatasetError(f"{archive}: its members inflate to {inflated / 1e9:.2f} GB, {inflated / packed:,.0f} "
+                           f"times its size (at most {MAX_INFLATION}x); not a dataset archive")  # fmt: skip
+    free = shutil.disk_usage(folder).free
+    if inflated > free * FREE_SHARE:
+        raise DatasetError(f"{archive}: extracting needs {inflated / 1e9:.2f} GB and {folder} has {free / 1e9:.2f} GB "
+                           "free; free some space, or extract it elsewhere")  # fmt: skip

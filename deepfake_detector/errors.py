@@ -86,3 +86,9 @@ class ServerBusyError(DeepfakeDetectorError, RuntimeError):
 
     http_status = 503
     retry_after_seconds: int = 5
+
+
+class CrossSiteRequestError(DeepfakeDetectorError, ValueError):
+    """A browser sent the request from another site's page (a cross-site form post)."""
+
+    http_status = 403

@@ -1,9 +1,9 @@
-"""What an encoded JPEG or PNG says about itself before a decoder touches its pixels.
+"""What an encoded JPEG, PNG or GIF says about itself before a decoder touches its pixels.
 
 Decoders are generous: libjpeg fills a scan that stops early with grey and lets a file repeat
 a scan thousands of times (each one a pass over every block), and a PNG whose pixel data
 stops after one row decodes as a black image of the size its header claims. These walkers
-read the container (markers, chunks) without decoding, so :mod:`deepfake_detector.preprocessing`
+read the container (markers, chunks, blocks) without decoding, so :mod:`deepfake_detector.preprocessing`
 can refuse such files, and bound the walk itself (``max_segments``).
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
 
 # After a scan's header, its entropy-coded data runs to the next marker: 0xFF followed by
 # anything but a stuffed zero, a restart marker (D0-D7) or another fill byte.
@@ -233,3 +234,33 @@ def png_facts(data: bytes, max_chunks: int) -> PngFacts:
         return PngFacts(chunks)
     width, height, bit_depth, colour_type, interlaced = header
     return PngFacts(chunks, width, height, bit_depth, colour_type, interlaced, pixel_data)
+
+
+@dataclass(frozen=True)
+class GifFacts:
+    """The blocks before a GIF's first image, which PIL reads one sub-block at a time in Python."""
+
+    segments: int  # extension sub-blocks walked; the walk stops once this passes ``max_segments``
+
+
+def gif_facts(data: bytes, max_segments: int) -> GifFacts:
+    """Walk the extensions of ``data`` (starting with a GIF signature) up to its first image.
+
+    The image's own data is left to the decoder (in C); a comment, application or other
+    extension before it is a chain of sub-blocks of at most 255 bytes, each a length byte
+    and its payload, ended by an empty one.
+    """
+    size = len(data)
+    if size < 13:
+        return GifFacts(0)
+    position = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # header, global colour table
+    segments = 0
+    while position + 1 < size and data[position] == 0x21 and segments <= max_segments:  # an extension
+        position += 2  # introducer and label
+        while position < size and segments <= max_segments:
+            length = data[position]
+            segments += 1
+            position += 1 + length
+            if length == 0:
+                break
+    return GifFacts(segments)

@@ -178,6 +178,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap on training steps per epoch (trials, benchmarks); Validation and Test stay whole
     cache_dir: str | None = None  # where each split's decoded images are cached; None: the user's cache (cache.default_cache_dir)
     distribute: str = "none"  # a name in STRATEGIES: one device, every local GPU (or the CPU), or TF_CONFIG's workers
+    cluster_timeout: float = 600.0  # multiworker: seconds to wait for every worker to start, then a clear error
     mixed_precision: bool = False  # mixed_float16 compute on GPUs; the output layer stays float32
     backup_dir: str | None = None  # per-epoch training state for resuming; None: .NAME.backup/ beside output
     verbose: int = 1  # Keras fit: 1 progress bar, 2 one line per epoch, 0 silent

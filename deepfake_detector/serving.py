@@ -11,7 +11,8 @@ each one):
   trickle a byte a second no longer fill every connection slot. Per-address limits and body
   timeouts belong to the reverse proxy in front (``docs/deployment.md``).
 * waitress's own answers (400 malformed request, 413 body over the cap, 431 headers too large,
-  500) are JSON, like the app's, and carry the same security headers.
+  500) are JSON, like the app's, and carry the same security headers. A request refused from its
+  headers is never sent "100 Continue": its body is not invited, nor read.
 * After each request with a body, freed memory is handed back to the operating system
   (glibc's ``malloc_trim``, in a thread of its own so that no client waits for it); glibc
   otherwise keeps it in its per-thread arenas, and the process stays as large as its largest
@@ -71,6 +72,15 @@ class _ErrorTask(ErrorTask):
 
 class _Channel(HTTPChannel):
     error_task_class = _ErrorTask
+
+    def send_continue(self):
+        """Invite the body of an ``Expect: 100-continue`` request, unless its headers were refused
+        (a Content-Length over the cap): waitress sent "100 Continue" then, and read 21 MB of the
+        body before answering 413."""
+        if self.request is not None and self.request.error is not None:
+            self.request.expect_continue = False
+            return
+        super().send_continue()
 
 
 class _Server(TcpWSGIServer):

@@ -271,7 +271,7 @@ class TrainModel:
                                                                         ("epochs", epochs)) if v is not None})  # fmt: skip
         self.config = config
         check_config(config)
-        strategy = make_strategy(config.distribute)  # first: multi-worker set-up needs a fresh runtime
+        strategy = make_strategy(config.distribute, config.cluster_timeout)  # first: multi-worker set-up needs a fresh runtime
         global_batch = config.batch_size * strategy.num_replicas_in_sync
         task = task_name(strategy)
         log_strategy(config, strategy, global_batch, task)
@@ -375,7 +375,7 @@ def recipe_of(config: TrainConfig) -> dict:
     """The config fields that decide whether a backup can be resumed; where it is written and
     how chatty the run is do not."""
     recipe = {k: v for k, v in dataclasses.asdict(config).items()
-              if k not in ("backup_dir", "verbose", "flip_average", "cache_dir")}  # fmt: skip
+              if k not in ("backup_dir", "verbose", "flip_average", "cache_dir", "cluster_timeout")}  # fmt: skip
     for added_later, default in (("other_faces", 0.0), ("mix", None), ("framing", "whole")):
         if recipe[added_later] == default:
             del recipe[added_later]  # backups written before it existed still resume

@@ -6,8 +6,10 @@ the answer the client got. The client's file name is never used, not even in the
 ``../../etc/passwd`` or ``.htaccess`` cannot choose where anything lands. Identical content is
 stored once. Files are written atomically (a temporary file in the folder, then a rename).
 
-Keeping an upload never changes or fails its answer: past the size cap nothing more is stored
-(one warning), and a disk error (full disk, permissions) is logged and the request goes on.
+Keeping an upload never changes or fails its answer: past the size cap or the file cap nothing
+more is stored (one warning), and a disk error (full disk, permissions) is logged and the request
+goes on. The size counted is what the files take on disk (whole blocks: a 300-byte sidecar takes
+4 KB), not their lengths, so a stream of tiny uploads cannot fill a disk under a small cap.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 SUFFIX_EXCEPTIONS = {"JPEG": ".jpg", "MPO": ".jpg"}
 #: What the store itself writes; the only files it counts at start-up.
 STORED_NAME = re.compile(r"(?P<digest>[0-9a-f]{64})\.(?P<suffix>[a-z]+)")
+#: Most files (images and sidecars) kept by default: 10,000 uploads.
+MAX_FILES = 20_000
+#: The allocation unit assumed where the file system does not say.
+DEFAULT_BLOCK = 4096
 
 
 def suffix_for(image_format: str) -> str:
@@ -41,33 +47,45 @@ def suffix_for(image_format: str) -> str:
 
 
 class UploadStore:
-    """Keeps scored uploads in ``directory`` until they take ``max_bytes`` (images and sidecars).
+    """Keeps scored uploads in ``directory`` until they take ``max_bytes`` of disk or ``max_files``
+    files (images and sidecars, two per upload).
 
-    The bytes already there are counted when the store is made, so the cap holds across
+    The blocks and files already there are counted when the store is made, so the caps hold across
     restarts. Thread-safe: request threads reserve their bytes under a lock and write outside
     it. Two servers sharing a folder each count only what they found at start-up and wrote.
     """
 
-    def __init__(self, directory: str | Path, max_bytes: int):
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be 0 or more, not {max_bytes}")
+    def __init__(self, directory: str | Path, max_bytes: int, max_files: int = MAX_FILES):
+        if max_bytes < 0 or max_files < 0:
+            raise ValueError(f"max_bytes and max_files must be 0 or more, not {max_bytes} and {max_files}")
         self.directory = Path(directory)
-        self.max_bytes = max_bytes
+        self.max_bytes, self.max_files = max_bytes, max_files
         self._lock = threading.Lock()
         self._kept: set[str] = set()  # digests stored or being stored
-        self._bytes = 0
+        self._bytes = 0  # allocated on disk, in whole blocks
+        self._files = 0
+        self._block = DEFAULT_BLOCK
         self._full_warned = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._block = os.statvfs(self.directory).f_bsize or DEFAULT_BLOCK
             self._count_existing()
         except OSError as error:  # the server still starts; each upload retries and logs
             log.warning("uploads will not be kept until %s can be written: %s", self.directory, error)
-        log.info("keeping uploads in %s: %.1f of %.1f MB used", self.directory, self._bytes / 2**20, max_bytes / 2**20)
+        log.info("keeping uploads in %s: %.1f of %.1f MB and %d of %d files used",
+                 self.directory, self._bytes / 2**20, max_bytes / 2**20, self._files, max_files)  # fmt: skip
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes of images and sidecars in the folder, as counted at start-up plus those written since."""
+        """Disk the folder's images and sidecars take (whole blocks), as counted at start-up plus those written since."""
         return self._bytes
+
+    @property
+    def stored_files(self) -> int:
+        return self._files
+
+    def _allocated(self, size: int) -> int:
+        return -(-size // self._block) * self._block
 
     def keep(self, data: bytes, image_format: str, answer: dict) -> Path | None:
         """Store an upload and the answer it got (heatmap images left out); never raises.
@@ -101,18 +119,20 @@ class UploadStore:
             "received": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         sidecar = (json.dumps(record, indent=1, allow_nan=False) + "\n").encode()
-        size = len(data) + len(sidecar)
+        size = self._allocated(len(data)) + self._allocated(len(sidecar))
         with self._lock:
             if digest in self._kept or image_path.exists():
                 return None
-            if self._bytes + size > self.max_bytes:
+            if self._bytes + size > self.max_bytes or self._files + 2 > self.max_files:
                 if not self._full_warned:
-                    log.warning("uploads no longer kept: %s holds %.1f MB, the cap is %.1f MB",
-                                self.directory, self._bytes / 2**20, self.max_bytes / 2**20)  # fmt: skip
+                    log.warning("uploads no longer kept: %s holds %.1f MB in %d files, the caps are %.1f MB and %d files",
+                                self.directory, self._bytes / 2**20, self._files, self.max_bytes / 2**20,
+                                self.max_files)  # fmt: skip
                     self._full_warned = True
                 return None
             self._kept.add(digest)
             self._bytes += size
+            self._files += 2
         try:
             self.directory.mkdir(parents=True, exist_ok=True)  # it may have been missing at start-up
             write_atomically(image_path, data)
@@ -125,7 +145,10 @@ class UploadStore:
             with self._lock:
                 self._kept.discard(digest)
                 self._bytes -= size
+                self._files -= 2
             raise
+        with self._lock:  # what the file system allocated, where it differs from whole blocks
+            self._bytes += _disk_bytes(image_path) + _disk_bytes(sidecar_path) - size
         return image_path
 
     def _count_existing(self) -> None:
@@ -133,9 +156,18 @@ class UploadStore:
             for entry in entries:
                 match = STORED_NAME.fullmatch(entry.name)
                 if match and entry.is_file(follow_symlinks=False):
-                    self._bytes += entry.stat(follow_symlinks=False).st_size
+                    self._bytes += entry.stat(follow_symlinks=False).st_blocks * 512
+                    self._files += 1
                     if match["suffix"] != "json":
                         self._kept.add(match["digest"])
+
+
+def _disk_bytes(path: Path) -> int:
+    """What ``path`` takes on disk: its allocated 512-byte units (0 once it is gone)."""
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0
 
 
 def _without_heatmaps(answer: dict) -> dict:

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import numpy as np
 from flask import Flask, Request, current_app, g, jsonify, render_template, request
@@ -29,7 +30,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from deepfake_detector import faces, labels
 from deepfake_detector.detector import Detector, FaceScore, ImageScore
-from deepfake_detector.errors import ImageError, ImageTooLargeError, ServerBusyError, UploadError, VideoError
+from deepfake_detector.errors import CrossSiteRequestError, ImageError, ImageTooLargeError, ServerBusyError, UploadError, VideoError
 from deepfake_detector.preprocessing import decode, probe_image
 from deepfake_detector.uploads import UploadStore
 from deepfake_detector.video import DEFAULT_FRAMES, VideoLimits, VideoScore, data_url, looks_like_video, score_video
@@ -86,6 +87,29 @@ class InMemoryRequest(Request):
 #: Box colours on the preview, as in style.css.
 LABEL_COLOURS = {labels.FAKE: (179, 38, 30), labels.REAL: (27, 110, 58)}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+#: ``Sec-Fetch-Site`` values of a request a browser made from this server's own page (or by the
+#: user's own action); "same-site" is another host of the same site, which is not this server.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+
+
+def cross_site(request: Request) -> bool:
+    """Whether a browser sent ``request`` from another site's page: its ``Sec-Fetch-Site`` says
+    so or, from a browser too old to send that, its ``Origin`` is another host (or ``null``: a
+    sandboxed frame). Scripts (curl, requests) send neither, and the API stays theirs."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site.strip().lower() not in OWN_FETCH_SITES
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    # Host names only: a proxy's ``Host $host`` drops the port the browser saw.
+    return urlsplit(origin.strip()).hostname != urlsplit(f"//{request.host}").hostname
+
+
+def printable(text: str) -> str:
+    """``text`` with control and non-ASCII characters escaped, for one log line: a path with
+    ``%0a`` in it must not write a line of its own."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 def create_app(
@@ -119,7 +143,10 @@ def create_app(
     one_large_image = threading.Lock()  # bounds memory: four 40 MP uploads at once took 3 GB
     if limits.explained_faces:  # Grad-CAM is traced on first use, for seconds: in the background now, not in a request
         blank = np.zeros((1, detector.image_size, detector.image_size, 3), np.uint8)
-        threading.Thread(target=detector.heatmaps, args=(blank,), name="trace-grad-cam", daemon=True).start()
+        # Not a daemon: the interpreter's exit waits for the trace to end. A daemon thread still in
+        # TensorFlow's C++ code at exit is unwound by pthread_exit, which aborts a script that used
+        # InferenceModel ("FATAL: exception not rethrown", status 134).
+        threading.Thread(target=detector.heatmaps, args=(blank,), name="trace-grad-cam").start()
 
     @app.context_processor
     def page_facts():
@@ -156,12 +183,18 @@ def create_app(
     @app.before_request
     def start_timer():
         g.start = time.perf_counter()
+        if request.method == "POST" and cross_site(request):  # before the body is parsed
+            error = CrossSiteRequestError("a page on another site cannot send uploads here: use this server's "
+                                          "own page, or call the API from a script")  # fmt: skip
+            if request.path.startswith("/api/"):
+                return _json_error(str(error), error.http_status)
+            return render_template("index.html", model=model_info, error=str(error)), error.http_status
 
     @app.after_request
     def finish(response):
         response.headers.update(SECURITY_HEADERS)
         elapsed = (time.perf_counter() - g.get("start", time.perf_counter())) * 1000
-        log.info("%s %s %d %.1fms", request.method, request.path, response.status_code, elapsed)
+        log.info("%s %s %d %.1fms", printable(request.method), printable(request.path), response.status_code, elapsed)
         return response
 
     @app.get("/")
@@ -242,7 +275,7 @@ def create_app(
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
-        log.exception("unexpected error on %s", request.path)
+        log.exception("unexpected error on %s", printable(request.path))
         if request.path.startswith("/api/"):
             return _json_error("internal error while scoring the image", 500)
         return render_template("index.html", model=model_info, error="Something went wrong on our side."), 500

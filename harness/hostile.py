@@ -119,3 +119,88 @@ def noise(side: int, seed: int = 0, block: int = 8) -> Image.Image:
     rng = np.random.default_rng(seed)
     cells = max(1, side // block)
     return Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)).resize((side, side))
+
+
+# ----------------------------------------------------------------------------- issue 29's review
+
+
+def grey_png(width: int, height: int, depth: int = 8) -> bytes:
+    """A grey PNG of ``width`` x ``height`` zeros (39,999,999 x 1: 39 KB, under the pixel limit)."""
+    data = zlib.compress(bytes(1 + width * depth // 8) * height, 9)  # a zero filter byte starts each row
+    header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+
+
+def mistyped_exif_jpeg(width: int = 64, height: int = 48) -> bytes:
+    """A JPEG whose EXIF says Orientation 6 and stores XResolution (a RATIONAL) as ASCII:
+    ``ImageOps.exif_transpose`` raises TypeError rewriting it."""
+    entries = [(0x0112, 3, 1, struct.pack("<HH", 6, 0)), (0x011A, 2, 3, b"ab\x00\x00")]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", *entry[:3]) + entry[3] for entry in entries)
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    picture = Image.new("RGB", (width, height), (200, 30, 30))
+    picture.paste((30, 30, 200), (0, 0, width // 4, height))  # blue on the left: on top once turned
+    return encode(picture, "JPEG", exif=exif)
+
+
+def rle_bmp(width: int = 6000, height: int = 6666) -> bytes:
+    """An 8-bit RLE BMP: one pixel and an end of line per row (27 KB for 40 MP). Pillow pads
+    each row in Python, a byte at a time."""
+    pixels = b"\x01\x80\x00\x00" * height + b"\x00\x01"
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def commented_gif(sub_blocks: int = 9_500_000) -> bytes:
+    """A 1x1 GIF with a comment of ``sub_blocks`` one-byte sub-blocks before its image (19 MB
+    for 9.5 million): PIL reads and joins each one in Python."""
+    data = encode(Image.new("P", (1, 1)), "GIF")
+    start = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    return data[:start] + b"\x21\xfe" + b"\x01x" * sub_blocks + b"\x00" + data[start:]
+
+
+def jpeg_in_tiff(side: int = 1024, scans: int = 99) -> bytes:
+    """A grey TIFF whose one strip is a progressive JPEG of ``scans`` scans (compression 7). libtiff
+    itself refuses more than 100 scans, so 99 is the costliest: 99 passes over every block."""
+    strip = many_scans_jpeg(side, scans)
+    tags = [(256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 7), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+            (278, 4, side), (279, 4, len(strip))]  # fmt: skip
+    data_offset = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<I", data_offset if tag == 273 else value)
+                       for tag, kind, value in tags)  # fmt: skip
+    return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0) + strip
+
+
+def sixteen_bit_png(side: int = 6324) -> bytes:
+    """A 40 MP 16-bit grey PNG of one value (a few hundred KB)."""
+    return grey_png(side, side, depth=16)
+
+
+def mutants(seeds: dict[str, bytes], count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``count`` mutations of each seed file: bytes overwritten, inserted, deleted, a span repeated
+    or the file cut, with a 16-bit or 32-bit field set to an extreme now and then."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, original in seeds.items():
+        for i in range(count):
+            data = bytearray(original)
+            for _ in range(int(rng.integers(1, 6))):
+                position = int(rng.integers(0, len(data)))
+                kind = int(rng.integers(0, 6))
+                if kind == 0:
+                    data[position] = int(rng.integers(0, 256))
+                elif kind == 1:
+                    data[position:position] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
+                elif kind == 2:
+                    del data[position : position + int(rng.integers(1, 9))]
+                elif kind == 3:
+                    data[position:position] = bytes(data[position : position + int(rng.integers(1, 64))])
+                elif kind == 4:
+                    data[position : position + 2] = bytes(rng.choice([b"\x00\x00", b"\xff\xff", b"\x7f\xff", b"\x00\x01"]))
+                else:
+                    data[position : position + 4] = bytes(rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"]))
+            if rng.random() < 0.1:
+                data = data[: int(rng.integers(1, len(data) + 1))]
+            out.append((f"{i}-{name}", bytes(data)))
+    return out

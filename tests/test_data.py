@@ -3,6 +3,7 @@ local HTTP server), extraction, dataset folders, image listing and decoding."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -263,6 +264,47 @@ def test_extract_corrupt_member_is_dataset_error(tmp_path):
     with pytest.raises(DatasetError, match="corrupt"):
         extract(archive, target)
     assert names(target.parent) == []
+
+
+def test_extract_refuses_a_zip_bomb_before_writing(tmp_path):
+    """A small zip with a member that inflates a thousandfold (the review's: 3 GiB in 3.2 MB) was
+    extracted until the disk was full, then a traceback."""
+    archive = tmp_path / "in" / "bomb.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
+        bomb.writestr("Dataset/a.jpg", b"jpeg" * 1000)
+        bomb.writestr("Dataset/b.bin", bytes(50 * 2**20))
+    assert archive.stat().st_size < 100_000
+    target = tmp_path / "out" / "extracted"
+    with pytest.raises(DatasetError, match="times its size") as info:
+        extract(archive, target)
+    assert "\n" not in str(info.value)
+    assert names(target.parent) == []
+
+
+def test_extract_refuses_more_than_the_free_space_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    from deepfake_detector import download
+
+    archive = make_zip(tmp_path / "in" / "a.zip", {f"Dataset/{i}.bin": np.random.default_rng(i).bytes(20_000) for i in range(5)})
+    target = tmp_path / "out" / "extracted"
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 50_000})())
+    with pytest.raises(DatasetError, match="needs 0.00 GB .* free"):
+        extract(archive, target)
+    monkeypatch.undo()
+
+    written = []
+
+    def fill_up(self, member, path=None, pwd=None):
+        written.append(member)
+        if len(written) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return extract_member(self, member, path, pwd)
+
+    extract_member = zipfile.ZipFile.extract
+    monkeypatch.setattr(zipfile.ZipFile, "extract", fill_up)
+    with pytest.raises(DatasetError, match="filled up while extracting") as info:
+        extract(archive, target)
+    assert "\n" not in str(info.value) and names(target.parent) == []  # the scratch folder is gone
 
 
 # ----------------------------------------------------------------------------- folders

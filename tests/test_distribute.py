@@ -351,3 +351,25 @@ def test_mixed_precision_model_keeps_a_float32_output():
     mixed, full = np.asarray(model(images, training=False), "float32"), np.asarray(plain(images, training=False))
     assert mixed.dtype == full.dtype == np.float32
     np.testing.assert_allclose(mixed, full, atol=2e-2)  # float16 rounding only
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_starts_stops_with_a_clear_error(tmp_path):
+    """Worker 1 exited at start (a bad argument); worker 0 waited for it forever, deaf to SIGTERM."""
+    data_dir = make_dataset(tmp_path / "data", {"Train": 4, "Validation": 2, "Test": 2})
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+    process = subprocess.Popen(
+        _train_command(data_dir, tmp_path / "model.keras", "--distribute", "multiworker", "--epochs", "1", "--cluster-timeout", "15"),
+        env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        log = process.communicate(timeout=240)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0, log[-3000:]  # killed: the wait holds the GIL and ignores SIGTERM
+    errors = [line for line in log.splitlines() if "the cluster did not start within 15 s" in line]
+    assert len(errors) == 1 and errors[0].startswith("ERROR "), log[-3000:]
+    assert f"worker 1 ({workers[1]}) not listening" in errors[0] and "worker 0" not in errors[0]

@@ -1,4 +1,4 @@
-"""The JPEG and PNG walkers: scans counted, cut files told from whole ones, without decoding."""
+"""The JPEG, PNG and GIF walkers: scans counted, cut files told from whole ones, without decoding."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake_detector.image_structure import jpeg_facts, png_facts
-from harness.hostile import cut_jpeg, encode, lying_png, many_scans_jpeg, noise, png_chunk
+from deepfake_detector.image_structure import gif_facts, jpeg_facts, png_facts
+from harness.hostile import commented_gif, cut_jpeg, encode, lying_png, many_scans_jpeg, noise, png_chunk
 
 PHOTO = noise(512, seed=4)
 
@@ -92,3 +92,12 @@ def test_png_with_many_chunks_stops_at_the_limit():
     data = encode(PHOTO, "PNG")
     padded = data[:33] + png_chunk(b"zzZz", b"") * 500 + data[33:]  # empty private chunks after IHDR
     assert png_facts(padded, 100).segments == 101
+
+
+def test_gif_extension_sub_blocks_are_counted_up_to_the_first_image_and_the_walk_stops_at_its_limit():
+    frames = [PHOTO.convert("P", palette=Image.Palette.ADAPTIVE), PHOTO.rotate(90).convert("P")]
+    animated = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], comment=b"a" * 600, loop=0)
+    assert 3 <= gif_facts(animated, 1000).segments < 10  # application, comment (3 sub-blocks), graphic control
+    assert gif_facts(commented_gif(500), 5000).segments == 501  # and the empty one that ends them
+    assert gif_facts(commented_gif(500), 100).segments == 101
+    assert gif_facts(b"GIF89a", 100).segments == 0

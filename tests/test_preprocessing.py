@@ -339,3 +339,167 @@ def test_a_png_of_thousands_of_chunks_is_refused_before_decoding(no_decoding):
     padded = data[:33] + png_chunk(b"zzZz", b"") * (preprocessing.MAX_SEGMENTS + 1) + data[33:]
     error = _raises(ImageTooLargeError, padded, 413)
     assert "segments" in str(error)
+
+
+# ----------------------------------------------------------------------------- issue 29: hostile shapes and containers
+
+
+@pytest.mark.parametrize("width, height, depth", [
+    (39_999_999, 1, 8), (1, 39_999_999, 8), (19_999_999, 1, 16),  # the review's: 2 GB and 10 s each to resize
+    (preprocessing.MAX_IMAGE_SIDE + 1, 1, 8),
+    (preprocessing.MAX_ASPECT_RATIO * 100 + 1, 100, 8),
+])  # fmt: skip
+def test_extreme_sides_and_aspect_ratios_are_refused_before_decoding(width, height, depth, no_decoding):
+    from harness.hostile import grey_png
+
+    error = _raises(ImageTooLargeError, grey_png(width, height, depth), 413)
+    assert f"{width}x{height}" in str(error)
+
+
+def test_the_widest_shape_allowed_is_decoded():
+    from harness.hostile import grey_png
+
+    width = preprocessing.MAX_ASPECT_RATIO * 50
+    assert _check_array(load_image(grey_png(width, 50), S)).max() == 0
+
+
+def test_a_large_reduction_averages_blocks_first_and_stays_close_to_lanczos(monkeypatch):
+    image = synthetic_image(True, np.random.default_rng(6), size=64).resize((2048, 2048), Image.Resampling.BICUBIC)
+    plain = np.asarray(image.resize((S * 4, S * 4), Image.Resampling.LANCZOS, reducing_gap=None), int)
+    reductions = []
+    reduce = Image.Image.reduce
+    monkeypatch.setattr(Image.Image, "reduce", lambda self, *a, **k: reductions.append(a) or reduce(self, *a, **k))
+    out = load_image(image, S * 4).astype(int)
+    assert reductions, "a 32x reduction should average whole blocks before resampling"
+    assert np.abs(out - plain).mean() < 0.5 and np.abs(out - plain).max() <= 2
+    reductions.clear()
+    load_image(image.resize((S * 15, S * 15)), S)  # under 16x: plain Lanczos, as training crops
+    assert not reductions
+
+
+def test_a_mistyped_exif_tag_costs_nothing_but_the_tag():
+    """Orientation 6 with XResolution stored as ASCII: ImageOps.exif_transpose raised TypeError
+    rewriting the EXIF block, which nothing caught (a 500, a stopped batch, an aborted cache build)."""
+    from harness.hostile import mistyped_exif_jpeg
+
+    upright = open_image(mistyped_exif_jpeg(64, 48))
+    assert upright.size == (48, 64)  # turned to portrait
+    out = np.asarray(upright, int)
+    np.testing.assert_allclose(out[:8].mean(axis=(0, 1)), (30, 30, 200), atol=16)  # the blue left edge is on top
+
+
+def _fuzz_seeds() -> dict[str, bytes]:
+    from harness.hostile import jpeg_in_tiff, mistyped_exif_jpeg, rle_bmp
+
+    image = _blocks(24)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [image, image.rotate(90)]
+    return {
+        "exif.jpg": image_bytes(image, "JPEG", exif=exif.tobytes()),
+        "mistyped_exif.jpg": mistyped_exif_jpeg(24, 16),
+        "progressive.jpg": image_bytes(image, "JPEG", progressive=True),
+        "rgba.png": image_bytes(image.convert("RGBA"), "PNG", exif=exif.tobytes()),
+        "grey16.png": image_bytes(Image.fromarray(np.full((12, 20), 40000, np.uint16)), "PNG"),
+        "animated.gif": image_bytes(image, "GIF", save_all=True, append_images=frames[1:], comment=b"hello"),
+        "lossless.webp": image_bytes(image, "WEBP", lossless=True),
+        "lossy.webp": image_bytes(image, "WEBP", exif=exif.tobytes()),
+        "exif.tiff": image_bytes(image, "TIFF", exif=exif.tobytes()),
+        "jpeg.tiff": image_bytes(image, "TIFF", compression="jpeg"),
+        "scans.tiff": jpeg_in_tiff(32, 8),
+        "deflate.tiff": image_bytes(image, "TIFF", compression="tiff_adobe_deflate"),
+        "image.bmp": image_bytes(image, "BMP"),
+        "rle.bmp": rle_bmp(24, 16),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns of the corrupt EXIF and tags it skips
+def test_mutated_files_of_every_format_raise_only_image_errors():
+    """Seeded and bounded (60 mutants of 14 files): a decoder's failure on one file is that file's
+    ImageError, whatever PIL raised (TypeError, IndexError, struct.error, SyntaxError...)."""
+    from harness.hostile import mutants
+
+    outcomes = {"decoded": 0, "refused": 0}
+    for name, data in mutants(_fuzz_seeds(), count=60, seed=29):
+        try:
+            load_image(data, S)
+            outcomes["decoded"] += 1
+        except ImageError:
+            outcomes["refused"] += 1
+        except Exception as error:  # noqa: BLE001 - the assertion names the file and what escaped
+            raise AssertionError(f"{name}: {type(error).__name__}: {error}") from error
+    assert outcomes["decoded"] > 50 and outcomes["refused"] > 50, outcomes
+
+
+def test_a_large_rle_bmp_is_refused_and_a_small_one_decoded(no_decoding):
+    from harness.hostile import rle_bmp
+
+    error = _raises(ImageTooLargeError, rle_bmp(6000, 6666), 413)  # 27 KB, 5-9 s in PIL's Python decoder
+    assert "RLE" in str(error)
+
+
+def test_a_small_rle_bmp_is_decoded():
+    from harness.hostile import rle_bmp
+
+    out = _check_array(load_image(rle_bmp(40, 30), S))
+    assert out.max() > 0  # one grey pixel per row, the rest black
+
+
+def test_a_gif_of_many_comment_sub_blocks_is_refused_before_pil_reads_it(monkeypatch):
+    from PIL import GifImagePlugin
+
+    from harness.hostile import commented_gif
+
+    opened = []
+    monkeypatch.setattr(GifImagePlugin.GifImageFile, "_open", lambda self: opened.append(1))
+    error = _raises(ImageTooLargeError, commented_gif(preprocessing.MAX_SEGMENTS + 1), 413)
+    assert "segments" in str(error) and not opened
+
+
+def test_a_gif_with_a_comment_is_decoded():
+    from harness.hostile import commented_gif
+
+    assert _check_array(load_image(commented_gif(300), S)).shape == (S, S, 3)
+
+
+def test_a_jpeg_inside_a_tiff_has_the_same_scan_limit(no_decoding):
+    from harness.hostile import jpeg_in_tiff
+
+    error = _raises(ImageTooLargeError, jpeg_in_tiff(256, preprocessing.MAX_JPEG_SCANS + 35), 413)
+    assert "scans" in str(error)
+
+
+def test_a_jpeg_compressed_tiff_within_the_limit_is_decoded():
+    image = _blocks(32)
+    out = _check_array(load_image(image_bytes(image, "TIFF", compression="jpeg"), 32), 32).astype(int)
+    assert np.median(np.abs(out - np.asarray(image, int))) <= 3
+
+
+def test_16_bit_images_convert_exactly_without_a_float_copy():
+    """Every 16-bit value rounds to round(v * 255 / 65535); the conversion's peak memory stays
+    near the 16-bit array itself (a float64 copy and its temporaries took 8 bytes a pixel each)."""
+    import tracemalloc
+
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = np.asarray(preprocessing._to_rgb(Image.fromarray(values)))
+    expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(out[..., 0], expected)
+    big = Image.fromarray(np.full((1000, 1000), 30000, np.uint16))
+    tracemalloc.start()
+    try:
+        preprocessing._to_rgb(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 7 * big.width * big.height, f"{peak / 1e6:.1f} MB for a 1 MP 16-bit image"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_an_image_turned_upright_is_not_turned_again_when_decoded_again(mode):
+    array = np.zeros((20, 40, 3), np.uint8)
+    array[:, :20] = RED
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = open_image(image_bytes(Image.fromarray(array).convert(mode), "JPEG", quality=95, exif=exif.tobytes()))
+    assert upright.size == (20, 40) and open_image(upright).size == (20, 40)
+    np.testing.assert_array_equal(load_image(upright, 16), load_image(open_image(upright), 16))

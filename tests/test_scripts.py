@@ -81,6 +81,7 @@ def test_inference_py_serves_without_a_command_and_predicts_with_one():
 @pytest.mark.parametrize("argv, prog, message", [
     (["--model", "missing.keras"], "inference.py", "missing.keras: no such model file"),
     (["serve", "--keep-uploads", "--keep-uploads-max-mb", "-1"], "inference.py", "--keep-uploads-max-mb must be 0 or more"),
+    (["serve", "--keep-uploads", "--keep-uploads-max-files", "-1"], "inference.py", "--keep-uploads-max-files must be 0 or more"),
     (["predict", "--model", "missing.keras", "a.jpg"], "inference.py predict", "missing.keras: no such model file"),
 ])  # fmt: skip
 def test_inference_py_fails_in_one_line_with_status_2(argv, prog, message, tmp_path, capsys, monkeypatch):

@@ -12,7 +12,21 @@ import pytest
 import requests
 from PIL import Image
 
-from harness.hostile import crowd_jpeg, cut_jpeg, encode, lying_png, many_scans_jpeg, noise, short_images
+from harness.hostile import (
+    commented_gif,
+    crowd_jpeg,
+    cut_jpeg,
+    encode,
+    grey_png,
+    jpeg_in_tiff,
+    lying_png,
+    many_scans_jpeg,
+    mistyped_exif_jpeg,
+    mutants,
+    noise,
+    rle_bmp,
+    short_images,
+)
 from harness.server import memory_mb, running_process
 from harness.videos import encode as encode_video
 from harness.videos import hostile_videos
@@ -131,7 +145,19 @@ def hostile_corpus() -> list[tuple[str, bytes]]:
         ("cut_after_2kb.jpg", cut_jpeg(encode(noise(2048), "JPEG"))),
         ("flat_40mp.png", encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG")),
         *((f"short_{name}", data) for name, data in short_images(noise(256, seed=5)).items()),
+        # issue 29's review
+        ("wide.png", grey_png(39_999_999, 1)),  # Lanczos built a kernel as wide as the image: 2 GB, 10 s
+        ("tall.png", grey_png(1, 39_999_999)),
+        ("wide16.png", grey_png(19_999_999, 1, depth=16)),
+        ("mistyped_exif.jpg", mistyped_exif_jpeg()),  # exif_transpose raised TypeError: a 500
+        ("rle.bmp", rle_bmp(6000, 6666)),  # 27 KB, 5-9 s in PIL's Python decoder
+        ("comments.gif", commented_gif(9_500_000)),  # 19 MB of one-byte sub-blocks: 2 s and 1 GB
+        ("scans.tiff", jpeg_in_tiff(1024, 99)),  # a JPEG inside a TIFF escaped the scan limit
+        ("sixteen_40mp.png", grey_png(6324, 6324, depth=16)),
     ]
+    seeds = {name: data for name, data in corpus if name in ("baseline.jpg", "rotated.jpg", "image.webp", "image.tiff",
+                                                              "image.bmp", "animated.gif", "gray16.png")}  # fmt: skip
+    corpus += mutants({**seeds, "mistyped_exif.jpg": mistyped_exif_jpeg()}, count=8, seed=29)
     corpus += [(f"noise{i}.jpg", rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes()) for i in range(40)]
     corpus += [(name, data) for name, (data, _) in video_corpus().items()]
     return corpus
@@ -166,6 +192,9 @@ def test_hostile_corpus_never_breaks_the_server(server):
     assert outcomes["icon.ico"] == 415
     assert outcomes["empty.jpg"] == 400
     assert outcomes["many_scans.jpg"] == 413 and outcomes["crowd.jpg"] == outcomes["flat_40mp.png"] == 200
+    refused = ["wide.png", "tall.png", "wide16.png", "rle.bmp", "comments.gif", "scans.tiff"]
+    assert {name: outcomes[name] for name in refused} == {name: 413 for name in refused}
+    assert outcomes["mistyped_exif.jpg"] == outcomes["sixteen_40mp.png"] == 200
     lying = ["one_row.png", "cut_after_2kb.jpg"] + [name for name in outcomes if name.startswith("short_")]
     assert {name: outcomes[name] for name in lying} == {name: 400 for name in lying}
     assert {name: outcomes[name] for name in video_corpus()} == {name: status for name, (_, status) in video_corpus().items()}
@@ -268,6 +297,38 @@ def test_huge_declared_body_is_refused_unread(server_url):
         )
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413") or reply.startswith(b"HTTP/1.0 413"), reply[:100]
+
+
+def _reply_head(sock) -> bytes:
+    reply = b""
+    while b"\r\n\r\n" not in reply and (chunk := sock.recv(4096)):
+        reply += chunk
+    return reply
+
+
+def test_a_body_over_the_cap_is_not_invited_by_100_continue(server_url):
+    """``Expect: 100-continue`` with a 30 MB Content-Length: waitress answered "100 Continue" and
+    read 21 MB of the body before its 413. The first answer is the 413 now; a body within the cap
+    is still invited."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(server_url)
+    upload = requests.Request("POST", "http://x/", files={"file": ("a.png", valid_images()["rgb.png"])}).prepare()
+
+    def head(length: int) -> bytes:
+        return (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {upload.headers['Content-Type']}\r\n"
+                f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n").encode()  # fmt: skip
+
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head(30 * 1024 * 1024))
+        reply = _reply_head(sock)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(head(len(upload.body)))
+        assert _reply_head(sock).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(upload.body)
+        assert _reply_head(sock).startswith(b"HTTP/1.1 200"), "the invited body is scored"
 
 
 def test_security_headers_from_the_real_server(server_url):

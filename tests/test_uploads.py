@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -52,6 +53,11 @@ def stored(folder: Path) -> tuple[set[str], set[str]]:
     assert names == images | sidecars, f"unexpected files: {names - images - sidecars}"
     assert {name.split(".")[0] for name in images} == {name.split(".")[0] for name in sidecars}
     return images, sidecars
+
+
+def on_disk(folder: Path) -> int:
+    """What the files in ``folder`` take on disk (allocated 512-byte units), not their lengths."""
+    return sum(path.stat().st_blocks * 512 for path in folder.iterdir())
 
 
 @pytest.fixture()
@@ -106,7 +112,7 @@ def test_an_upload_is_kept_under_its_hash_with_the_answer_it_got(detector, store
     assert received.utcoffset() == timedelta(0)
     assert before - timedelta(seconds=1) <= received <= datetime.now(timezone.utc)
     assert "holiday" not in (store_dir / f"{digest}.json").read_text()
-    assert store.stored_bytes == sum(path.stat().st_size for path in store_dir.iterdir())
+    assert store.stored_bytes == on_disk(store_dir)
 
 
 @pytest.mark.parametrize("route", ["api", "page", "files"])
@@ -173,7 +179,8 @@ def test_past_the_cap_uploads_are_answered_but_not_stored(detector, store_dir, c
     from deepfake_detector.uploads import UploadStore
 
     images = distinct_images(4, "BMP")  # all the same size
-    store = UploadStore(store_dir, max_bytes=len(images[0]) + 4096)  # one image and its sidecar
+    block = os.statvfs(store_dir.parent).f_bsize
+    store = UploadStore(store_dir, max_bytes=-(-len(images[0]) // block) * block + block)  # one image and its sidecar
     client = make_app(detector, store).test_client()
     reference = make_app(detector, None).test_client()
     with caplog.at_level(logging.WARNING, logger="deepfake_detector.uploads"):
@@ -195,8 +202,8 @@ def test_the_cap_counts_what_is_already_in_the_folder(detector, store_dir):
     earlier = store_dir / ("ab" * 32 + ".png")
     earlier.write_bytes(b"\0" * 100_000)
     (store_dir / "README.md").write_text("not counted: the store did not write it")
-    store = UploadStore(store_dir, max_bytes=100_000 + 1000)
-    assert store.stored_bytes == 100_000
+    store = UploadStore(store_dir, max_bytes=on_disk(store_dir) - 512 + 1000)  # README.md is not counted
+    assert store.stored_bytes == earlier.stat().st_blocks * 512 >= 100_000 and store.stored_files == 1
     (data,) = distinct_images(1)
     assert post_api(make_app(detector, store).test_client(), data).status_code == 200
     assert sorted(path.name for path in store_dir.iterdir()) == sorted([earlier.name, "README.md"])
@@ -270,7 +277,7 @@ def test_many_request_threads_store_each_content_once(detector, store, store_dir
     assert statuses == [200] * 16
     images, sidecars = stored(store_dir)  # no temporary file left
     assert images == {hashlib.sha256(data).hexdigest() + ".jpg" for data in contents} and len(sidecars) == 4
-    assert store.stored_bytes == sum(path.stat().st_size for path in store_dir.iterdir())
+    assert store.stored_bytes == on_disk(store_dir)
 
 
 def test_the_store_alone_under_contention(store, store_dir, slow_writes):
@@ -289,7 +296,7 @@ def test_the_store_alone_under_contention(store, store_dir, slow_writes):
         thread.join()
     assert len([path for path in kept if path is not None]) == 3
     assert len(stored(store_dir)[0]) == 3
-    assert store.stored_bytes == sum(path.stat().st_size for path in store_dir.iterdir())
+    assert store.stored_bytes == on_disk(store_dir)
 
 
 def test_the_default_app_writes_nothing(client, fake_png, tmp_path, monkeypatch):
@@ -314,3 +321,24 @@ def test_repo_uploads_folder_commits_only_its_readme():
     ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO).returncode
     readme = subprocess.run(["git", "check-ignore", "-q", "uploads/README.md"], cwd=REPO).returncode
     assert (ignored, readme) == (0, 1)
+
+
+def test_the_caps_count_disk_blocks_and_files_not_bytes(store_dir, caplog):
+    """1,200 tiny PNGs under a 0.5 MB cap took 7.7 MB on disk: every file, a 300-byte sidecar
+    too, takes whole blocks. The store counts those, and stops at a number of files as well."""
+    from deepfake_detector.uploads import UploadStore
+
+    images = distinct_images(40, size=8)  # about 100 bytes each
+    store = UploadStore(store_dir, max_bytes=64 * 1024)
+    for data in images:
+        store.keep(data, "PNG", {"label": "real"})
+    assert 0 < on_disk(store_dir) <= 64 * 1024 and store.stored_bytes == on_disk(store_dir)
+    assert sum(path.stat().st_size for path in store_dir.iterdir()) < 64 * 1024 / 4  # the bytes alone were far under
+
+    by_files = UploadStore(store_dir.parent / "by-files", max_bytes=10**9, max_files=10)
+    with caplog.at_level(logging.WARNING, logger="deepfake_detector.uploads"):
+        for data in images:
+            by_files.keep(data, "PNG", {"label": "real"})
+    assert len(list(by_files.directory.iterdir())) == by_files.stored_files == 10
+    assert "10 files" in caplog.text
+    assert UploadStore(by_files.directory, max_bytes=10**9, max_files=12).stored_files == 10  # counted at start-up

@@ -2,6 +2,7 @@
 
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,73 @@ def test_page_and_its_files_are_found_from_any_working_folder(detector, tmp_path
         assert f"/static/{name}" in html
         response = client.get(f"/static/{name}")
         assert response.status_code == 200 and response.data == (repo / "static" / name).read_bytes()
+
+
+# ----------------------------------------------------------------------------- issue 29
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns of the corrupt EXIF it skips
+def test_a_file_that_broke_the_decoder_costs_no_other_file_its_answer(client, fake_png):
+    """A mistyped EXIF tag made exif_transpose raise TypeError: a 500 for the whole request."""
+    from harness.hostile import mistyped_exif_jpeg, mutants
+
+    broken = [data for _, data in mutants({"m.jpg": mistyped_exif_jpeg()}, count=30, seed=1)]
+    files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate([fake_png, mistyped_exif_jpeg(), *broken[:12], fake_png])]
+    response = client.post("/api/predict", data={"files": files}, content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    results = response.get_json()["results"]
+    assert len(results) == 15 and "label" in results[0] and "label" in results[1] and "label" in results[-1]
+    assert all("label" in entry or 400 <= entry["status"] < 500 for entry in results)
+    single = post_api(client, mistyped_exif_jpeg(), "rotated.jpg")
+    assert single.status_code == 200 and single.get_json()["label"] in ("fake", "real")
+
+
+def test_request_paths_are_logged_escaped_on_one_line(client, caplog):
+    caplog.set_level("INFO", logger="deepfake_detector.web")
+    client.get("/api/x%0a2025-01-01 INFO deepfake_detector.web: POST /api/predict 200 1.0ms%0d")
+    lines = [record.getMessage() for record in caplog.records if record.name == "deepfake_detector.web"]
+    assert lines and all("\n" not in line and "\r" not in line for line in lines)
+    assert any("/api/x\\n2025-01-01" in line for line in lines)
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, 403),
+    ({"Sec-Fetch-Site": "same-site"}, 403),
+    ({"Origin": "https://evil.example"}, 403),  # a browser too old to send Sec-Fetch-Site
+    ({"Origin": "null"}, 403),  # a sandboxed frame
+    ({"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}, 200),  # this server's own page
+    ({"Origin": "http://localhost:8080"}, 200),  # behind a proxy whose Host drops the port
+    ({}, 200),  # a script: curl, requests
+])  # fmt: skip
+def test_cross_site_posts_are_refused_and_scripts_keep_the_api(detector, fake_png, tmp_path, headers, status):
+    from deepfake_detector.uploads import UploadStore
+    from deepfake_detector.web import create_app
+
+    store = UploadStore(tmp_path / "kept", 10 * 2**20)
+    client = create_app(detector, face_finder=GridFinder(0), upload_store=store).test_client()
+    api = client.post("/api/predict", data={"file": (io.BytesIO(fake_png), "x.png")}, headers=headers)
+    page = client.post("/", data={"file": (io.BytesIO(fake_png), "x.png")}, headers=headers)
+    assert (api.status_code, page.status_code) == (status, status)
+    if status == 403:
+        assert "another site" in api.get_json()["error"] and "another site" in page.get_data(as_text=True)
+        assert list((tmp_path / "kept").iterdir()) == []  # neither scored nor kept
+
+
+def test_the_app_leaves_no_daemon_thread_to_be_killed_at_exit(detector, monkeypatch):
+    """A daemon thread still in TensorFlow's C++ code when the interpreter exits is unwound by
+    pthread_exit, which aborts the process (status 134): the Grad-CAM trace started here was one."""
+    from deepfake_detector import web
+
+    started = []
+
+    class Recorded(threading.Thread):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(web.threading, "Thread", Recorded)
+    web.create_app(detector, face_finder=GridFinder(0))
+    assert [thread.name for thread in started] == ["trace-grad-cam"]
+    assert not any(thread.daemon for thread in started)
+    for thread in started:
+        thread.join()
