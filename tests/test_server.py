@@ -307,7 +307,7 @@ def _reply_head(sock) -> bytes:
 
 
 def test_a_body_over_the_cap_is_not_invited_by_100_continue(server_url):
-    """``Expect: 100-continue`` with a 30 MB Content-Length: waitress answered "100 Continue" and
+    """``Expect: 100-continue`` with a Content-Length over the cap (30 MB when it was 20 MB; 150 MB since videos raised it to 100 MB): waitress answered "100 Continue" and
     read 21 MB of the body before its 413. The first answer is the 413 now; a body within the cap
     is still invited."""
     import socket
@@ -321,7 +321,7 @@ def test_a_body_over_the_cap_is_not_invited_by_100_continue(server_url):
                 f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n").encode()  # fmt: skip
 
     with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
-        sock.sendall(head(30 * 1024 * 1024))
+        sock.sendall(head(150 * 1024 * 1024))
         reply = _reply_head(sock)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
     with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
