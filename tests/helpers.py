@@ -9,6 +9,8 @@ tests run in subprocesses can import it without pytest.
 from __future__ import annotations
 
 import io
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +70,60 @@ class GridFinder:
 
         boxes = [FaceBox(10 + 30 * (i % 10), 10 + 60 * (i // 10), 8 + i % 10, 8 + i % 10) for i in range(self.count)]
         return sorted(boxes, key=lambda box: (box.x, box.y))  # left to right, as finders answer
+
+
+# ----------------------------------------------------------------------------- video clips
+
+WIDTH, HEIGHT, SIDE, STEPS = 320, 240, 100, 40  # frames of the clips, pasted face side, frames per clip
+
+
+def astronaut() -> Image.Image:
+    """The astronaut's face, darkened: the tiny model calls her bright white suit fake."""
+    from PIL import ImageEnhance
+    from skimage import data
+
+    return ImageEnhance.Brightness(Image.fromarray(data.astronaut()).crop((140, 20, 320, 200))).enhance(0.6)
+
+
+def clip(paths, container: str = "mp4", **options) -> bytes:
+    """A 40-frame clip of ``paths`` (:class:`harness.videos.FacePath`) moving over a plain background."""
+    from harness import videos
+
+    codec = "mpeg4" if container == "avi" else "libx264"
+    return videos.encode(videos.frames_with_faces(paths, STEPS, WIDTH, HEIGHT), fps=10, container=container, codec=codec, **options)
+
+
+def moving(mark: bool = False):
+    from harness.videos import FacePath
+
+    return FacePath(astronaut(), (10, 60), (210, 60), SIDE, mark)
+
+
+def crossing() -> list:
+    """Two faces that pass each other: one left to right above, one right to left below."""
+    from harness.videos import FacePath
+
+    return [FacePath(astronaut(), (10, 20), (210, 20), SIDE), FacePath(astronaut(), (210, 100), (10, 100), SIDE)]
+
+
+# ----------------------------------------------------------------------------- a server's open files
+
+AUTOGRAPH_SCRATCH = "__autograph_generated_file"  # TensorFlow writes the code it traces to the temp folder
+
+
+def open_files(pid: int) -> set[str]:
+    """What the process's file descriptors open for writing point at, for those still open when
+    read. A spooled upload is written; files only read (Python modules imported lazily, autograph
+    reading the source it traces) are not uploads touching the disk, nor is the Python source
+    autograph writes when a function is first traced (the Grad-CAM explainer, built on first use)."""
+    targets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                flags = int(re.search(r"^flags:\s+([0-7]+)", info.read(), re.M).group(1), 8)
+        except OSError:
+            continue  # closed meanwhile
+        if flags & os.O_ACCMODE != os.O_RDONLY and not Path(target).name.startswith(AUTOGRAPH_SCRATCH):
+            targets.add(target)
+    return targets

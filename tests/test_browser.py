@@ -78,7 +78,7 @@ def test_upload_a_text_file_and_see_the_error(browser, page_url, tmp_path):
 
 def face_clip() -> bytes:
     """Two faces (the astronaut's, darkened) crossing: what tests/test_video.py scores."""
-    from tests.test_video import clip, crossing
+    from tests.helpers import clip, crossing
 
     return clip(crossing())
 

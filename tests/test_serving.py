@@ -21,27 +21,11 @@ from PIL import Image
 
 from harness.hostile import encode, noise
 from harness.server import REPO, free_port, memory_mb, running_process, session_from
+from tests.helpers import open_files
 
 pytestmark = pytest.mark.slow  # every test starts inference.py (and nginx) as real processes
 
 OTHER_ADDRESS = "127.0.0.2"  # Linux routes all of 127/8 to the loopback interface
-
-
-def open_files(pid: int) -> set[str]:
-    """What the process's file descriptors open for writing point at, for those still open when
-    read. A spooled upload is written; files only read (Python modules imported lazily, autograph
-    reading the source it traces) are not uploads touching the disk."""
-    targets = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-                flags = int(re.search(r"^flags:\s+([0-7]+)", info.read(), re.M).group(1), 8)
-        except OSError:
-            continue  # closed meanwhile
-        if flags & os.O_ACCMODE != os.O_RDONLY:
-            targets.add(target)
-    return targets
 
 
 def multipart(files: list[tuple[str, tuple[str, bytes]]]) -> tuple[bytes, str]:

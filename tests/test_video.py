@@ -20,33 +20,9 @@ from PIL import Image
 
 from harness import videos
 from harness.videos import FacePath
+from tests.helpers import HEIGHT, SIDE, STEPS, WIDTH, astronaut, clip, crossing, moving, open_files
 
 REPO = Path(__file__).resolve().parent.parent
-WIDTH, HEIGHT, SIDE, STEPS = 320, 240, 100, 40  # frames of the clips, pasted face side, frames per clip
-
-
-def astronaut() -> Image.Image:
-    """The astronaut's face, darkened: the tiny model calls her bright white suit fake."""
-    from PIL import ImageEnhance
-    from skimage import data
-
-    return ImageEnhance.Brightness(Image.fromarray(data.astronaut()).crop((140, 20, 320, 200))).enhance(0.6)
-
-
-def clip(paths: list[FacePath], container: str = "mp4", **options) -> bytes:
-    codec = "mpeg4" if container == "avi" else "libx264"
-    return videos.encode(videos.frames_with_faces(paths, STEPS, WIDTH, HEIGHT), fps=10, container=container, codec=codec, **options)
-
-
-def moving(mark: bool = False) -> FacePath:
-    return FacePath(astronaut(), (10, 60), (210, 60), SIDE, mark)
-
-
-def crossing() -> list[FacePath]:
-    """Two faces that pass each other: one left to right above, one right to left below."""
-    return [FacePath(astronaut(), (10, 20), (210, 20), SIDE), FacePath(astronaut(), (210, 100), (10, 100), SIDE)]
-
-
 @pytest.fixture(scope="module")
 def face_offset() -> tuple[float, float]:
     """Where RetinaFace's box centre sits inside a pasted face tile."""
@@ -341,7 +317,6 @@ def test_the_real_server_scores_a_video_in_memory_and_refuses_hostile_ones(train
     import requests
 
     from harness.server import memory_mb, running_process
-    from tests.test_serving import open_files
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
