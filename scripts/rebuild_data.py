@@ -140,7 +140,7 @@ def dfdc_entries(trees: dict[str, Path], seed: int) -> list[Entry]:
     present = {path.name for path in faces.iterdir()}
     reals: dict[str, str] = {}
     fakes: dict[str, list[str]] = defaultdict(list)
-    with open(tree / "metadata.csv", newline="") as file:
+    with open(tree / "metadata.csv", newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         if missing := set(DFDC_COLUMNS) - set(reader.fieldnames or ()):
             raise DatasetError(f"{DFDC.repo}: metadata.csv has no {', '.join(sorted(missing))} column")
