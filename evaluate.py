@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from deepfake_detector.cli import fail, run
+from deepfake_detector.cli import fail, report_path, run
 from deepfake_detector.data import SPLITS
 from deepfake_detector.errors import PerturbationSpecError
 
@@ -61,7 +61,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if len(set(names)) < len(names):
         return fail(PROG, "two --data-dir folders have the same name; a source is known by its folder's name")
 
-    from deepfake_detector.cli import default_model, report_path
+    from deepfake_detector.cli import default_model
     from deepfake_detector.detector import Detector
 
     model_path, why = default_model(PROG, args.model)
