@@ -17,7 +17,6 @@ was scored whole and the verdict is their mean.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import io
 import time
@@ -361,12 +360,3 @@ def _thumbnail(image: Image.Image, width: int) -> Image.Image:
     small = image.copy()
     small.thumbnail((width, width))
     return small
-
-
-def data_url(image: Image.Image | np.ndarray, quality: int = 85) -> str:
-    """A JPEG data URL of an image (for the page)."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -163,6 +163,19 @@ def test_uploads_are_parsed_into_memory_not_temporary_files(client, fake_png, mo
     assert post_api(client, big, "big.bmp").status_code == 200
 
 
+def test_apps_in_one_process_keep_their_own_detector_and_limits(detector, fake_png):
+    """The views are module-level (one Blueprint); each app's state is its own."""
+    from deepfake_detector.web import RequestLimits, create_app
+
+    hurried = create_app(detector, RequestLimits(files_seconds=0.0), face_finder=GridFinder(0)).test_client()
+    patient = create_app(detector, face_finder=GridFinder(3)).test_client()
+    files = {"files": [(io.BytesIO(fake_png), "a.png")]}
+    assert hurried.post("/api/predict", data=files, content_type="multipart/form-data").get_json()["results"][0]["status"] == 503
+    body = post_api(patient, fake_png).get_json()
+    assert body["faces_found"] == 3 and body["face_detection"] == "found"
+    assert post_api(hurried, fake_png).get_json()["face_detection"] == "none"
+
+
 def test_page_and_its_files_are_found_from_any_working_folder(detector, tmp_path, monkeypatch):
     """templates/ and static/ sit at the top of the checkout, beside inference.py (Flask's
     single-module layout), and are found from web.py, never from the working folder."""
