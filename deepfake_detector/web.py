@@ -8,8 +8,9 @@ API); nothing leaks a stack trace. What one request may cost is bounded by :clas
 
 As in Flask's tutorial (flaskr), :func:`create_app` is a short factory: it keeps the detector,
 the limits and the shared locks in ``app.extensions`` and registers :data:`bp`, whose views live
-here at module level and read them through ``current_app``. Each face in an upload is scored
-on its own (:mod:`deepfake_detector.faces`); the preview's boxes are drawn server-side
+here at module level and read them through ``current_app``. An upload is decoded once, here,
+and the decoded image handed on; each of its faces is scored on its own
+(:mod:`deepfake_detector.faces`), and the preview's boxes are drawn server-side
 (:mod:`deepfake_detector.previews`).
 """
 
@@ -302,8 +303,8 @@ def too_large_message(limits: RequestLimits, video_limits: VideoLimits) -> str:
 
 
 def _score_image(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, ImageScore]:
-    """Score one upload, with heatmaps for at most ``max_explained`` of its faces; keep it when
-    the app keeps uploads."""
+    """Decode one upload (once: the detector is handed the decoded image) and score it, with
+    heatmaps for at most ``max_explained`` of its faces; keep it when the app keeps uploads."""
     if not data:
         raise UploadError("the file is empty")
     extensions = current_app.extensions
@@ -312,7 +313,7 @@ def _score_image(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image
     image_format = image.format  # decode() may convert, which forgets it
     with extensions["large_image"] if image.width * image.height > limits.large_image_pixels else nullcontext():
         image = preprocessing.decode(image)
-        analysis = extensions["detector"].predict_faces(
+        analysis = extensions["detector"].predict_decoded_faces(
             image, extensions["face_finder"], explain=max_explained > 0, max_faces=limits.faces_per_image,
             max_explained=max_explained,
         )  # fmt: skip
