@@ -30,7 +30,7 @@ def __getattr__(name: str):
     """The tutorial's ``from inference import InferenceModel``, loaded on first use (``--help``
     does not wait for TensorFlow)."""
     if name == "InferenceModel":
-        from deepfake_detector.serving import InferenceModel
+        from deepfake_detector.inference_model import InferenceModel
 
         return InferenceModel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -97,7 +97,8 @@ def load_detector(model_path: Path | None, runtime: str = "keras"):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from deepfake_detector.serving import InferenceModel, ServerConfig
+    from deepfake_detector.inference_model import InferenceModel
+    from deepfake_detector.serving import ServerConfig
 
     store = None
     if args.keep_uploads:

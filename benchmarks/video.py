@@ -24,7 +24,8 @@ from PIL import Image
 from benchmarks.common import face_files
 from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
 from deepfake_detector.faces import default_finder
-from deepfake_detector.video import TrackFace, VideoLimits, VideoReader, _LandmarkRecorder, link_tracks, score_video
+from deepfake_detector.tracking import LandmarkRecorder, TrackFace, link_tracks
+from deepfake_detector.video import VideoLimits, VideoReader, score_video
 from harness.videos import FacePath, encode, frames_with_faces
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25
@@ -67,7 +68,7 @@ def baseline(detector: Detector, path: Path, frames: int) -> tuple[float, float,
     kept = [(n, Image.fromarray(decoded[n][..., ::-1])) for n in sorted(numbers)]
     del decoded
     decoding = time.perf_counter() - start
-    recorder = _LandmarkRecorder(default_finder())
+    recorder = LandmarkRecorder(default_finder())
     found = []
     for sample, (number, image) in enumerate(kept):
         analysis = detector.predict_faces(image, recorder, max_faces=20)

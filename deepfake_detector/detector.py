@@ -180,7 +180,9 @@ class Detector:
         highest face score.
 
         Args:
-            source: bytes, path, file object or PIL image (one already decoded is used as it is).
+            source: bytes, path, file object or PIL image, decoded and checked by
+                :func:`deepfake_detector.preprocessing.open_image` (a PIL image as a file would
+                be). For an image that already went through it, :meth:`predict_decoded_faces`.
             finder: a :class:`deepfake_detector.faces.FaceFinder` (default: RetinaFace).
             explain: also compute Grad-CAM heatmaps: for at most ``max_explained`` faces, the
                 highest scores first (those the verdict rests on), each one a backward pass.
@@ -189,7 +191,13 @@ class Detector:
         Raises:
             deepfake_detector.errors.ImageError: the input is not a usable image.
         """
-        image = open_image(source)
+        return self.predict_decoded_faces(open_image(source), finder, explain, max_faces, max_explained)
+
+    def predict_decoded_faces(self, image: Image.Image, finder: FaceFinder | None = None, explain: bool = False,
+                              max_faces: int | None = None, max_explained: int | None = None) -> ImageScore:  # fmt: skip
+        """:meth:`predict_faces` of an image :func:`deepfake_detector.preprocessing.open_image` (or
+        ``probe_image`` then ``decode``) already returned: it is used as it is, neither checked
+        nor decoded again. The web app decodes each upload once, this way."""
         found = faces.model_inputs(image, finder or faces.default_finder(), self.image_size, max_faces, self.resample)
         scores = self.scores(found.inputs)
         heatmaps = [None] * len(scores)

@@ -44,9 +44,6 @@ def download(url: str, destination: str | Path, sha256: str | None = None, timeo
         DatasetError: HTTP error, network failure (the ``.part`` file keeps every byte
             received, so running again resumes), wrong size or wrong checksum.
     """
-    import requests
-    import urllib3
-
     destination = Path(destination)
     if destination.exists():
         if sha256:
@@ -55,69 +52,91 @@ def download(url: str, destination: str | Path, sha256: str | None = None, timeo
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
+    with _request(url, offset, timeout) as response:
+        if offset and response.status_code == 416:  # the .part file is already whole
+            _check_whole_part(response, url, part, offset)
+        else:
+            offset = _resume_offset(response, url, part, offset)
+            _receive(response, url, part, offset)
+    if sha256:
+        check_sha256(part, sha256, remove=True)
+    # Not files.replacing: the .part file must outlive a failure, for the next run to resume.
+    os.replace(part, destination)
+    return destination
+
+
+def _request(url: str, offset: int, timeout: float):
+    """The streamed response to a GET of ``url``, from byte ``offset`` on."""
+    import requests
+
     # Ask for the bytes as stored: Range offsets and Content-Length must count file bytes.
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     # requests verifies TLS certificates by default; never pass verify=False.
     try:
-        response = requests.get(url, headers=headers, stream=True, timeout=timeout)
+        return requests.get(url, headers=headers, stream=True, timeout=timeout)
     except requests.RequestException as error:
         raise DatasetError(f"download of {url} failed: {error}") from error
-    with response:
-        if offset and response.status_code == 416:  # the .part file is already whole
-            size = _content_range(response.headers.get("Content-Range"))[2]
-            if size is not None and size != offset:
-                part.unlink()
-                raise DatasetError(
-                    f"{part} had {offset} bytes but {url} has {size}; removed it, run again to download"
-                )
-        else:
-            if response.status_code not in (200, 206):
-                raise DatasetError(f"download of {url} failed: HTTP {response.status_code}")
-            if offset and response.status_code == 200:
-                log.info("server ignored the resume request; starting over")
-                offset = 0
-            if response.status_code == 206:
-                start = _content_range(response.headers.get("Content-Range"))[0]
-                if start != offset:
-                    raise DatasetError(
-                        f"download of {url}: asked to resume at byte {offset}, the server sent "
-                        f"{response.headers.get('Content-Range')!r}; delete {part} and run again"
-                    )
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            total = response.headers.get("Content-Length")
-            # With a content coding, Content-Length counts encoded bytes, not the file's.
-            total = int(total) + offset if total is not None and encoding in ("", "identity") else None
-            mode = "ab" if offset else "wb"
-            try:
-                with open(part, mode) as file, tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name
-                ) as bar:
-                    for chunk in _body_chunks(response, 1 << 20):
-                        file.write(chunk)
-                        bar.update(len(chunk))
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
-                raise DatasetError(
-                    f"download of {url} was interrupted at {part.stat().st_size} bytes ({error}); "
-                    "run again to resume"
-                ) from error
-            received = part.stat().st_size
-            if total is not None and received < total:
-                raise DatasetError(
-                    f"download of {url} stopped at {received} of {total} bytes; run again to resume"
-                )
-            if total is not None and received > total:
-                part.unlink()
-                raise DatasetError(
-                    f"download of {url} gave {received} bytes, more than the {total} announced; "
-                    "removed the partial file, run again"
-                )
-    if sha256:
-        check_sha256(part, sha256, remove=True)
-    # Not files.replacing: the .part file must outlive a failure, for the next run to resume.
-    os.replace(part, destination)
-    return destination
+
+
+def _check_whole_part(response, url: str, part: Path, offset: int) -> None:
+    """A 416 to a resume: the ``.part`` file is whole, unless the server's size says otherwise."""
+    size = _content_range(response.headers.get("Content-Range"))[2]
+    if size is not None and size != offset:
+        part.unlink()
+        raise DatasetError(f"{part} had {offset} bytes but {url} has {size}; removed it, run again to download")
+
+
+def _resume_offset(response, url: str, part: Path, offset: int) -> int:
+    """Where the response's body goes in the ``.part`` file: ``offset``, or 0 when the server
+    sent the whole file."""
+    if response.status_code not in (200, 206):
+        raise DatasetError(f"download of {url} failed: HTTP {response.status_code}")
+    if offset and response.status_code == 200:
+        log.info("server ignored the resume request; starting over")
+        return 0
+    if response.status_code == 206:
+        start = _content_range(response.headers.get("Content-Range"))[0]
+        if start != offset:
+            raise DatasetError(
+                f"download of {url}: asked to resume at byte {offset}, the server sent "
+                f"{response.headers.get('Content-Range')!r}; delete {part} and run again"
+            )
+    return offset
+
+
+def _receive(response, url: str, part: Path, offset: int) -> None:
+    """Write the response's body into ``part`` from ``offset`` on, then check its size against
+    the one announced (a cut connection keeps what arrived, for the next run to resume)."""
+    import requests
+    import urllib3
+
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    total = response.headers.get("Content-Length")
+    # With a content coding, Content-Length counts encoded bytes, not the file's.
+    total = int(total) + offset if total is not None and encoding in ("", "identity") else None
+    mode = "ab" if offset else "wb"
+    try:
+        with open(part, mode) as file, tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, desc=part.stem
+        ) as bar:
+            for chunk in _body_chunks(response, 1 << 20):
+                file.write(chunk)
+                bar.update(len(chunk))
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
+        raise DatasetError(
+            f"download of {url} was interrupted at {part.stat().st_size} bytes ({error}); run again to resume"
+        ) from error
+    received = part.stat().st_size
+    if total is not None and received < total:
+        raise DatasetError(f"download of {url} stopped at {received} of {total} bytes; run again to resume")
+    if total is not None and received > total:
+        part.unlink()
+        raise DatasetError(
+            f"download of {url} gave {received} bytes, more than the {total} announced; "
+            "removed the partial file, run again"
+        )
 
 
 def _body_chunks(response, size: int):

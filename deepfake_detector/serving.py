@@ -1,8 +1,8 @@
 """The production server: waitress, set up so that one client cannot cost everyone else.
 
-``serve(app, host, port)`` runs the Flask app of :func:`deepfake_detector.web.create_app`
-with these departures from waitress's defaults (``benchmarks/hostile_load.py`` measures
-each one):
+:func:`create_server` serves the Flask app of :func:`deepfake_detector.web.create_app`, as
+:class:`~deepfake_detector.inference_model.InferenceModel` runs it, with these departures from
+waitress's defaults (``benchmarks/hostile_load.py`` measures each one):
 
 * Request bodies up to the app's cap, and answers, are buffered in memory. waitress spools
   anything over 512 KB (bodies) or 1 MB (answers) to a temporary file, which would put
@@ -24,10 +24,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from flask import Flask
 from waitress.channel import HTTPChannel
@@ -35,12 +33,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 from werkzeug.wsgi import ClosingIterator
 
-from deepfake_detector.cli import default_model
-from deepfake_detector.detector import Detector
-from deepfake_detector.recipes import SERVING_RUNTIME
-from deepfake_detector.web import SECURITY_HEADERS, RequestLimits, too_large_message, create_app
-
-log = logging.getLogger(__name__)
+from deepfake_detector.web import SECURITY_HEADERS, RequestLimits, too_large_message
 
 
 @dataclass(frozen=True)
@@ -148,50 +141,3 @@ def _returning_memory(wsgi_app):
         return ClosingIterator(body, [due.set])
 
     return application
-
-
-# ----------------------------------------------------------------------------- the tutorial's seam
-
-
-class InferenceModel:
-    """A trained model behind the upload page and JSON API: the tutorial's ``InferenceModel``.
-
-    ``model`` is the :class:`~deepfake_detector.model.DeepfakeDetectorModel` (network and
-    metadata), ``detector`` scores with it, ``app`` is the Flask app
-    (:func:`deepfake_detector.web.create_app`), ``predict_image(path)`` scores one file, and
-    ``run()`` serves with waitress (never Flask's debug server). With no ``model_path``, the
-    model ``python train.py`` wrote in the working folder, else the shipped one
-    (:func:`deepfake_detector.cli.default_model`). ``upload_store`` keeps each upload for review
-    (:class:`deepfake_detector.uploads.UploadStore`); by default nothing is written.
-
-    Raises:
-        deepfake_detector.errors.ModelFileError: the model is missing or not one of ours.
-    """
-
-    def __init__(self, model_path: str | Path | None = None, *, runtime: str = SERVING_RUNTIME, host: str = "127.0.0.1",
-                 port: int = 5000, server: ServerConfig = ServerConfig(), upload_store=None,
-                 limits: RequestLimits = RequestLimits()):  # fmt: skip
-        model_path, origin = default_model("inference.py", model_path)
-        self.model_path = Path(model_path)
-        self.detector = Detector.from_path(self.model_path, runtime=runtime, origin=origin)  # loaded and warmed up
-        self.model = self.detector.detector_model
-        self.app = create_app(self.detector, limits, upload_store=upload_store)
-        self.host, self.port, self.server_config = host, port, server
-        log.info("serving %s, %s", self.model_path.name, origin)
-
-    def predict_image(self, file_path: str | Path) -> tuple[float, float]:
-        """``(fake_probability, percentage)`` for an image file, as the page scores it: the
-        highest of its faces' scores, or the whole image's when no face is found.
-
-        Raises:
-            deepfake_detector.errors.ImageError: not a readable image.
-        """
-        probability = float(self.detector.predict_faces(Path(file_path)).prediction.fake_probability)
-        return probability, probability * 100.0
-
-    def run(self) -> None:
-        """Serve on ``host:port`` with waitress until interrupted."""
-        server = create_server(self.app, self.host, self.port, self.server_config)
-        print(f"Serving {self.detector.name} ({self.detector.origin}) on http://{self.host}:{self.port}/ "
-              f"with waitress ({self.server_config.threads} threads)", flush=True)  # fmt: skip
-        server.run()

@@ -6,13 +6,16 @@ each scored upload is kept under a name made from its content, never the client'
 failure a client can cause is a 4xx with a readable message (JSON ``{"error": ...}`` for the
 API); nothing leaks a stack trace. What one request may cost is bounded by :class:`RequestLimits`.
 
-Each face in an upload is scored on its own (:mod:`deepfake_detector.faces`); the page draws
-the boxes onto the preview server-side, so the strict Content-Security-Policy stays intact.
+As in Flask's tutorial (flaskr), :func:`create_app` is a short factory: it keeps the detector,
+the limits and the shared locks in ``app.extensions`` and registers :data:`bp`, whose views live
+here at module level and read them through ``current_app``. An upload is decoded once, here,
+and the decoded image handed on; each of its faces is scored on its own
+(:mod:`deepfake_detector.faces`), and the preview's boxes are drawn server-side
+(:mod:`deepfake_detector.previews`).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import threading
@@ -24,16 +27,16 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import numpy as np
-from flask import Flask, Request, current_app, g, jsonify, render_template, request
-from PIL import Image, ImageDraw, ImageFont
+from flask import Blueprint, Flask, Request, current_app, g, jsonify, render_template, request
+from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from deepfake_detector import faces, labels
-from deepfake_detector.detector import Detector, FaceScore, ImageScore
+from deepfake_detector import faces, labels, preprocessing
+from deepfake_detector.detector import Detector, ImageScore
 from deepfake_detector.errors import CrossSiteRequestError, ImageError, ImageTooLargeError, ServerBusyError, UploadError, VideoError
-from deepfake_detector.preprocessing import decode, probe_image
+from deepfake_detector.previews import preview_data_url, video_page
 from deepfake_detector.uploads import UploadStore
-from deepfake_detector.video import DEFAULT_FRAMES, VideoLimits, VideoScore, data_url, looks_like_video, score_video
+from deepfake_detector.video import DEFAULT_FRAMES, VideoLimits, VideoScore, looks_like_video, score_video
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,6 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
-#: Box colours on the preview, as in style.css.
-LABEL_COLOURS = {labels.FAKE: (179, 38, 30), labels.REAL: (27, 110, 58)}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 #: ``Sec-Fetch-Site`` values of a request a browser made from this server's own page (or by the
 #: user's own action); "same-site" is another host of the same site, which is not this server.
@@ -112,6 +113,9 @@ def printable(text: str) -> str:
     return text.encode("unicode_escape").decode("ascii")
 
 
+bp = Blueprint("web", __name__)
+
+
 def create_app(
     detector: Detector, limits: RequestLimits = RequestLimits(), face_finder: faces.FaceFinder | None = None,
     upload_store: UploadStore | None = None, video_limits: VideoLimits = VideoLimits(),
@@ -133,160 +137,204 @@ def create_app(
         MAX_CONTENT_LENGTH=max(limits.upload_bytes, video_limits.upload_bytes), JSON_SORT_KEYS=False, MAX_FORM_MEMORY_SIZE=limits.field_bytes,
         MAX_FORM_PARTS=limits.files + limits.form_fields,
     )  # fmt: skip
-    app.extensions["detector"] = detector
-    app.extensions["request_limits"] = limits
-    app.extensions["video_limits"] = video_limits
-    app.extensions["video_worker"] = threading.Semaphore(1)  # one video decoded and scored at a time
-    finder = face_finder or faces.default_finder()
-    app.extensions["face_finder"] = finder
-    model_info = detector.describe()
-    one_large_image = threading.Lock()  # bounds memory: four 40 MP uploads at once took 3 GB
-    if limits.explained_faces:  # Grad-CAM is traced on first use, for seconds: in the background now, not in a request
-        blank = np.zeros((1, detector.image_size, detector.image_size, 3), np.uint8)
-        # Not a daemon: the interpreter's exit waits for the trace to end. A daemon thread still in
-        # TensorFlow's C++ code at exit is unwound by pthread_exit, which aborts a script that used
-        # InferenceModel ("FATAL: exception not rethrown", status 134).
-        threading.Thread(target=detector.heatmaps, args=(blank,), name="trace-grad-cam").start()
-
-    @app.context_processor
-    def page_facts():
-        return {"face_finder": finder.name, "keeps_uploads": upload_store is not None,
-                "verdict_words": labels.VERDICT_WORDS}
-
-    def score(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, ImageScore]:
-        """Score one upload, with heatmaps for at most ``max_explained`` of its faces."""
-        if not data:
-            raise UploadError("the file is empty")
-        image = probe_image(data)
-        image_format = image.format  # decode() may convert, which forgets it
-        with one_large_image if image.width * image.height > limits.large_image_pixels else nullcontext():
-            image = decode(image)
-            analysis = detector.predict_faces(image, finder, explain=max_explained > 0,
-                                              max_faces=limits.faces_per_image, max_explained=max_explained)  # fmt: skip
-        result = analysis.to_dict()
-        if upload_store is not None:  # never raises: a full or broken disk costs no answer
-            upload_store.keep(data, image_format, {**result, "model": model_info["model"]})
-        return result, image, analysis
-
-    def explain_allowance() -> int:
-        """Heatmaps this request may have: ``?explain=1`` on the API, or the page's checkbox."""
-        value = request.args.get("explain") or request.form.get("explain") or ""
-        return limits.explained_faces if value.lower() in TRUE_WORDS else 0
-
-    def read_upload(field: str = "file") -> bytes:
-        upload = request.files.get(field)
-        if upload is None:
-            raise UploadError(f"no file in the request: send it as multipart form field '{field}'")
-        _check_image_body(limits)
-        return upload.read()
-
-    @app.before_request
-    def start_timer():
-        g.start = time.perf_counter()
-        if request.method == "POST" and cross_site(request):  # before the body is parsed
-            error = CrossSiteRequestError("a page on another site cannot send uploads here: use this server's "
-                                          "own page, or call the API from a script")  # fmt: skip
-            if request.path.startswith("/api/"):
-                return _json_error(str(error), error.http_status)
-            return render_template("index.html", model=model_info, error=str(error)), error.http_status
-
-    @app.after_request
-    def finish(response):
-        response.headers.update(SECURITY_HEADERS)
-        elapsed = (time.perf_counter() - g.get("start", time.perf_counter())) * 1000
-        log.info("%s %s %d %.1fms", printable(request.method), printable(request.path), response.status_code, elapsed)
-        return response
-
-    @app.get("/")
-    def index():
-        return render_template("index.html", model=model_info)
-
-    @app.post("/")
-    def upload_page():
-        try:
-            if (clip := _uploaded_video()) is not None:
-                video = _video_page(_score_video(clip, thumbnail_width=240))
-                return render_template("index.html", model=model_info, video=video)
-            result, image, analysis = score(read_upload(), explain_allowance())
-        except ServerBusyError as error:
-            headers = {"Retry-After": str(error.retry_after_seconds)}
-            return render_template("index.html", model=model_info, error=str(error)), error.http_status, headers
-        except (UploadError, ImageError, VideoError) as error:
-            return render_template("index.html", model=model_info, error=str(error)), error.http_status
-        preview = _preview_data_url(image, analysis)
-        return render_template("index.html", model=model_info, result=result, preview=preview)
-
-    @app.post("/api/predict")
-    def api_predict():
-        many = request.files.getlist("files")
-        explain_left = explain_allowance()
-        if many:
-            _check_image_body(limits)
-            results = []
-            deadline = g.start + limits.files_seconds
-            for index, upload in enumerate(many):
-                entry = {"index": index, "filename": upload.filename or ""}
-                if time.perf_counter() > deadline:
-                    results.append({**entry, "error": f"not scored: the request took over {limits.files_seconds:g} s; "
-                                    "send this file again", "status": 503})  # fmt: skip
-                    continue
-                try:
-                    result, _, analysis = score(upload.read(), explain_left)
-                    entry.update(result)
-                    explain_left -= analysis.heatmap_count  # the allowance is for the whole request
-                except (UploadError, ImageError) as error:
-                    entry.update(error=str(error), status=error.http_status)
-                results.append(entry)
-            return jsonify(results=results, model=model_info["model"], elapsed_ms=_elapsed_ms())
-        try:
-            if (clip := _uploaded_video()) is not None:
-                return jsonify(**_score_video(clip).to_dict(), model=model_info["model"], elapsed_ms=_elapsed_ms())
-            result = score(read_upload(), explain_left)[0]
-        except ServerBusyError as error:
-            return *_json_error(str(error), error.http_status), {"Retry-After": str(error.retry_after_seconds)}
-        except (UploadError, ImageError, VideoError) as error:
-            return _json_error(str(error), error.http_status)
-        return jsonify(**result, model=model_info["model"], elapsed_ms=_elapsed_ms())
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify(status="ok", **model_info)
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(error: RequestEntityTooLarge):
-        if request.content_length is None or request.content_length > app.config["MAX_CONTENT_LENGTH"]:
-            message = too_large_message(limits, video_limits)
-        elif error.description != RequestEntityTooLarge.description:
-            message = error.description  # InMemoryRequest's: too many files
-        else:  # Werkzeug's form limits
-            message = (
-                f"the form has more than {limits.files + limits.form_fields} parts "
-                f"or a text field over {limits.field_bytes // 1024} KB"
-            )
-        if request.path.startswith("/api/"):
-            return _json_error(message, 413)
-        return render_template("index.html", model=model_info, error=message), 413
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException):
-        if request.path.startswith("/api/") or request.path == "/healthz":
-            return _json_error(error.description or error.name, error.code or 400)
-        return error
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception):
-        log.exception("unexpected error on %s", printable(request.path))
-        if request.path.startswith("/api/"):
-            return _json_error("internal error while scoring the image", 500)
-        return render_template("index.html", model=model_info, error="Something went wrong on our side."), 500
-
+    app.extensions.update(
+        detector=detector,
+        request_limits=limits,
+        video_limits=video_limits,
+        face_finder=face_finder or faces.default_finder(),
+        upload_store=upload_store,
+        model_info=detector.describe(),
+        video_worker=threading.Semaphore(1),  # one video decoded and scored at a time
+        large_image=threading.Lock(),  # bounds memory: four 40 MP uploads at once took 3 GB
+    )
+    if limits.explained_faces:
+        _trace_grad_cam(detector)
+    app.register_blueprint(bp)
     return app
+
+
+def _trace_grad_cam(detector: Detector) -> None:
+    """Grad-CAM is traced on first use, for seconds: in the background now, not in a request.
+
+    Not a daemon: the interpreter's exit waits for the trace to end. A daemon thread still in
+    TensorFlow's C++ code at exit is unwound by pthread_exit, which aborts a script that used
+    InferenceModel ("FATAL: exception not rethrown", status 134).
+    """
+    blank = np.zeros((1, detector.image_size, detector.image_size, 3), np.uint8)
+    threading.Thread(target=detector.heatmaps, args=(blank,), name="trace-grad-cam").start()
+
+
+# ----------------------------------------------------------------------------- every request
+
+
+@bp.app_context_processor
+def page_facts() -> dict:
+    extensions = current_app.extensions
+    return {"model": extensions["model_info"], "face_finder": extensions["face_finder"].name,
+            "keeps_uploads": extensions["upload_store"] is not None, "verdict_words": labels.VERDICT_WORDS}  # fmt: skip
+
+
+@bp.before_app_request
+def start_timer():
+    g.start = time.perf_counter()
+    if request.method == "POST" and cross_site(request):  # before the body is parsed
+        error = CrossSiteRequestError("a page on another site cannot send uploads here: use this server's "
+                                      "own page, or call the API from a script")  # fmt: skip
+        if request.path.startswith("/api/"):
+            return _json_error(str(error), error.http_status)
+        return _page_error(str(error), error.http_status)
+
+
+@bp.after_app_request
+def finish(response):
+    response.headers.update(SECURITY_HEADERS)
+    elapsed = (time.perf_counter() - g.get("start", time.perf_counter())) * 1000
+    log.info("%s %s %d %.1fms", printable(request.method), printable(request.path), response.status_code, elapsed)
+    return response
+
+
+# ----------------------------------------------------------------------------- views
+
+
+@bp.get("/")
+def index():
+    return render_template("index.html")
+
+
+@bp.post("/")
+def upload_page():
+    try:
+        if (clip := _uploaded_video()) is not None:
+            return render_template("index.html", video=video_page(_score_video(clip, thumbnail_width=240)))
+        result, image, analysis = _score_image(_read_upload(), _explain_allowance())
+    except ServerBusyError as error:
+        return _page_error(str(error), error.http_status, {"Retry-After": str(error.retry_after_seconds)})
+    except (UploadError, ImageError, VideoError) as error:
+        return _page_error(str(error), error.http_status)
+    return render_template("index.html", result=result, preview=preview_data_url(image, analysis))
+
+
+@bp.post("/api/predict")
+def api_predict():
+    if many := request.files.getlist("files"):
+        return _predict_files(many)
+    model = current_app.extensions["model_info"]["model"]
+    try:
+        if (clip := _uploaded_video()) is not None:
+            return jsonify(**_score_video(clip).to_dict(), model=model, elapsed_ms=_elapsed_ms())
+        result = _score_image(_read_upload(), _explain_allowance())[0]
+    except ServerBusyError as error:
+        return *_json_error(str(error), error.http_status), {"Retry-After": str(error.retry_after_seconds)}
+    except (UploadError, ImageError, VideoError) as error:
+        return _json_error(str(error), error.http_status)
+    return jsonify(**result, model=model, elapsed_ms=_elapsed_ms())
+
+
+def _predict_files(uploads: list):
+    """The API's ``files`` request: each file scored on its own, in order, until the time is up."""
+    limits: RequestLimits = current_app.extensions["request_limits"]
+    _check_image_body(limits)
+    explain_left = _explain_allowance()  # for the whole request
+    results = []
+    deadline = g.start + limits.files_seconds
+    for index, upload in enumerate(uploads):
+        entry = {"index": index, "filename": upload.filename or ""}
+        if time.perf_counter() > deadline:
+            results.append({**entry, "error": f"not scored: the request took over {limits.files_seconds:g} s; "
+                            "send this file again", "status": 503})  # fmt: skip
+            continue
+        try:
+            result, _, analysis = _score_image(upload.read(), explain_left)
+            entry.update(result)
+            explain_left -= analysis.heatmap_count
+        except (UploadError, ImageError) as error:
+            entry.update(error=str(error), status=error.http_status)
+        results.append(entry)
+    return jsonify(results=results, model=current_app.extensions["model_info"]["model"], elapsed_ms=_elapsed_ms())
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok", **current_app.extensions["model_info"])
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@bp.app_errorhandler(RequestEntityTooLarge)
+def too_large(error: RequestEntityTooLarge):
+    limits: RequestLimits = current_app.extensions["request_limits"]
+    if request.content_length is None or request.content_length > current_app.config["MAX_CONTENT_LENGTH"]:
+        message = too_large_message(limits, current_app.extensions["video_limits"])
+    elif error.description != RequestEntityTooLarge.description:
+        message = error.description  # InMemoryRequest's: too many files
+    else:  # Werkzeug's form limits
+        message = (
+            f"the form has more than {limits.files + limits.form_fields} parts "
+            f"or a text field over {limits.field_bytes // 1024} KB"
+        )
+    if request.path.startswith("/api/"):
+        return _json_error(message, 413)
+    return _page_error(message, 413)
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error: HTTPException):
+    if request.path.startswith("/api/") or request.path == "/healthz":
+        return _json_error(error.description or error.name, error.code or 400)
+    return error
+
+
+@bp.app_errorhandler(Exception)
+def unexpected(error: Exception):
+    log.exception("unexpected error on %s", printable(request.path))
+    if request.path.startswith("/api/"):
+        return _json_error("internal error while scoring the image", 500)
+    return _page_error("Something went wrong on our side.", 500)
 
 
 def too_large_message(limits: RequestLimits, video_limits: VideoLimits) -> str:
     """What an upload over both caps is told (the server's own 413 says the same)."""
     return (f"the upload is larger than {video_limits.upload_bytes // (1024 * 1024)} MB for a video "
             f"or {limits.upload_bytes // (1024 * 1024)} MB for images")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- one upload
+
+
+def _score_image(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image, ImageScore]:
+    """Decode one upload (once: the detector is handed the decoded image) and score it, with
+    heatmaps for at most ``max_explained`` of its faces; keep it when the app keeps uploads."""
+    if not data:
+        raise UploadError("the file is empty")
+    extensions = current_app.extensions
+    limits: RequestLimits = extensions["request_limits"]
+    image = preprocessing.probe_image(data)
+    image_format = image.format  # decode() may convert, which forgets it
+    with extensions["large_image"] if image.width * image.height > limits.large_image_pixels else nullcontext():
+        image = preprocessing.decode(image)
+        analysis = extensions["detector"].predict_decoded_faces(
+            image, extensions["face_finder"], explain=max_explained > 0, max_faces=limits.faces_per_image,
+            max_explained=max_explained,
+        )  # fmt: skip
+    result = analysis.to_dict()
+    if extensions["upload_store"] is not None:  # never raises: a full or broken disk costs no answer
+        extensions["upload_store"].keep(data, image_format, {**result, "model": extensions["model_info"]["model"]})
+    return result, image, analysis
+
+
+def _explain_allowance() -> int:
+    """Heatmaps this request may have: ``?explain=1`` on the API, or the page's checkbox."""
+    value = request.args.get("explain") or request.form.get("explain") or ""
+    return current_app.extensions["request_limits"].explained_faces if value.lower() in TRUE_WORDS else 0
+
+
+def _read_upload(field: str = "file") -> bytes:
+    upload = request.files.get(field)
+    if upload is None:
+        raise UploadError(f"no file in the request: send it as multipart form field '{field}'")
+    _check_image_body(current_app.extensions["request_limits"])
+    return upload.read()
 
 
 def _check_image_body(limits: RequestLimits) -> None:
@@ -330,27 +378,6 @@ def _score_video(stream: BinaryIO, thumbnail_width: int = 0) -> VideoScore:
         worker.release()
 
 
-def _video_page(analysis: VideoScore) -> dict:
-    """What the page shows for a video: the answer, each track's face (its highest-scoring
-    crop), the sampled frames with the tracks' boxes, and the plot's data (drawn by video.js)."""
-    result = analysis.to_dict()
-    track_of = {id(face.face): index for index, track in enumerate(analysis.tracks) for face in track.faces}
-    for entry, track in zip(result["tracks"], analysis.tracks):
-        best = max(track.faces, key=lambda face: face.face.prediction.fake_probability)
-        entry["face_image"] = data_url(best.face.crop)
-    frames = []
-    for frame in analysis.frames:
-        picture = frame.thumbnail.copy()
-        if frame.analysis.faces:
-            numbers = [track_of.get(id(face), 0) + 1 for face in frame.analysis.faces]
-            _draw_faces(picture, frame.analysis.faces, picture.width / frame.image_width, numbers)
-        frames.append({"time_s": round(frame.sampled.time_s, 2), "image": data_url(picture)})
-    plot = {"threshold": analysis.prediction.threshold, "duration_s": analysis.facts.duration_s,
-            "tracks": [{"times": [f["time_s"] for f in t["frames"]], "scores": [f["fake_probability"] for f in t["frames"]]}
-                       for t in result["tracks"]]}  # fmt: skip
-    return {"result": result, "frames": frames, "plot": plot}
-
-
 def _elapsed_ms() -> float:
     return round((time.perf_counter() - g.start) * 1000.0, 1)
 
@@ -359,31 +386,5 @@ def _json_error(message: str, status: int):
     return jsonify(error=message), status
 
 
-def _preview_data_url(image: Image.Image, analysis: ImageScore | None = None, side: int = 384) -> str:
-    """A re-encoded JPEG of the upload, for the page to show (never the client's bytes), with
-    each face's box, number, label and percentage drawn on it."""
-    preview = image.copy()
-    preview.thumbnail((side, side))
-    if analysis is not None and analysis.faces:
-        _draw_faces(preview, analysis.faces, preview.width / image.width)
-    buffer = io.BytesIO()
-    preview.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _draw_faces(preview: Image.Image, face_scores: list[FaceScore], scale: float, numbers: list[int] | None = None) -> None:
-    draw = ImageDraw.Draw(preview)
-    font = ImageFont.load_default(size=max(12, round(preview.width / 24)))
-    line = max(2, round(preview.width / 160))
-    for number, face in zip(numbers or range(1, len(face_scores) + 1), face_scores):
-        colour = LABEL_COLOURS[face.prediction.label]
-        x, y, width, height = (value * scale for value in face.box.as_list())
-        draw.rectangle((x, y, x + width, y + height), outline=colour, width=line)
-        word = labels.FOLDER_NAMES[face.prediction.label]  # "Fake" or "Real"
-        text = f"{number} {word} {face.prediction.fake_probability * 100:.1f}%"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        text_width, text_height = right - left + 6, bottom - top + 4
-        label_y = y - text_height if y - text_height >= 0 else y + height  # above, else below the box
-        label_x = min(max(0, x), max(0, preview.width - text_width))
-        draw.rectangle((label_x, label_y, label_x + text_width, label_y + text_height), fill=colour)
-        draw.text((label_x + 3 - left, label_y + 2 - top), text, fill=(255, 255, 255), font=font)
+def _page_error(message: str, status: int, headers: dict | None = None):
+    return render_template("index.html", error=message), status, headers or {}

@@ -256,12 +256,12 @@ def test_api_says_when_no_face_was_found(client, coffee):
 
 
 def test_page_draws_the_boxes_and_shows_heatmaps_on_request(client, two_faces):
-    from deepfake_detector.web import _preview_data_url
+    from deepfake_detector.previews import preview_data_url
 
     data = image_bytes(two_faces, "JPEG", quality=92)
     html = client.post("/", data={"file": (io.BytesIO(data), "photo.jpg")}).get_data(as_text=True)
     preview = re.search(r'src="(data:image/jpeg;base64,[^"]+)"', html).group(1)
-    assert preview != _preview_data_url(Image.open(io.BytesIO(data)).convert("RGB"))  # boxes drawn on it
+    assert preview != preview_data_url(Image.open(io.BytesIO(data)).convert("RGB"))  # boxes drawn on it
     assert "Face 1:" in html and "Face 2:" in html and "highest face score" in html
     assert 'id="explanations"' not in html
 

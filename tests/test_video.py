@@ -84,22 +84,6 @@ def test_two_faces_that_cross_keep_their_tracks(detector, face_offset):
     assert result["fake_probability"] == max(track["fake_probability"] for track in result["tracks"])
 
 
-def test_tracks_link_by_landmarks_when_boxes_do_not_overlap():
-    from deepfake_detector.faces import FaceBox
-    from deepfake_detector.video import TrackFace, link_tracks
-
-    class Face:
-        def __init__(self, x):
-            self.box = FaceBox(x, 0, 40, 40)
-
-    def face(sample, x):
-        return TrackFace(sample, sample, float(sample), Face(x), np.array([[x + 10, 10], [x + 30, 10], [x + 20, 20], [x + 12, 30], [x + 28, 30]], float))
-
-    # 25 px a frame: the boxes barely overlap (IoU 0.23), the landmarks are 0.6 face sizes apart
-    tracks = link_tracks([[face(0, 0), face(0, 200)], [face(1, 25), face(1, 175)], [face(2, 400)]])
-    assert [[f.face.box.x for f in t.faces] for t in tracks] == [[0, 25], [200, 175], [400]]
-
-
 def test_a_clip_with_no_face_is_scored_on_whole_frames(detector):
     blank = videos.encode(videos.frames_with_faces([], STEPS, WIDTH, HEIGHT), fps=10)
     result = score(detector, blank, frames=8)

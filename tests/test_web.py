@@ -163,6 +163,47 @@ def test_uploads_are_parsed_into_memory_not_temporary_files(client, fake_png, mo
     assert post_api(client, big, "big.bmp").status_code == 200
 
 
+def test_an_upload_is_checked_and_decoded_once(client, fake_png, real_png, monkeypatch):
+    """The app decodes an upload and hands the decoded image to the detector, which does not
+    check or decode it again. Counted where every path of preprocessing.probe_image and
+    preprocessing.decode goes, however a caller imported them: the size checks and the
+    conversion to RGB."""
+    from deepfake_detector import preprocessing
+
+    calls = {"size checks": 0, "decodes": 0}
+
+    def counted(key, function):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(preprocessing, "_check_size", counted("size checks", preprocessing._check_size))
+    monkeypatch.setattr(preprocessing, "_to_rgb", counted("decodes", preprocessing._to_rgb))
+    for path in ("/", "/api/predict"):
+        response = client.post(path, data={"file": (io.BytesIO(fake_png), "x.png")}, content_type="multipart/form-data")
+        assert response.status_code == 200 and calls == {"size checks": 1, "decodes": 1}, (path, calls)
+        calls.update({"size checks": 0, "decodes": 0})
+    files = [(io.BytesIO(fake_png), "a.png"), (io.BytesIO(real_png), "b.png")]
+    response = client.post("/api/predict", data={"files": files}, content_type="multipart/form-data")
+    assert all("label" in entry for entry in response.get_json()["results"])
+    assert calls == {"size checks": 2, "decodes": 2}
+
+
+def test_apps_in_one_process_keep_their_own_detector_and_limits(detector, fake_png):
+    """The views are module-level (one Blueprint); each app's state is its own."""
+    from deepfake_detector.web import RequestLimits, create_app
+
+    hurried = create_app(detector, RequestLimits(files_seconds=0.0), face_finder=GridFinder(0)).test_client()
+    patient = create_app(detector, face_finder=GridFinder(3)).test_client()
+    files = {"files": [(io.BytesIO(fake_png), "a.png")]}
+    assert hurried.post("/api/predict", data=files, content_type="multipart/form-data").get_json()["results"][0]["status"] == 503
+    body = post_api(patient, fake_png).get_json()
+    assert body["faces_found"] == 3 and body["face_detection"] == "found"
+    assert post_api(hurried, fake_png).get_json()["face_detection"] == "none"
+
+
 def test_page_and_its_files_are_found_from_any_working_folder(detector, tmp_path, monkeypatch):
     """templates/ and static/ sit at the top of the checkout, beside inference.py (Flask's
     single-module layout), and are found from web.py, never from the working folder."""
