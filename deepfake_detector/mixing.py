@@ -27,12 +27,11 @@ import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
 
-from deepfake_detector.augment import augment_image
 from deepfake_detector.errors import TrainingSetupError
 from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
 from deepfake_detector.metrics import log_loss
-from deepfake_detector.pipeline import SplitSource, blender
-from deepfake_detector.recipes import AUGMENTATIONS, NO_AUGMENTATION, SELF_BLENDED_SOURCE
+from deepfake_detector.pipeline import SplitSource, augmentation, blender
+from deepfake_detector.recipes import NO_AUGMENTATION, SELF_BLENDED_SOURCE
 from deepfake_detector.thresholds import predict_scores
 
 log = logging.getLogger(__name__)
@@ -192,7 +191,7 @@ def make_mixed_dataset(plan: EpochPlan, batch_size: int, first_epoch: int, epoch
     """
     source, size = plan.source, plan.source.image_size
     targets = tf.constant(source.labels.astype(np.float32)[:, None])
-    policy = AUGMENTATIONS[augment] if augment != NO_AUGMENTATION else None
+    policy = augmentation(augment)
     blend = blender(source, landmarks, other_faces) if landmarks is not None else None
 
     def entries(epoch):
@@ -223,7 +222,8 @@ def make_mixed_dataset(plan: EpochPlan, batch_size: int, first_epoch: int, epoch
     dataset = dataset.batch(READ_BATCH).map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     dataset = dataset.map(expand, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if policy is not None:
-        dataset = dataset.map(lambda image, target, seed: (augment_image(image, seed, policy), target),
+        augment_one = policy.augmenter()
+        dataset = dataset.map(lambda image, target, seed: (augment_one(image, seed), target),
                               num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
     else:
         dataset = dataset.map(lambda image, target, seed: (image, target))

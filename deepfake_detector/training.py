@@ -50,16 +50,16 @@ from deepfake_detector.networks import build_model, flip_averaged, freeze_leadin
 from deepfake_detector.pipeline import BlendedSource, SplitSource, make_dataset, split_landmarks
 from deepfake_detector.plots import write_training_curves
 from deepfake_detector.preprocessing import PreprocessingConfig
+from deepfake_detector.optim import learning_rate_for
 from deepfake_detector.recipes import (
     ARCHITECTURES,
     AUGMENTATIONS,
     DATASET_FAKES,
     FAKES,
-    NO_AUGMENTATION,
-    OPTIMIZERS,
     FRAMINGS,
-    PRETRAINED_ARCHITECTURES,
+    OPTIMIZERS,
     SCHEDULES,
+    PRETRAINED_ARCHITECTURES,
     SELF_BLENDED_SOURCE,
     STRATEGIES,
     THRESHOLD_RULES,
@@ -70,20 +70,6 @@ from deepfake_detector.thresholds import choose_threshold_and_measure, choose_th
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- training
-
-
-def learning_rate_for(config: TrainConfig, steps_per_epoch: int):
-    """The recipe's learning rate: a constant (the plateau recipe) or warm-up then cosine decay."""
-    if config.schedule == "plateau":
-        return config.learning_rate
-    if config.schedule != "cosine":
-        raise ValueError(f"unknown schedule {config.schedule!r}")
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = config.warmup_epochs * steps_per_epoch
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
-        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
-    )  # fmt: skip
 
 
 def metadata_for(config: TrainConfig, name: str = "deepfake-detector") -> ModelMetadata:
@@ -116,14 +102,11 @@ def check_config(config: TrainConfig) -> None:
             without a GPU, frozen blocks on an architecture without them, or a missing or
             malformed ``TF_CONFIG`` for multi-worker training.
     """
-    for option, value, choices in (
-        ("architecture", config.arch, ARCHITECTURES), ("distribution", config.distribute, STRATEGIES),
-        ("fakes", config.fakes, FAKES), ("augmentation", config.augment, (NO_AUGMENTATION, *AUGMENTATIONS)),
-        ("threshold rule", config.threshold_rule, THRESHOLD_RULES), ("optimizer", config.optimizer, OPTIMIZERS),
-        ("schedule", config.schedule, SCHEDULES), ("framing", config.framing, FRAMINGS),
-    ):  # fmt: skip
-        if value not in choices:
-            raise TrainingSetupError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+    for registry, value in ((ARCHITECTURES, config.arch), (STRATEGIES, config.distribute), (FAKES, config.fakes),
+                            (AUGMENTATIONS, config.augment), (THRESHOLD_RULES, config.threshold_rule),
+                            (OPTIMIZERS, config.optimizer), (SCHEDULES, config.schedule), (FRAMINGS, config.framing)):  # fmt: skip
+        registry.check(value, TrainingSetupError)
+    cluster = STRATEGIES[config.distribute].cluster
     # Listing physical devices does not start the TF runtime, which multi-worker set-up needs untouched.
     if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
         raise TrainingSetupError(
@@ -133,7 +116,7 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingSetupError(f"the weight-average momentum must be at least 0 (off) and below 1, got {config.ema_momentum}")
     if Path(config.output).suffix != ".keras":
         raise TrainingSetupError(f"--output {config.output}: a model file must end in .keras, or Keras cannot load it back")
-    if config.fakes == "both" and config.distribute == "multiworker":
+    if config.fakes == "both" and cluster:
         raise TrainingSetupError("--fakes both cannot be split into equal shares across workers; "
                                  "use dataset or self-blended with --distribute multiworker")  # fmt: skip
     if not 0.0 <= config.other_faces <= 1.0:
@@ -143,12 +126,12 @@ def check_config(config: TrainConfig) -> None:
                                  "use it with --fakes self-blended or both")  # fmt: skip
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
         raise TrainingSetupError(f"steps per epoch must be at least 1, got {config.steps_per_epoch}")
-    if config.frozen_blocks and config.arch not in PRETRAINED_ARCHITECTURES:
+    if config.frozen_blocks and not ARCHITECTURES[config.arch].pretrained:
         raise TrainingSetupError(f"frozen blocks are an option of the pretrained backbones "
                                  f"({', '.join(PRETRAINED_ARCHITECTURES)}); {config.arch} has none")  # fmt: skip
     if config.multi_source:
         check_sources(config)
-    if config.distribute == "multiworker":
+    if cluster:
         read_tf_config()
 
 
@@ -160,7 +143,7 @@ def check_sources(config: TrainConfig) -> None:
     if config.fakes == "self-blended":
         raise TrainingSetupError("--fakes self-blended trains on one --data-dir; with several, use --fakes both "
                                  "(self-blends as one more source) or dataset")  # fmt: skip
-    if config.distribute == "multiworker":
+    if STRATEGIES[config.distribute].cluster:
         raise TrainingSetupError("a multi-source run trains on one machine; use --distribute none or mirrored")
 
 
