@@ -19,32 +19,32 @@ from tqdm import tqdm
 from deepfake_detector import cache, faces, selfblend
 from deepfake_detector.files import write_atomically
 from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
-from deepfake_detector.recipes import AUGMENTATIONS, NO_AUGMENTATION, Augmentation
+from deepfake_detector.recipes import AUGMENTATIONS, Augmentation, DataConfig
 
 SplitSource = Union[cache.SplitCache, cache.ArraySource, cache.Subset, "BlendedSource"]
 
 log = logging.getLogger(__name__)
 
 
-def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: str = NO_AUGMENTATION, seed: int = 0,
-                 shard: tuple[int, int] | None = None, blend_landmarks: np.ndarray | None = None,
-                 other_faces: float = 0.0) -> tf.data.Dataset:  # fmt: skip
+def make_dataset(source: SplitSource, batch_size: int, training: bool, config: DataConfig = DataConfig(),
+                 shard: tuple[int, int] | None = None, blend_landmarks: np.ndarray | None = None) -> tf.data.Dataset:  # fmt: skip
     """Batches of (uint8 images, float32 targets) read from ``source`` by position.
 
     Training draws a fresh permutation of every position each epoch (a full shuffle of
-    indices, never a buffer of images), reads each batch's rows in parallel and augments each
-    image in parallel; evaluation keeps the files' order. ``batch_size`` is the global batch: a
+    indices, never a buffer of images, drawn from ``config.seed``), reads each batch's rows in
+    parallel and augments each image in parallel by ``config.augment``; evaluation keeps the
+    files' order. ``batch_size`` is the global batch: a
     distribution strategy splits each batch across its replicas. With ``shard=(count, index)``
     (several workers) every worker reads only its share of each epoch's permutation, the same
     size for all (at most ``count - 1`` images sit out each epoch, different ones every time).
 
     With ``blend_landmarks`` (five face landmarks per position of ``source``) every real image
     is followed by a self-blend of itself (:func:`deepfake_detector.selfblend.self_blend`),
-    labelled fake, drawn anew each epoch and reproducible from ``seed``; then both are augmented,
-    alike if the policy is ``paired``. ``other_faces`` of the blends take another real image of
-    ``source`` as their donor (``self_blend``'s ``donor``) instead of the face itself.
+    labelled fake, drawn anew each epoch and reproducible from the seed; then both are augmented,
+    alike if the policy is ``paired``. ``config.other_faces`` of the blends take another real image
+    of ``source`` as their donor (``self_blend``'s ``donor``) instead of the face itself.
     """
-    size, count = source.image_size, len(source)
+    size, count, seed = source.image_size, len(source), config.seed
     positions = tf.data.Dataset.range(count)
     if training:
         positions = positions.shuffle(count, seed=seed, reshuffle_each_iteration=True)
@@ -61,13 +61,13 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
 
     # Each batch carries its positions: a second pass over ``positions`` would be reshuffled.
     dataset = positions.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)
-    policy = augmentation(augment) if training else None
+    policy = augmentation(config.augment) if training else None
     if blend_landmarks is not None:
         if shard is not None and len(np.unique(source.labels)) > 1:
             raise ValueError("self-blends of a mixed split cannot be sharded into equal shares")
         elements += int((source.labels == REAL_INDEX).sum()) if shard is None else elements  # sharded: all real
         paired = policy if policy is not None and policy.paired else None
-        blend = blender(source, blend_landmarks, other_faces)
+        blend = blender(source, blend_landmarks, config.other_faces)
         dataset = _with_self_blends(dataset, blend, seed, batch_size, paired)
         policy = None if paired else policy
     else:

@@ -12,7 +12,7 @@ TensorFlow, so ``--help`` stays instant.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from deepfake_detector.registry import Entry, Registry
 
@@ -100,21 +100,36 @@ AUGMENTATIONS.register("sbi", help="SBI's: flip, shift, colour, JPEG; a face and
 #: What every recipe trains self-blended fakes with (``TrainConfig.for_arch``).
 SELF_BLEND_AUGMENTATION = "selfblend"
 
+@dataclass(frozen=True, kw_only=True)
+class Fakes(Entry):
+    """What the fake class trains on. Its implementation is ``sources(splits, config)``, returning
+    the train and validation sources, the landmarks to self-blend the train source's real images
+    with (or None) and the class weights (or None) (``fake_sources.py``)."""
+
+    dataset: bool  # the dataset's own fakes are trained on
+    blended: bool  # real faces are self-blended into fakes
+
+
 #: ``TrainConfig.fakes``: what the fake class is trained on.
-FAKES: Registry[Entry] = Registry("fakes")
-DATASET_FAKES = FAKES.register("dataset", help="its own").name
+FAKES: Registry[Fakes] = Registry("fakes", Fakes)
+DATASET_FAKES = FAKES.register("dataset", help="its own", dataset=True, blended=False,
+                               implementation="deepfake_detector.fake_sources:dataset_fakes").name  # fmt: skip
 FAKES.register("self-blended", help="each real face blended with an altered copy of itself, the dataset's fakes "
-                                    "unused: Test then measures fakes never seen")  # fmt: skip
-FAKES.register("both", help="the dataset's fakes and self-blends")
+                                    "unused: Test then measures fakes never seen", dataset=False, blended=True,
+               implementation="deepfake_detector.fake_sources:self_blended_fakes")  # fmt: skip
+FAKES.register("both", help="the dataset's fakes and self-blends", dataset=True, blended=True,
+               implementation="deepfake_detector.fake_sources:dataset_and_blended_fakes")  # fmt: skip
 #: The name of the self-blended source in a multi-source run's ``--mix`` (``mixing.py``).
 SELF_BLENDED_SOURCE = "self-blended"
 
-#: ``TrainConfig.framing``: how a training image becomes a model input, decided when its split is cached
+#: ``TrainConfig.framing``: how a training image becomes a model input, decided when its split is cached.
+#: Each implementation is ``frame(path, image_size) -> (uint8 image, whether a face was found)``
 #: (``cache.open_split``).
 FRAMINGS: Registry[Entry] = Registry("framing")
-FRAMINGS.register("whole", help="the whole image, as the original tutorial did")
+FRAMINGS.register("whole", help="the whole image, as the original tutorial did",
+                  implementation="deepfake_detector.cache:whole_image")  # fmt: skip
 FRAMINGS.register("face", help="its largest face, found and framed as the page frames faces (an image without one "
-                               "is used whole)")  # fmt: skip
+                               "is used whole)", implementation="deepfake_detector.cache:largest_face")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,3 +255,32 @@ class TrainConfig:
     def multi_source(self) -> bool:
         """Whether the run draws its epochs from sources in shares (several data folders or ``--mix``)."""
         return len(self.data_dirs) > 1 or self.mix is not None
+
+    @property
+    def data(self) -> DataConfig:
+        """The data part of the recipe: how its dataset is fetched, cached and batched."""
+        return DataConfig(**{f.name: getattr(self, f.name) for f in fields(DataConfig)})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a dataset's images become batches: the part of a recipe that ``DatasetHandler``, the
+    cache and the input pipeline read (``TrainConfig.data``; the defaults are its defaults).
+
+    The dataset is fetched with ``archive`` and ``sha256`` (``data.DatasetHandler``); each split is
+    decoded once at ``image_size``, framed by ``framing``, ``max_images_per_split`` of it drawn by
+    ``seed``, into ``cache_dir`` (``cache.open_split``); then streamed in batches of ``batch_size``,
+    shuffled by ``seed``, training batches augmented by ``augment``, ``other_faces`` of their
+    blended fakes made from another face (``pipeline.make_dataset``, ``mixing.make_mixed_dataset``).
+    """
+
+    image_size: int = TrainConfig.image_size
+    batch_size: int = TrainConfig.batch_size
+    framing: str = TrainConfig.framing
+    max_images_per_split: int | None = TrainConfig.max_images_per_split
+    seed: int = TrainConfig.seed
+    augment: str = TrainConfig.augment
+    other_faces: float = TrainConfig.other_faces
+    cache_dir: str | None = TrainConfig.cache_dir  # None: the user's cache folder, one per data folder
+    archive: str | None = TrainConfig.archive
+    sha256: str | None = TrainConfig.sha256
