@@ -46,18 +46,18 @@ from deepfake_detector.mixing import (
 )
 from deepfake_detector.model import BestModelCheckpoint, DeepfakeDetectorModel, ModelMetadata, best_path, load_model
 from deepfake_detector.networks import build_model, flip_averaged, freeze_leading_blocks
+from deepfake_detector.optim import learning_rate_for
 from deepfake_detector.pipeline import SplitSource, make_dataset, split_landmarks
 from deepfake_detector.plots import write_training_curves
 from deepfake_detector.preprocessing import PreprocessingConfig
-from deepfake_detector.optim import learning_rate_for
 from deepfake_detector.recipes import (
     ARCHITECTURES,
     AUGMENTATIONS,
     FAKES,
     FRAMINGS,
     OPTIMIZERS,
-    SCHEDULES,
     PRETRAINED_ARCHITECTURES,
+    SCHEDULES,
     SELF_BLENDED_SOURCE,
     STRATEGIES,
     THRESHOLD_RULES,
@@ -184,11 +184,8 @@ class Run:
     task: str | None  # this process's task in a cluster (``worker-1``); None alone
     recipe: dict  # recipe_of(config): what the backup must have been written by
     backup: ResumableBackup
-    seed: int  # the seed of this run's shuffles and dropout: config.seed + the epochs the backup holds
-
-    @property
-    def first_epoch(self) -> int:
-        return self.backup.saved_epoch()
+    first_epoch: int  # the epochs the backup holds: 0 for a fresh run
+    seed: int  # the seed of this run's shuffles and dropout: config.seed + first_epoch
 
 
 @dataclasses.dataclass
@@ -355,9 +352,9 @@ def start_run(config: TrainConfig) -> Run:
     # A resumed single-dataset run re-seeds its shuffles and dropout with the epochs done: restarted
     # with the same seed it would replay the first epochs' batches and masks, which the network has
     # fitted. A multi-source run's epochs are drawn by their number, so it continues the same sequence.
-    run_seed = config.seed + backup.saved_epoch()
-    keras.utils.set_random_seed(run_seed)
-    return Run(strategy, global_batch, task, recipe, backup, run_seed)
+    first_epoch = backup.saved_epoch()
+    keras.utils.set_random_seed(config.seed + first_epoch)
+    return Run(strategy, global_batch, task, recipe, backup, first_epoch, config.seed + first_epoch)
 
 
 def fit(config: TrainConfig, run: Run, data: TrainingData, output: Path):
