@@ -3,10 +3,10 @@
 ``TrainConfig`` is one training run's recipe; ``TrainConfig.for_arch`` starts from an
 architecture's recipe (:data:`ARCHITECTURES`). Each kind of choice is a
 :class:`~deepfake_detector.registry.Registry` whose entries hold their name, help text and
-implementation (a dotted path, imported on first use), so a new choice is one ``register`` call
-here beside the function that implements it; the scripts' argparse choices, defaults and help
-texts, and the checks of a config, are read from the same entries. Nothing here imports
-TensorFlow, so ``--help`` stays instant.
+implementation (a dotted path, imported on first use), so a new choice is the function that
+implements it and one ``register`` call here, beside the others of its kind; the scripts' argparse
+choices, defaults and help texts, the checks of a config and the code that runs it all read the
+same entry. Nothing here imports TensorFlow, so ``--help`` stays instant.
 """
 
 from __future__ import annotations
