@@ -62,7 +62,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if len(set(names)) < len(names):
         return fail(PROG, "two --data-dir folders have the same name; a source is known by its folder's name")
 
-    from deepfake_detector.cli import default_model
+    from deepfake_detector.cli import default_model, report_path
     from deepfake_detector.detector import Detector
 
     model_path, why = default_model(PROG, args.model)
@@ -83,7 +83,7 @@ def evaluate(args: argparse.Namespace) -> int:
             report = evaluate_sources(detector, folders, perturbations, batch_size=args.batch_size, plots_dir=args.plots)
     except OSError as error:  # e.g. the --plots folder cannot be written
         return fail(PROG, error)
-    report = {"model_path": str(model_path), "split": split, **report}
+    report = {"model_path": report_path(model_path), "split": split, **report}
     print_report(report)
     return write_report(report, args)
 
@@ -132,7 +132,7 @@ def _evaluate_videos(args: argparse.Namespace, detector, folder: Path, split, mo
 
     if args.perturb:
         return fail(PROG, "--perturb is for images, not videos")
-    report = {"model_path": str(model_path), "split": split, **evaluate_video_folder(detector, folder, args.frames)}
+    report = {"model_path": report_path(model_path), "split": split, **evaluate_video_folder(detector, folder, args.frames)}
     print(f"{report['model']} on {report['n_videos']} videos in {folder} ({report['frames']} frames each, "
           f"threshold {report['threshold']:.3f}, fake is positive)")  # fmt: skip
     print(format_table({"videos": report}))

@@ -2,7 +2,7 @@
 
     python export.py --model models/deepfake_detector.keras --format savedmodel --output serving/deepfake_detector/1
     python export.py --model models/deepfake_detector.keras --format tflite --output exports/tflite
-    python export.py --model run.keras --format flip-averaged --data-dir ../shared/data/lfw-faceswap --output run.flip.keras
+    python export.py --model run.keras --format flip-averaged --data-dir data/lfw-faceswap --output run.flip.keras
     python export.py --model deepfake_detector_model.keras --format adopt --output models/tutorial.keras [--data-dir data]
 
 savedmodel: a TensorFlow SavedModel for TensorFlow Serving; its serving_default signature

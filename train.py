@@ -2,8 +2,9 @@
 
 It writes ``deepfake_detector_model.keras`` in the working folder, keeping the best epoch so
 far in ``deepfake_detector_model_best.keras`` while it trains, as the original tutorial did;
-``python inference.py`` then serves it. ``python train.py --data-dir ../shared/data/lfw-faceswap``
-trains offline on any folder with Train/Validation/Test, each holding Real/ and Fake/.
+``python inference.py`` then serves it. ``python train.py --data-dir data/lfw-faceswap``
+trains offline on any folder with Train/Validation/Test, each holding Real/ and Fake/ (that one is
+written by ``python -m scripts.rebuild_data lfw-faceswap``; docs/data.md).
 
 Scaling out: ``--distribute mirrored`` trains on every GPU of this machine;
 ``--distribute multiworker`` on several machines, one process each, described by the

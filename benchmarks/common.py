@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: test images from the shared data, percentiles.
+"""Shared helpers for the benchmark scripts: test images from the lfw-faceswap data set, percentiles.
 
 Servers, hostile uploads and synthetic archives come from ``harness/``, which the tests use too;
 nothing here imports ``tests/``.
@@ -7,6 +7,7 @@ nothing here imports ``tests/``.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +16,34 @@ from PIL import Image
 from harness.server import memory_mb
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "lfw-faceswap"
+
+
+def lfw_faceswap_dir() -> Path:
+    """The lfw-faceswap folder the benchmarks read faces from: ``$LFW_FACESWAP_DIR``; else ``data/lfw-faceswap``
+    (what ``python -m scripts.rebuild_data lfw-faceswap`` writes) where it exists; else the reference copy
+    beside the repository, the one the published figures were measured on."""
+    if os.environ.get("LFW_FACESWAP_DIR"):
+        return Path(os.environ["LFW_FACESWAP_DIR"])
+    rebuilt = REPO / "data" / "lfw-faceswap"
+    return rebuilt if rebuilt.is_dir() else REPO.parent / "shared" / "data" / "lfw-faceswap"
+
+
+LFW_FACESWAP = lfw_faceswap_dir()
 
 
 def face_files(split: str = "Test", limit: int | None = None) -> list[Path]:
-    """Real and fake face files from the shared data, interleaved, sorted."""
-    real = sorted((SHARED_DATA / split / "Real").glob("*.jpg"))
-    fake = sorted((SHARED_DATA / split / "Fake").glob("*.jpg"))
+    """Real and fake face files from lfw-faceswap, interleaved, sorted."""
+    real = sorted((LFW_FACESWAP / split / "Real").glob("*.jpg"))
+    fake = sorted((LFW_FACESWAP / split / "Fake").glob("*.jpg"))
     if not real or not fake:
-        raise SystemExit(f"no face images under {SHARED_DATA / split}; see ../shared/data/README.md")
+        raise SystemExit(f"no face images under {LFW_FACESWAP / split}: run python -m scripts.rebuild_data "
+                         "lfw-faceswap (docs/data.md), or set LFW_FACESWAP_DIR to an lfw-faceswap folder")  # fmt: skip
     files = [f for pair in zip(real, fake) for f in pair]
     return files[:limit] if limit else files
 
 
 def jpegs_256(count: int) -> list[bytes]:
-    """Shared-data faces upscaled to 256x256 JPEGs (the Kaggle archive's size)."""
+    """lfw-faceswap faces upscaled to 256x256 JPEGs (the Kaggle archive's size)."""
     out = []
     for path in face_files(limit=count):
         buffer = io.BytesIO()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import SHARED_DATA, percentiles
+from benchmarks.common import LFW_FACESWAP, percentiles
 from deepfake_detector import faces
 from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
 from deepfake_detector.preprocessing import load_image, resize
@@ -67,7 +67,7 @@ def real_photos(framing: faces.Framing, count: int = 36, seed: int = 0):
     ]
     photos += [(name, Image.fromarray(scene), []) for name, scene in zip(("coffee", "chelsea", "rocket", "hubble", "ihc"), scenes)]
     rng = np.random.default_rng(seed)
-    lfw = sorted((SHARED_DATA / "Test" / "Real").glob("*.jpg"))
+    lfw = sorted((LFW_FACESWAP / "Test" / "Real").glob("*.jpg"))
     for index in range(count):
         placed: list[tuple[int, int, int]] = []
         for _ in range(1 + index % 4):
@@ -86,7 +86,7 @@ def real_photos(framing: faces.Framing, count: int = 36, seed: int = 0):
 def measure_framing(finder: faces.FaceFinder, per_class: int = 600) -> None:
     files = []
     for folder in ("Real", "Fake"):
-        paths = sorted((SHARED_DATA / "Train" / folder).glob("*.jpg"))
+        paths = sorted((LFW_FACESWAP / "Train" / folder).glob("*.jpg"))
         files += paths[:: max(1, len(paths) // per_class)]
     rows, counts = [], []
     for path in files:
@@ -141,7 +141,7 @@ def measure_finder(finder: faces.FaceFinder, photos) -> dict:
 def measure_accuracy(detector: Detector, finder: faces.FaceFinder, limit: int | None) -> None:
     files, truth = [], []
     for folder, is_fake in (("Real", 0), ("Fake", 1)):
-        paths = sorted((SHARED_DATA / "Test" / folder).glob("*.jpg"))[:limit]
+        paths = sorted((LFW_FACESWAP / "Test" / folder).glob("*.jpg"))[:limit]
         files += paths
         truth += [is_fake] * len(paths)
     truth = np.array(truth)
@@ -183,7 +183,7 @@ def measure_api(model: Path, finder: faces.FaceFinder, requests_count: int) -> N
 
     from harness.server import running_server
 
-    lfw = sorted((SHARED_DATA / "Test" / "Real").glob("*.jpg"))
+    lfw = sorted((LFW_FACESWAP / "Test" / "Real").glob("*.jpg"))
     from skimage import data
 
     image, _ = composite(lfw[:2], [(200, 250, 360), (760, 300, 300)], data.coffee(), finder.framing)

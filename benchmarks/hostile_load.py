@@ -40,6 +40,7 @@ from harness.hostile import (
     noise,
     rle_bmp,
 )
+from harness.videos import HOSTILE_STATUS
 from harness.server import REPO, cpu_seconds, memory_mb, running_process, session_from
 
 OTHER_ADDRESS = "127.0.0.2"
@@ -60,6 +61,7 @@ class Payloads:
     gif_comments: bytes  # a comment of 9.5 million one-byte sub-blocks (19 MB)
     sixteen_bit: bytes  # 40 MP 16-bit grey PNG
     tiff_scans: bytes  # a TIFF whose strip is a 40 MP JPEG of 99 scans
+    videos: dict[str, tuple[bytes, int]]  # harness.videos.hostile_videos: name -> (container, status it must get)
 
 
 @dataclass
@@ -202,6 +204,14 @@ CASES = [
 ]
 
 
+def _video_case(name: str) -> Case:
+    what = f"hostile video {name} (must get {HOSTILE_STATUS[name]})"
+    return Case(f"video-{name}", what, lambda u, p, t: [post(u, {"file": (name, p.videos[name][0])}, timeout=t)])
+
+
+CASES += [_video_case(name) for name in HOSTILE_STATUS]
+
+
 def make_payloads() -> Payloads:
     faces = [Image.open(path) for path in face_files("Test")[:64]]
     return Payloads(
@@ -218,7 +228,18 @@ def make_payloads() -> Payloads:
         gif_comments=commented_gif(9_500_000),
         sixteen_bit=grey_png(6324, 6324, depth=16),
         tiff_scans=jpeg_in_tiff(6324, 99),
+        videos=hostile_video_payloads(),
     )
+
+
+def hostile_video_payloads() -> dict[str, tuple[bytes, int]]:
+    """The hostile containers the tests post (tests/test_video.py), cut and falsified from short clips."""
+    import numpy as np
+
+    from harness import videos
+
+    frames = [np.full((120, 160, 3), value, np.uint8) for value in range(0, 200, 10)]
+    return videos.hostile_videos(videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4"))
 
 
 class MemoryWatch:

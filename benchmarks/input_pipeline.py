@@ -19,7 +19,7 @@ import time
 import keras
 import numpy as np
 
-from benchmarks.common import SHARED_DATA
+from benchmarks.common import LFW_FACESWAP
 from deepfake_detector.data import DatasetHandler
 from deepfake_detector.networks import build_model
 from deepfake_detector.pipeline import make_dataset
@@ -59,10 +59,10 @@ def main() -> None:
     compile_model(model, config, steps_per_epoch=100)
 
     original = keras.utils.image_dataset_from_directory(
-        SHARED_DATA / "Train", image_size=(size, size), batch_size=batch, label_mode="binary", seed=1
+        LFW_FACESWAP / "Train", image_size=(size, size), batch_size=batch, label_mode="binary", seed=1
     ).repeat()
     start = time.perf_counter()
-    train = DatasetHandler(dataset_download_dir=SHARED_DATA, config=DataConfig(image_size=size)).splits(("Train",))["Train"]
+    train = DatasetHandler(dataset_download_dir=LFW_FACESWAP, config=DataConfig(image_size=size)).splits(("Train",))["Train"]
     decode_seconds = time.perf_counter() - start
     ours = make_dataset(train, batch, training=True, config=DataConfig(augment="none", seed=0)).repeat()
     ours_augmented = make_dataset(train, batch, training=True, config=DataConfig(augment="full", seed=0)).repeat()

@@ -4,7 +4,7 @@ frame with OpenCV's ``VideoCapture`` (the naive baseline), in one run.
     python -m benchmarks.video [--model PATH] [--seconds 60] [--frames 32] [--runs 3] [--keyframe-interval 50]
 
 The clip is made here: 60 s of 1280x720 at 25 fps (H.264, a keyframe every 2 s by default, as
-streaming encoders write), two faces from ``../shared/data/lfw-faceswap`` (a real and a fake)
+streaming encoders write), two faces from lfw-faceswap (a real and a fake; ``benchmarks.common.LFW_FACESWAP``)
 pasted on a background and moving. Both pipelines score the same ``--frames`` evenly spaced
 frames through ``Detector.predict_faces`` and link the faces into tracks; the baseline decodes
 every frame with OpenCV and keeps those. Medians of ``--runs`` runs, alternating.

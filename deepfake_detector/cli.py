@@ -37,6 +37,16 @@ def default_model(prog: str, given: str | Path | None = None) -> tuple[Path, str
     return SHIPPED_MODEL, "shipped with the repository"
 
 
+def report_path(path: str | Path) -> str:
+    """``path`` as a report records it: relative to the repository when inside it (the shipped
+    model is ``models/deepfake_detector.keras`` on every machine), else as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(SHIPPED_MODEL.parent.parent))
+    except ValueError:
+        return str(path)
+
+
 def fail(prog: str, message, status: int = USAGE_ERROR) -> int:
     """Print ``PROG: message`` on stderr; returns ``status``, by default that of a user's error."""
     print(f"{prog}: {message}", file=sys.stderr)

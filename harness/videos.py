@@ -146,21 +146,36 @@ def huge_frames(width: int = 7680, height: int = 4320, count: int = 2) -> bytes:
     return encode((frame for _ in range(count)), fps=1, codec="mpeg4")
 
 
+#: Each hostile container's name and the status it must get.
+HOSTILE_STATUS = {
+    "cut_half.mkv": 400, "cut_header.mkv": 400, "cut_half.avi": 400,
+    "lying_frames.avi": 400,  # says 1000 frames, holds a few
+    "lying_frames_huge.avi": 413,  # says 10 million frames
+    "lying_duration.mkv": 413,  # says 115 days
+    "huge_frames.mp4": 413,  # 7680x4320
+    "many_streams.mkv": 413,
+    "frame_bomb.mkv": 413,  # 100,000 frames of 640x360 in 3 MB
+    "keyframe_bomb.mkv": 413,  # 500 s, one keyframe: 46 gigapixels to decode
+    "junk_after_ftyp.mp4": 400, "matroska_magic_only.webm": 400,
+}
+
+
 def hostile_videos(clip_mkv: bytes, clip_avi: bytes) -> dict[str, tuple[bytes, int]]:
     """Hostile containers and the status each must get: truncated, lying headers, a huge
     declared size, a thousand streams, zip bombs of frames. ``clip_mkv`` and ``clip_avi`` are
     short valid clips (Matroska, and AVI with MPEG-4 video) to cut and falsify."""
-    return {
-        "cut_half.mkv": (clip_mkv[: len(clip_mkv) // 2], 400),
-        "cut_header.mkv": (clip_mkv[:200], 400),
-        "cut_half.avi": (clip_avi[: len(clip_avi) // 2], 400),
-        "lying_frames.avi": (lying_avi(clip_avi, 1000), 400),  # says 1000 frames, holds a few
-        "lying_frames_huge.avi": (lying_avi(clip_avi), 413),  # says 10 million frames
-        "lying_duration.mkv": (lying_duration_mkv(clip_mkv), 413),  # says 115 days
-        "huge_frames.mp4": (huge_frames(), 413),  # 7680x4320
-        "many_streams.mkv": (many_streams(1000), 413),
-        "frame_bomb.mkv": (frame_bomb(), 413),  # 100,000 frames of 640x360 in 3 MB
-        "keyframe_bomb.mkv": (frame_bomb(50_000, side=1280, fps=100), 413),  # 500 s, one keyframe: 46 gigapixels to decode
-        "junk_after_ftyp.mp4": (b"\x00\x00\x00\x18ftypisom" + bytes(5000), 400),
-        "matroska_magic_only.webm": (b"\x1a\x45\xdf\xa3" + bytes(3000), 400),
+    made = {
+        "cut_half.mkv": clip_mkv[: len(clip_mkv) // 2],
+        "cut_header.mkv": clip_mkv[:200],
+        "cut_half.avi": clip_avi[: len(clip_avi) // 2],
+        "lying_frames.avi": lying_avi(clip_avi, 1000),
+        "lying_frames_huge.avi": lying_avi(clip_avi),
+        "lying_duration.mkv": lying_duration_mkv(clip_mkv),
+        "huge_frames.mp4": huge_frames(),
+        "many_streams.mkv": many_streams(1000),
+        "frame_bomb.mkv": frame_bomb(),
+        "keyframe_bomb.mkv": frame_bomb(50_000, side=1280, fps=100),
+        "junk_after_ftyp.mp4": b"\x00\x00\x00\x18ftypisom" + bytes(5000),
+        "matroska_magic_only.webm": b"\x1a\x45\xdf\xa3" + bytes(3000),
     }
+    return {name: (body, HOSTILE_STATUS[name]) for name, body in made.items()}

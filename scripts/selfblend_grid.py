@@ -5,7 +5,7 @@ self-blend, and the difference |blend - real| amplified to full brightness per f
 
 Run from the repository root:
 
-    python -m scripts.selfblend_grid --data-dir ../shared/data/lfw-faceswap \\
+    python -m scripts.selfblend_grid --data-dir data/lfw-faceswap \\
         --output models/selfblend_grid.png --count 8 --seed 0
 """
 

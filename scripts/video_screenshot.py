@@ -3,7 +3,7 @@
     python -m scripts.video_screenshot [--output docs/video-page.png]
 
 The clip is the benchmark's (``benchmarks/video.py``: a real and a fake face from
-``../shared/data/lfw-faceswap`` moving over a background), 10 s long.
+lfw-faceswap moving over a background), 10 s long.
 """
 
 from __future__ import annotations

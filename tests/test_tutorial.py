@@ -120,6 +120,11 @@ def test_inference_serves_the_model_train_py_just_wrote(trained_model_path, tmp_
     for prog in ("evaluate.py", "export.py"):
         assert default_model(prog) == (DEFAULT_MODEL_PATH, "shipped with the repository")
     assert default_model("evaluate.py", "x.keras") == (Path("x.keras"), "given by --model")
+    # Reports record the shipped model by its place in the repository, not this machine's path.
+    from deepfake_detector.cli import report_path
+
+    assert report_path(DEFAULT_MODEL_PATH) == "models/deepfake_detector.keras"
+    assert report_path(tmp_path / "m.keras") == str(tmp_path / "m.keras")
 
     from inference import InferenceModel
 
