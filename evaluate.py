@@ -47,6 +47,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from deepfake_detector.data import DatasetHandler
     from deepfake_detector.evaluation import evaluate_folder, evaluate_sources, resolve_folder
     from deepfake_detector.perturbations import parse_spec
+    from deepfake_detector.recipes import DataConfig
 
     if args.batch_size < 1:
         return fail(PROG, f"--batch-size must be at least 1, got {args.batch_size}")
@@ -55,7 +56,7 @@ def evaluate(args: argparse.Namespace) -> int:
     except PerturbationSpecError as error:
         return fail(PROG, f"--perturb: {error}")
     if args.archive is not None:
-        DatasetHandler(dataset_download_dir=args.data_dir[0], archive=args.archive).unzip_dataset()
+        DatasetHandler(dataset_download_dir=args.data_dir[0], config=DataConfig(archive=str(args.archive))).unzip_dataset()
     resolved = [resolve_folder(data_dir, args.split) for data_dir in args.data_dir]
     names = [Path(data_dir).resolve().name for data_dir in args.data_dir]
     if len(set(names)) < len(names):

@@ -24,7 +24,6 @@ from deepfake_detector.recipes import (
     DATASET_FAKES,
     FAKES,
     FRAMINGS,
-    NO_AUGMENTATION,
     SELF_BLEND_AUGMENTATION,
     SELF_BLENDED_SOURCE,
     STRATEGIES,
@@ -89,9 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                             "images as the sources' Train splits hold)")
     parser.add_argument("--max-images-per-split", type=int, help="use a random subset, for quick trials")
     parser.add_argument("--image-size", type=int, help=f"square input side in pixels ({recipe_defaults('image_size')})")
-    augmentations = {NO_AUGMENTATION: "no augmentation", **AUGMENTATIONS}
-    parser.add_argument("--augment", choices=augmentations,
-                        help=f"training augmentation: {choices_help(augmentations)} ({recipe_defaults('augment')}; "
+    parser.add_argument("--augment", choices=AUGMENTATIONS,
+                        help=f"training augmentation: {choices_help(AUGMENTATIONS)} ({recipe_defaults('augment')}; "
                              f"{SELF_BLEND_AUGMENTATION} with --fakes other than {DATASET_FAKES})")
     parser.add_argument("--fakes", choices=FAKES, help="training fakes: " + choices_help(FAKES, TrainConfig.fakes))
     parser.add_argument("--other-faces", type=float, metavar="SHARE",

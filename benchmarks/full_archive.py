@@ -101,8 +101,10 @@ def pipeline_rates(dataset_root: Path, cache_dir: Path, image_size: int, augment
 
     from deepfake_detector import pipeline
     from deepfake_detector.data import DatasetHandler
+    from deepfake_detector.recipes import DataConfig
 
-    train = DatasetHandler(dataset_download_dir=dataset_root, image_size=image_size, cache_dir=cache_dir).splits(("Train",))["Train"]
+    data = DataConfig(image_size=image_size, cache_dir=str(cache_dir))
+    train = DatasetHandler(dataset_download_dir=dataset_root, config=data).splits(("Train",))["Train"]
     # Both read from the page cache, as they do from the second epoch on when memory allows:
     # this disk reads far slower than either pipeline (printed below).
     start = time.perf_counter()
@@ -115,8 +117,9 @@ def pipeline_rates(dataset_root: Path, cache_dir: Path, image_size: int, augment
         "tutorial loader (image_dataset_from_directory)": keras.utils.image_dataset_from_directory(
             dataset_root / "Train", image_size=(image_size, image_size), batch_size=64, label_mode="binary", seed=1,
         ),  # fmt: skip
-        "ours, cached, no augmentation": pipeline.make_dataset(train, 64, training=True, seed=1),
-        f"ours, cached, augmentation '{augment}'": pipeline.make_dataset(train, 64, training=True, augment=augment, seed=1),
+        "ours, cached, no augmentation": pipeline.make_dataset(train, 64, training=True, config=DataConfig(seed=1)),
+        f"ours, cached, augmentation '{augment}'": pipeline.make_dataset(train, 64, training=True,
+                                                                         config=DataConfig(augment=augment, seed=1)),
     }
     rates = {name: [] for name in feeds}
     for _ in range(runs):

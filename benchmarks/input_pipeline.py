@@ -23,7 +23,7 @@ from benchmarks.common import LFW_FACESWAP
 from deepfake_detector.data import DatasetHandler
 from deepfake_detector.networks import build_model
 from deepfake_detector.pipeline import make_dataset
-from deepfake_detector.recipes import TrainConfig
+from deepfake_detector.recipes import DataConfig, TrainConfig
 from deepfake_detector.training import compile_model
 
 
@@ -62,10 +62,10 @@ def main() -> None:
         LFW_FACESWAP / "Train", image_size=(size, size), batch_size=batch, label_mode="binary", seed=1
     ).repeat()
     start = time.perf_counter()
-    train = DatasetHandler(dataset_download_dir=LFW_FACESWAP, image_size=size).splits(("Train",))["Train"]
+    train = DatasetHandler(dataset_download_dir=LFW_FACESWAP, config=DataConfig(image_size=size)).splits(("Train",))["Train"]
     decode_seconds = time.perf_counter() - start
-    ours = make_dataset(train, batch, training=True, augment="none").repeat()
-    ours_augmented = make_dataset(train, batch, training=True, augment="full").repeat()
+    ours = make_dataset(train, batch, training=True, config=DataConfig(augment="none", seed=0)).repeat()
+    ours_augmented = make_dataset(train, batch, training=True, config=DataConfig(augment="full", seed=0)).repeat()
     n = (args.steps + 3) * batch
     in_memory = (train.read(np.arange(n)).astype(np.float32), train.labels[:n, None].astype(np.float32))
 

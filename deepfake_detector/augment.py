@@ -1,7 +1,8 @@
 """Training augmentation: label-preserving changes a shared photo goes through, in TensorFlow ops.
 
-The policies (which changes, how often) are named in :data:`deepfake_detector.recipes.AUGMENTATIONS`;
-:func:`augment_image` applies one to an image, reproducibly from a seed, inside ``tf.data``.
+The policies (which changes, how often) are the entries of :data:`deepfake_detector.recipes.AUGMENTATIONS`,
+whose implementation is :func:`augment_image`: it applies one to an image, reproducibly from a
+seed, inside ``tf.data`` (``Augmentation.augmenter``).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from deepfake_detector.errors import DatasetError, ImageError
 from deepfake_detector.files import staged_directory, user_cache_dir
 from deepfake_detector.labels import FOLDER_NAMES, TRAINING_CLASS_ORDER, labelled_files
 from deepfake_detector.preprocessing import PreprocessingConfig, load_image, open_image
+from deepfake_detector.recipes import FRAMINGS, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,9 @@ def default_cache_dir(data_dir: str | Path) -> Path:
     return user_cache_dir() / "datasets" / digest
 
 
-#: ``TrainConfig.framing`` values (``recipes.FRAMINGS``): the whole image, or its largest face.
-WHOLE, FACE = "whole", "face"
+#: The framing of the caches made before framing existed (``recipes.FRAMINGS``): their keys and
+#: folder names stay as they were.
+WHOLE = "whole"
 
 
 def cache_key(split_dir: Path, paths: list[str], targets: list[int], image_size: int, framing: str = WHOLE) -> str:
@@ -172,30 +174,28 @@ def cache_key(split_dir: Path, paths: list[str], targets: list[int], image_size:
     return hashlib.sha256(json.dumps(described, separators=(",", ":")).encode()).hexdigest()
 
 
-def open_split(split_dir: str | Path, cache_dir: str | Path, image_size: int, limit: int | None = None,
-               seed: int = 0, workers: int | None = None, processes: bool | None = None,
-               files: tuple[list[str], list[int]] | None = None, framing: str = WHOLE) -> SplitCache:  # fmt: skip
-    """The cache of one split folder (``Real/`` and ``Fake/``), built first if needed.
+def open_split(split_dir: str | Path, cache_dir: str | Path, config: DataConfig, workers: int | None = None,
+               processes: bool | None = None, files: tuple[list[str], list[int]] | None = None) -> SplitCache:  # fmt: skip
+    """The cache of one split folder (``Real/`` and ``Fake/``) as ``config`` makes it, built first if needed.
 
-    ``framing`` is :data:`WHOLE` (each image resized whole) or :data:`FACE` (each image's largest
-    face, found and cropped by :func:`deepfake_detector.faces.framed_face`, as the page crops it).
-
-    ``limit`` keeps a random subset of that many files (chosen by ``seed``). Files that cannot
-    be decoded are skipped and counted. ``processes`` forces worker processes (True) or threads
-    (False); by default processes are used from :data:`PROCESS_THRESHOLD` files up. ``files``
-    is ``labels.labelled_files(split_dir)`` when the caller has listed it already.
+    Each image is decoded at ``config.image_size`` and framed by ``config.framing``: whole
+    (:func:`whole_image`), or its largest face (:func:`largest_face`, as the page crops it).
+    ``config.max_images_per_split`` keeps a random subset of that many files (chosen by
+    ``config.seed``). Files that cannot be decoded are skipped and counted. ``processes`` forces
+    worker processes (True) or threads (False); by default processes are used from
+    :data:`PROCESS_THRESHOLD` files up. ``files`` is ``labels.labelled_files(split_dir)`` when the
+    caller has listed it already.
 
     Raises:
         deepfake_detector.errors.DatasetError: no images, one class only, nothing decodable, or
             too little disk space for the cache (said before anything is decoded).
     """
-    split_dir = Path(split_dir)
+    split_dir, image_size, limit, framing = Path(split_dir), config.image_size, config.max_images_per_split, config.framing
     paths, targets = files if files is not None else labelled_files(split_dir)
     if limit is not None and limit < len(paths):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(paths))[:limit])
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(paths))[:limit])
         paths, targets = [paths[i] for i in keep], [targets[i] for i in keep]
-    if framing not in (WHOLE, FACE):
-        raise ValueError(f"unknown framing {framing!r}; use {WHOLE} or {FACE}")
+    FRAMINGS.check(framing)
     key = cache_key(split_dir, paths, targets, image_size, framing)
     cache_dir = Path(cache_dir)
     prefix = f"{split_dir.name}-{image_size}px-{'' if framing == WHOLE else 'faces-'}"
@@ -289,7 +289,7 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
         )  # fmt: skip
         failures: dict[int, str] = {}
         no_face = 0
-        desc = f"caching {split_dir.name} at {image_size} px" + (", faces framed" if framing == FACE else "")
+        desc = f"caching {split_dir.name} at {image_size} px" + ("" if framing == WHOLE else ", faces framed")
         with executor, tqdm(total=len(paths), desc=desc, unit="img") as bar:
             futures = [executor.submit(decode_rows, str(images_file), image_size, start, paths[start : start + CHUNK],
                                        framing) for start in range(0, len(paths), CHUNK)]  # fmt: skip
@@ -300,7 +300,7 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
                 bar.update(done)
         if failures:
             log.warning("%s: %d image(s) could not be decoded and were skipped", split_dir, len(failures))
-        if framing == FACE:
+        if framing != WHOLE:
             log.info("%s: no face found in %d of %d image(s); those are used whole", split_dir, no_face,
                      len(paths) - len(failures))  # fmt: skip
         rows = np.asarray([i for i in range(len(paths)) if i not in failures], np.int64)
@@ -317,23 +317,21 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
 
 def decode_rows(images_file: str, image_size: int, start: int, paths: list[str],
                 framing: str = WHOLE) -> tuple[int, dict[int, str], int]:  # fmt: skip
-    """Decode ``paths`` into rows ``start...`` of ``images_file``; returns (count, {row: reason} of
-    failures, how many had no face when ``framing`` is :data:`FACE`).
+    """Decode ``paths`` into rows ``start...`` of ``images_file``, framed by ``framing`` (a name in
+    ``recipes.FRAMINGS``); returns (count, {row: reason} of failures, how many had no face).
 
     Runs in a worker process (PIL holds the GIL for part of each decode), so it imports
     nothing heavier than the preprocessing, and the face finder only to frame faces.
     """
     row_bytes = image_size * image_size * 3
     failures, no_face = {}, 0
+    frame = FRAMINGS.load(framing)
     fd = os.open(images_file, os.O_WRONLY)
     try:
         for offset, path in enumerate(paths):
             try:
-                if framing == FACE:
-                    image, found = _framed(path, image_size)
-                    no_face += not found
-                else:
-                    image = load_image(path, image_size)
+                image, found = frame(path, image_size)
+                no_face += not found
             except (ImageError, OSError) as error:
                 failures[start + offset] = str(error)
                 continue
@@ -343,8 +341,14 @@ def decode_rows(images_file: str, image_size: int, start: int, paths: list[str],
     return len(paths), failures, no_face
 
 
-def _framed(path: str, image_size: int):
-    """The image's largest face framed as the page frames it (:func:`faces.framed_face`)."""
+def whole_image(path: str, image_size: int) -> tuple[np.ndarray, bool]:
+    """The ``whole`` framing: the image resized whole (:func:`~deepfake_detector.preprocessing.load_image`)."""
+    return load_image(path, image_size), True
+
+
+def largest_face(path: str, image_size: int) -> tuple[np.ndarray, bool]:
+    """The ``face`` framing: the image's largest face framed as the page frames it
+    (:func:`faces.framed_face`), and whether one was found (else the whole image)."""
     from deepfake_detector import faces  # onnxruntime: only in processes that frame faces
 
     return faces.framed_face(open_image(path), _cache_finder(), image_size)

@@ -1,6 +1,6 @@
 """The Keras callbacks of a training run: the recipe's schedule, logs, and the backup that resumes it.
 
-:func:`make_callbacks` gives what a recipe asks for (early stopping, the plateau schedule, the
+:func:`make_callbacks` gives what a recipe asks for (early stopping, its schedule's callbacks, the
 best epoch kept); :class:`ResumableBackup` backs the run up every epoch, so a run that is killed
 (a preempted machine) continues from its last finished epoch when started again.
 """
@@ -18,21 +18,20 @@ import numpy as np
 
 from deepfake_detector.errors import TrainingSetupError
 from deepfake_detector.files import write_atomically
+from deepfake_detector.optim import schedule_of
 from deepfake_detector.recipes import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def make_callbacks(config: TrainConfig, best: keras.callbacks.Callback | None = None) -> list[keras.callbacks.Callback]:
-    """Early stopping and the plateau schedule as the recipe asks (speaking as the tutorial's
-    did), the best epoch kept by ``best``, and the learning rate logged."""
+    """Early stopping and the schedule's callbacks as the recipe asks (the plateau schedule's speak
+    as the tutorial's did), the best epoch kept by ``best``, and the learning rate logged."""
     callbacks: list[keras.callbacks.Callback] = []
     if config.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
-    if config.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7, verbose=1 if config.verbose else 0))
+    callbacks += schedule_of(config).callbacks(config)
     if best is not None:
         callbacks.append(best)
     callbacks.append(LearningRateLogger())

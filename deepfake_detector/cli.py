@@ -2,13 +2,14 @@
 
 Every script (``train.py``, ``inference.py``, ``evaluate.py``, ``export.py``) reports an error
 the user can act on as one line, ``SCRIPT: message``, on stderr, and exits with status 2.
-Help texts list the choices and defaults of :mod:`deepfake_detector.recipes`, so they cannot
-drift from what runs. Nothing here imports TensorFlow: ``--help`` stays instant.
+Help texts list the choices (the registries' entries) and defaults of
+:mod:`deepfake_detector.recipes`, so they cannot drift from what runs. Nothing here imports TensorFlow: ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
@@ -62,11 +63,12 @@ def run(prog: str, main: Callable[..., int], *args) -> int:
 
 
 def _description(choice) -> str:
-    return choice if isinstance(choice, str) else choice.description
+    return choice if isinstance(choice, str) else choice.help
 
 
-def choices_help(choices: dict, default: str | None = None) -> str:
-    """``name: what it is`` for each choice, separated by semicolons, the default marked."""
+def choices_help(choices: Mapping, default=None) -> str:
+    """``name: what it is`` for each choice of a registry (or a dict of help texts), separated by
+    semicolons, the default marked."""
     return "; ".join(f"{name}: {_description(choice)}" + (" (default)" if name == default else "")
                      for name, choice in choices.items())  # fmt: skip
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from deepfake_detector import cache, labels
 from deepfake_detector.download import check_sha256, download, extract
 from deepfake_detector.errors import DatasetError
+from deepfake_detector.recipes import DataConfig
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -95,29 +96,21 @@ class DatasetHandler:
     extracted there; ``dataset_dir`` is the folder holding the three split folders, named
     ``train_dir``, ``val_dir`` and ``test_dir``. When ``dataset_dir`` is None or missing, the
     split folders are looked for in ``dataset_download_dir`` and two levels down (an archive
-    extracted to ``extracted/`` holds ``Dataset/``). The keyword-only arguments are ours:
-    ``archive`` (a zip already downloaded), ``sha256`` (its expected checksum), the input size
-    and batch size, the cache folder, a per-split image limit for trials, the seed, and the
-    framing (``"whole"`` images, or each image's largest ``"face"`` cropped as the page crops it).
+    extracted to ``extracted/`` holds ``Dataset/``). ``config`` is ours: the data part of a recipe
+    (:class:`~deepfake_detector.recipes.DataConfig`: an archive already downloaded and its
+    checksum, the input and batch sizes, the cache folder, the framing, a per-split image limit
+    for trials, the seed, the training augmentation); by default the tutorial's.
     """
 
     def __init__(self, dataset_url: str = KAGGLE_URL, dataset_download_dir: str | Path = "data",
                  dataset_file: str = ARCHIVE_NAME, dataset_dir: str | Path | None = None, train_dir: str = "Train",
-                 test_dir: str = "Test", val_dir: str = "Validation", *, archive: str | Path | None = None,
-                 sha256: str | None = None, image_size: int = 128, batch_size: int = 64,
-                 cache_dir: str | Path | None = None, max_images_per_split: int | None = None,
-                 seed: int = 1337, framing: str = cache.WHOLE):  # fmt: skip
+                 test_dir: str = "Test", val_dir: str = "Validation", *, config: DataConfig | None = None):  # fmt: skip
         self.dataset_url = dataset_url
         self.dataset_download_dir = Path(dataset_download_dir)
         self.dataset_file = dataset_file
         self.dataset_dir = Path(dataset_dir) if dataset_dir is not None else None
         self.train_dir, self.test_dir, self.val_dir = train_dir, test_dir, val_dir
-        self.archive = Path(archive) if archive else None
-        self.sha256 = sha256
-        self.image_size, self.batch_size = image_size, batch_size
-        self._cache_dir = Path(cache_dir) if cache_dir else None
-        self.max_images_per_split, self.seed = max_images_per_split, seed
-        self.framing = framing
+        self.config = config or DataConfig()
         self._splits: dict[str, cache.SplitCache] = {}
 
     # ------------------------------------------------------------------ finding and fetching
@@ -129,9 +122,11 @@ class DatasetHandler:
 
     @property
     def cache_dir(self) -> Path:
-        """Where the decoded splits are cached: as given, else a folder of the user's cache for
-        this data folder (:func:`deepfake_detector.cache.default_cache_dir`), never inside it."""
-        return self._cache_dir or cache.default_cache_dir(self.dataset_download_dir)
+        """Where the decoded splits are cached: ``config.cache_dir``, else a folder of the user's cache
+        for this data folder (:func:`deepfake_detector.cache.default_cache_dir`), never inside it."""
+        if self.config.cache_dir:
+            return Path(self.config.cache_dir)
+        return cache.default_cache_dir(self.dataset_download_dir)
 
     def find(self) -> Path:
         """The folder holding the three split folders.
@@ -149,6 +144,11 @@ class DatasetHandler:
             return self.find()
         except DatasetError:
             return None
+
+    @property
+    def archive(self) -> Path | None:
+        """The archive the user already has (``config.archive``), or None to download one."""
+        return Path(self.config.archive) if self.config.archive else None
 
     @property
     def archive_path(self) -> Path:
@@ -170,8 +170,8 @@ class DatasetHandler:
         archive = self.archive_path
         if archive.is_file():
             log.info("dataset file %s already exists", archive)
-            if self.sha256:
-                check_sha256(archive, self.sha256, remove=False)
+            if self.config.sha256:
+                check_sha256(archive, self.config.sha256, remove=False)
             return True
         if self.archive is not None:
             raise DatasetError(f"{self.archive}: no such archive")
@@ -180,7 +180,7 @@ class DatasetHandler:
         if directory.exists() and any(path.name not in ours for path in directory.iterdir()):
             self.find()  # raises, naming what the folder lacks
         log.info("downloading %s to %s", self.dataset_url, archive)
-        download(self.dataset_url, archive, sha256=self.sha256)
+        download(self.dataset_url, archive, sha256=self.config.sha256)
         return True
 
     def unzip_dataset(self) -> bool:
@@ -225,15 +225,12 @@ class DatasetHandler:
             log.info("dataset: %s", root)
             listed = {role: labels.labelled_files(root / self.split_dirs[role]) for role in missing}
             for role in missing:
-                split = cache.open_split(root / self.split_dirs[role], self.cache_dir, self.image_size,
-                                         self.max_images_per_split, self.seed, files=listed[role],
-                                         framing=self.framing)  # fmt: skip
+                split = cache.open_split(root / self.split_dirs[role], self.cache_dir, self.config, files=listed[role])
                 log.info("%s: %s (cache %s)", role, split.info, split.directory)
                 self._splits[role] = split
         return {role: self._splits[role] for role in roles}
 
-    def get_image_dataset_from_directory(self, dir_name: str, training: bool | None = None,
-                                         augment: str = "none") -> tf.data.Dataset:  # fmt: skip
+    def get_image_dataset_from_directory(self, dir_name: str, training: bool | None = None) -> tf.data.Dataset:
         """One split, by its folder name, as batches of (uint8 images, labels real=0/fake=1): the
         tutorial's method, streamed from the split's cache.
 
@@ -243,8 +240,7 @@ class DatasetHandler:
         images are uint8 at the model's input size, resized as the page resizes them.
 
         ``training`` (default: for the training folder) draws a fresh shuffle every epoch and
-        applies ``augment`` (:data:`deepfake_detector.recipes.AUGMENTATIONS`); otherwise the
-        files keep their order.
+        applies ``config.augment`` (none by default); otherwise the files keep their order.
         """
         from deepfake_detector.pipeline import make_dataset  # TensorFlow, only when a split is streamed
 
@@ -252,7 +248,7 @@ class DatasetHandler:
         if dir_name not in roles:
             raise DatasetError(f"{dir_name!r} is not one of this dataset's split folders ({', '.join(roles)})")
         training = dir_name == self.train_dir if training is None else training
-        dataset = make_dataset(self.splits()[roles[dir_name]], self.batch_size, training, augment, self.seed)
+        dataset = make_dataset(self.splits()[roles[dir_name]], self.config.batch_size, training, self.config)
         # As image_dataset_from_directory's, but in the training order (Real=0, Fake=1), not alphabetical.
         dataset.class_names = [labels.FOLDER_NAMES[name] for name in labels.TRAINING_CLASS_ORDER]
         return dataset

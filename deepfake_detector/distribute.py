@@ -43,23 +43,33 @@ def read_tf_config() -> dict:
 
 
 def make_strategy(distribute: str, cluster_timeout: float = TrainConfig.cluster_timeout) -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy for a ``TrainConfig.distribute`` value.
+    """The ``tf.distribute`` strategy for a ``TrainConfig.distribute`` value (``recipes.STRATEGIES``).
 
-    ``mirrored`` replicates over every visible GPU or, with none, every visible CPU device
-    (one, unless logical CPU devices were configured). ``multiworker`` must be created before
-    TensorFlow runs anything in the process: it configures the runtime's collective ops, and
-    waits for every worker of ``TF_CONFIG`` to start, for at most ``cluster_timeout`` seconds
-    (:func:`_cluster_deadline`).
+    Raises:
+        TrainingSetupError: no such strategy, or (``multiworker``) no usable ``TF_CONFIG``, or
+            a cluster that did not start in time.
     """
-    if distribute == "none":
-        return tf.distribute.get_strategy()
-    if distribute == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if distribute == "multiworker":
-        with _cluster_deadline(read_tf_config(), cluster_timeout):
-            return tf.distribute.MultiWorkerMirroredStrategy()
-    raise TrainingSetupError(f"unknown distribution {distribute!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES.load(distribute, TrainingSetupError)(cluster_timeout)
+
+
+def one_device(cluster_timeout: float) -> tf.distribute.Strategy:
+    """TensorFlow's default strategy: this process's one device."""
+    return tf.distribute.get_strategy()
+
+
+def mirrored(cluster_timeout: float) -> tf.distribute.Strategy:
+    """Replicas on every visible GPU or, with none, every visible CPU device (one, unless logical
+    CPU devices were configured)."""
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
+
+
+def multiworker(cluster_timeout: float) -> tf.distribute.Strategy:
+    """One process per machine of ``TF_CONFIG``. It must be created before TensorFlow runs anything
+    in the process: it configures the runtime's collective ops, and waits for every worker to
+    start, for at most ``cluster_timeout`` seconds (:func:`_cluster_deadline`)."""
+    with _cluster_deadline(read_tf_config(), cluster_timeout):
+        return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ from deepfake_detector.files import staged_directory
 from deepfake_detector.model import METADATA_ENTRY, DeepfakeDetectorModel, ModelMetadata, load_model, read_metadata, save_model
 from deepfake_detector.networks import flip_averaged
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, NEAREST_RESAMPLE
-from deepfake_detector.recipes import THRESHOLD_RULES, TrainConfig
+from deepfake_detector.recipes import THRESHOLD_RULES, DataConfig, TrainConfig
 from deepfake_detector.thresholds import choose_threshold_and_measure
 from deepfake_detector.tflite import OUTPUT_NAME, fake_probability_outputs, tflite_flatbuffer
 
@@ -173,8 +173,8 @@ def add_flip_average(model_path: str | Path, data_dir: str | Path | None, output
     model, metadata = load_model(model_path)
     if metadata.flip_average:
         raise ModelFileError(f"{model_path}: already flip-averaged")
-    splits = DatasetHandler(dataset_download_dir=data_dir, image_size=metadata.image_size,
-                            cache_dir=cache_dir).splits(("Validation", "Test"))  # fmt: skip
+    data = DataConfig(image_size=metadata.image_size, cache_dir=str(cache_dir) if cache_dir else None)
+    splits = DatasetHandler(dataset_download_dir=data_dir, config=data).splits(("Validation", "Test"))
     rule = metadata.threshold_rule.removesuffix(" on Validation")
     if rule not in THRESHOLD_RULES:  # a fixed threshold (a best-epoch checkpoint, an adopted model)
         rule = TrainConfig.threshold_rule

@@ -2,8 +2,8 @@
 
 ``fake`` is the positive class throughout: ``y_true`` is 1 for fake, ``fake_probability``
 is the score. Hand-written metric code is avoided on purpose. Also the decision threshold's
-choice (:func:`choose_threshold`, by a rule in ``recipes.THRESHOLD_RULES``) and the original
-tutorial's four numbers (:func:`tutorial_metrics`).
+choice (:func:`choose_threshold`, by a rule in ``recipes.THRESHOLD_RULES``, whose entries name
+their implementations here) and the original tutorial's four numbers (:func:`tutorial_metrics`).
 """
 
 from __future__ import annotations
@@ -85,24 +85,31 @@ def source_weights(labels_by_source: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(weights)
 
 
+def equal_error_threshold(y_true: np.ndarray, fake_probability: np.ndarray,
+                          sample_weight: np.ndarray | None = None) -> float:  # fmt: skip
+    """The ``eer`` rule: the threshold where the two error rates are equal."""
+    return equal_error_rate(y_true, fake_probability, sample_weight)[1]
+
+
+def balanced_accuracy_threshold(y_true: np.ndarray, fake_probability: np.ndarray,
+                                sample_weight: np.ndarray | None = None) -> float:  # fmt: skip
+    """The ``balanced_accuracy`` rule: the score cut that maximises balanced accuracy."""
+    fpr, tpr, thresholds = roc_points(y_true, fake_probability, sample_weight)
+    i = int(np.argmax(tpr - fpr))  # balanced accuracy = (tpr + 1 - fpr) / 2
+    return _cut_between(thresholds, i)
+
+
 def choose_threshold(y_true: np.ndarray, fake_probability: np.ndarray, rule: str = TrainConfig.threshold_rule,
                      sample_weight: np.ndarray | None = None) -> float:  # fmt: skip
-    """A decision threshold from validation scores.
+    """A decision threshold from validation scores, by a rule of ``recipes.THRESHOLD_RULES``.
 
-    ``eer`` puts it where the two error rates are equal; ``balanced_accuracy`` picks the
-    score cut that maximises balanced accuracy. ``sample_weight`` weighs the images (pooled
-    sources counted alike: ``source_weights``).
+    ``sample_weight`` weighs the images (pooled sources counted alike: ``source_weights``).
     """
+    choose = THRESHOLD_RULES.load(rule)
     y_true, fake_probability = np.asarray(y_true), np.asarray(fake_probability, np.float64)
     if len(np.unique(y_true)) < 2:
         raise ValueError("choosing a threshold needs both real and fake images")
-    if rule == "eer":
-        return equal_error_rate(y_true, fake_probability, sample_weight)[1]
-    if rule == "balanced_accuracy":
-        fpr, tpr, thresholds = roc_points(y_true, fake_probability, sample_weight)
-        i = int(np.argmax(tpr - fpr))  # balanced accuracy = (tpr + 1 - fpr) / 2
-        return _cut_between(thresholds, i)
-    raise ValueError(f"unknown threshold rule {rule!r}; use one of {', '.join(THRESHOLD_RULES)}")
+    return choose(y_true, fake_probability, sample_weight)
 
 
 def compute_metrics(y_true, fake_probability, threshold: float = 0.5) -> dict:

@@ -27,12 +27,11 @@ import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
 
-from deepfake_detector.augment import augment_image
 from deepfake_detector.errors import TrainingSetupError
 from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
 from deepfake_detector.metrics import log_loss
-from deepfake_detector.pipeline import SplitSource, blender
-from deepfake_detector.recipes import AUGMENTATIONS, NO_AUGMENTATION, SELF_BLENDED_SOURCE
+from deepfake_detector.pipeline import SplitSource, augmentation, blender
+from deepfake_detector.recipes import SELF_BLENDED_SOURCE, DataConfig
 from deepfake_detector.thresholds import predict_scores
 
 log = logging.getLogger(__name__)
@@ -181,19 +180,20 @@ class EpochPlan:
 
 
 def make_mixed_dataset(plan: EpochPlan, batch_size: int, first_epoch: int, epochs: int,
-                       augment: str = NO_AUGMENTATION, landmarks: np.ndarray | None = None,
-                       other_faces: float = 0.0) -> tf.data.Dataset:  # fmt: skip
+                       config: DataConfig = DataConfig(), landmarks: np.ndarray | None = None) -> tf.data.Dataset:  # fmt: skip
     """Batches of (uint8 images, float32 targets) for epochs ``first_epoch`` to ``epochs - 1``, in
-    one stream (``fit`` with ``steps_per_epoch`` keeps one iterator across epochs).
+    one stream (``fit`` with ``steps_per_epoch`` keeps one iterator across epochs), augmented by
+    ``config.augment``.
 
-    ``landmarks`` (five per position of ``plan.source``) are needed when the plan has self-blends.
-    Blends and augmentations are drawn from each entry's seed pair, so the stream depends on the
-    plan's seed and the epoch numbers only.
+    ``landmarks`` (five per position of ``plan.source``) are needed when the plan has self-blends;
+    ``config.other_faces`` of the blends take another real face as their donor. Blends and
+    augmentations are drawn from each entry's seed pair, so the stream depends on the plan's seed
+    and the epoch numbers only (``config.seed`` is not used).
     """
     source, size = plan.source, plan.source.image_size
     targets = tf.constant(source.labels.astype(np.float32)[:, None])
-    policy = AUGMENTATIONS[augment] if augment != NO_AUGMENTATION else None
-    blend = blender(source, landmarks, other_faces) if landmarks is not None else None
+    policy = augmentation(config.augment)
+    blend = blender(source, landmarks, config.other_faces) if landmarks is not None else None
 
     def entries(epoch):
         positions, blends, seeds = tf.numpy_function(plan.draw, [epoch], [tf.int64, tf.bool, tf.int64], stateful=False)
@@ -223,7 +223,8 @@ def make_mixed_dataset(plan: EpochPlan, batch_size: int, first_epoch: int, epoch
     dataset = dataset.batch(READ_BATCH).map(read, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     dataset = dataset.map(expand, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if policy is not None:
-        dataset = dataset.map(lambda image, target, seed: (augment_image(image, seed, policy), target),
+        augment_one = policy.augmenter()
+        dataset = dataset.map(lambda image, target, seed: (augment_one(image, seed), target),
                               num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
     else:
         dataset = dataset.map(lambda image, target, seed: (image, target))

@@ -259,22 +259,17 @@ class DeepfakeDetectorModel:
                       ema_momentum: float = 0.0, label_smoothing: float = 0.0) -> None:  # fmt: skip
         """Binary cross-entropy with accuracy, precision, recall and ROC AUC, fake positive.
 
-        ``learning_rate`` may be a schedule. ``optimizer``: adam (the tutorial's) or adamw;
-        ``ema_momentum`` > 0 keeps a moving average of the weights, written into the network
-        when training ends.
+        ``learning_rate`` may be a schedule. ``optimizer``: a name in ``recipes.OPTIMIZERS``, adam
+        (the tutorial's) or adamw; ``ema_momentum`` > 0 keeps a moving average of the weights,
+        written into the network when training ends.
         """
         if not self._output_is_fake:
             raise ValueError(f"{self.name}: training labels are {list(labels.TRAINING_CLASS_ORDER)} "
                              f"but this network's class order is {self.metadata.class_names}")  # fmt: skip
+        make_optimizer = OPTIMIZERS.load(optimizer)
         ema = dict(use_ema=True, ema_momentum=ema_momentum) if ema_momentum else {}
-        if optimizer == "adam":
-            chosen = keras.optimizers.Adam(learning_rate, **ema)
-        elif optimizer == "adamw":
-            chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **ema)
-        else:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.model.compile(
-            optimizer=chosen,
+            optimizer=make_optimizer(learning_rate, weight_decay, **ema),
             loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
             metrics=[
                 keras.metrics.BinaryAccuracy(name="accuracy"),

@@ -1,9 +1,10 @@
-"""The networks: their architectures, one registry of them, flip averaging and freezing.
+"""The networks: their architectures, flip averaging and freezing.
 
 Every network takes uint8 RGB images (N x S x S x 3, 0..255, scaled inside) and gives one
 sigmoid score per image from its ``fake_score`` layer (:data:`OUTPUT_LAYER`): P(class 1) in
 the class order saved with the model. :func:`build_model` builds one by its name in
-:data:`ARCHITECTURES`; the recipes that train each are in :mod:`deepfake_detector.recipes`.
+:data:`deepfake_detector.recipes.ARCHITECTURES`, whose entry names its builder here and holds
+the recipe that trains it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import keras
 from keras import layers
 
 from deepfake_detector import pretrained as imagenet
-from deepfake_detector.recipes import PRETRAINED_ARCHITECTURES
+from deepfake_detector.recipes import ARCHITECTURES, PRETRAINED_ARCHITECTURES
 
 #: The output layer of every network: one sigmoid score, float32 even under mixed precision.
 OUTPUT_LAYER = "fake_score"
@@ -241,12 +242,8 @@ def flip_average_member(model: keras.Model) -> keras.Model | None:
     return members[0] if len(members) == 1 else None
 
 
-#: Each architecture's builder, by the name ``TrainConfig.arch`` gives it (``recipes.ARCHITECTURES``).
-ARCHITECTURES = {"seed": build_seed_cnn, "mobilenet_v2": build_mobilenet_v2, "efficientnet_lite0": build_efficientnet_lite0}
-
-
 def build_model(arch: str, image_size: int = 128, pretrained: bool = True, mixed_precision: bool = False) -> keras.Model:
-    """A fresh, uncompiled network of the named architecture (see :data:`ARCHITECTURES`).
+    """A fresh, uncompiled network of the named architecture (``recipes.ARCHITECTURES``).
 
     ``pretrained``: start the backbone from its ImageNet weights (the seed CNN has none).
     ``mixed_precision``: float16 compute and a float32 output; build it inside the distribution
@@ -254,15 +251,15 @@ def build_model(arch: str, image_size: int = 128, pretrained: bool = True, mixed
     the output layer computes in float32 (the TF mixed-precision guide's advice); layers keep
     float32 variables either way, so the weights drop into a plain float32 copy.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    options = {"pretrained": pretrained} if arch in PRETRAINED_ARCHITECTURES else {}
+    architecture = ARCHITECTURES.check(arch)
+    options = {"pretrained": pretrained} if architecture.pretrained else {}
+    build = architecture.load()
     if not mixed_precision:
-        return ARCHITECTURES[arch](image_size, **options)
+        return build(image_size, **options)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        model = ARCHITECTURES[arch](image_size, **options)
+        model = build(image_size, **options)
         if model.get_layer(OUTPUT_LAYER).compute_dtype != "float32":
             model = _with_float32_output(model)
     finally:

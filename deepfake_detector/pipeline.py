@@ -17,35 +17,34 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from deepfake_detector import cache, faces, selfblend
-from deepfake_detector.augment import augment_image
 from deepfake_detector.files import write_atomically
 from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
-from deepfake_detector.recipes import AUGMENTATIONS, NO_AUGMENTATION, Augmentation
+from deepfake_detector.recipes import AUGMENTATIONS, Augmentation, DataConfig
 
 SplitSource = Union[cache.SplitCache, cache.ArraySource, cache.Subset, "BlendedSource"]
 
 log = logging.getLogger(__name__)
 
 
-def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: str = NO_AUGMENTATION, seed: int = 0,
-                 shard: tuple[int, int] | None = None, blend_landmarks: np.ndarray | None = None,
-                 other_faces: float = 0.0) -> tf.data.Dataset:  # fmt: skip
+def make_dataset(source: SplitSource, batch_size: int, training: bool, config: DataConfig = DataConfig(),
+                 shard: tuple[int, int] | None = None, blend_landmarks: np.ndarray | None = None) -> tf.data.Dataset:  # fmt: skip
     """Batches of (uint8 images, float32 targets) read from ``source`` by position.
 
     Training draws a fresh permutation of every position each epoch (a full shuffle of
-    indices, never a buffer of images), reads each batch's rows in parallel and augments each
-    image in parallel; evaluation keeps the files' order. ``batch_size`` is the global batch: a
+    indices, never a buffer of images, drawn from ``config.seed``), reads each batch's rows in
+    parallel and augments each image in parallel by ``config.augment``; evaluation keeps the
+    files' order. ``batch_size`` is the global batch: a
     distribution strategy splits each batch across its replicas. With ``shard=(count, index)``
     (several workers) every worker reads only its share of each epoch's permutation, the same
     size for all (at most ``count - 1`` images sit out each epoch, different ones every time).
 
     With ``blend_landmarks`` (five face landmarks per position of ``source``) every real image
     is followed by a self-blend of itself (:func:`deepfake_detector.selfblend.self_blend`),
-    labelled fake, drawn anew each epoch and reproducible from ``seed``; then both are augmented,
-    alike if the policy is ``paired``. ``other_faces`` of the blends take another real image of
-    ``source`` as their donor (``self_blend``'s ``donor``) instead of the face itself.
+    labelled fake, drawn anew each epoch and reproducible from the seed; then both are augmented,
+    alike if the policy is ``paired``. ``config.other_faces`` of the blends take another real image
+    of ``source`` as their donor (``self_blend``'s ``donor``) instead of the face itself.
     """
-    size, count = source.image_size, len(source)
+    size, count, seed = source.image_size, len(source), config.seed
     positions = tf.data.Dataset.range(count)
     if training:
         positions = positions.shuffle(count, seed=seed, reshuffle_each_iteration=True)
@@ -62,21 +61,22 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
 
     # Each batch carries its positions: a second pass over ``positions`` would be reshuffled.
     dataset = positions.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)
-    policy = AUGMENTATIONS[augment] if training and augment != NO_AUGMENTATION else None
+    policy = augmentation(config.augment) if training else None
     if blend_landmarks is not None:
         if shard is not None and len(np.unique(source.labels)) > 1:
             raise ValueError("self-blends of a mixed split cannot be sharded into equal shares")
         elements += int((source.labels == REAL_INDEX).sum()) if shard is None else elements  # sharded: all real
         paired = policy if policy is not None and policy.paired else None
-        blend = blender(source, blend_landmarks, other_faces)
+        blend = blender(source, blend_landmarks, config.other_faces)
         dataset = _with_self_blends(dataset, blend, seed, batch_size, paired)
         policy = None if paired else policy
     else:
         dataset = dataset.map(lambda images, batch_targets, _: (images, batch_targets))
     if policy is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        augment_one = policy.augmenter()
         dataset = tf.data.Dataset.zip((dataset.unbatch(), seeds)).map(
-            lambda pair, s: (augment_image(pair[0], s, policy), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
+            lambda pair, s: (augment_one(pair[0], s), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
         ).batch(batch_size)
     # Known batches per epoch (re-batching forgets them): the progress bar and the schedule's length.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-elements // batch_size)))
@@ -88,6 +88,12 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, augment: 
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def augmentation(name: str) -> Augmentation | None:
+    """The policy called ``name`` in ``recipes.AUGMENTATIONS``; None for one that changes nothing."""
+    policy = AUGMENTATIONS.check(name)
+    return policy if policy.changes_images else None
+
+
 def _with_self_blends(batches: tf.data.Dataset, blend, seed: int, batch_size: int,
                       paired: Augmentation | None = None) -> tf.data.Dataset:  # fmt: skip
     """Each real image followed by its blend (fake): ``blend(image, position, seed)``, in
@@ -97,6 +103,7 @@ def _with_self_blends(batches: tf.data.Dataset, blend, seed: int, batch_size: in
     elements = batches.unbatch().map(lambda image, target, position: ((image, target), position))
     blend_seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
     augment_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    augment_pair = paired.augmenter() if paired is not None else None
 
     def with_blend(element, position, blend_seed, augment_seed):
         image, target = element
@@ -108,7 +115,7 @@ def _with_self_blends(batches: tf.data.Dataset, blend, seed: int, batch_size: in
 
         images, targets = tf.cond(tf.equal(target[0], float(REAL_INDEX)), real_and_blend, lambda: (image[None], target[None]))
         if paired is not None:
-            images = tf.map_fn(lambda one: augment_image(one, augment_seed, paired), images, fn_output_signature=tf.uint8)
+            images = tf.map_fn(lambda one: augment_pair(one, augment_seed), images, fn_output_signature=tf.uint8)
         return images, targets
 
     pairs = tf.data.Dataset.zip((elements, blend_seeds, augment_seeds)).map(

@@ -1,22 +1,30 @@
 """Training recipes, and every list of choices the scripts offer, in one module without TensorFlow.
 
 ``TrainConfig`` is one training run's recipe; ``TrainConfig.for_arch`` starts from an
-architecture's recipe (:data:`ARCHITECTURES`). The scripts' argparse choices, defaults and help
-texts are read from here, as are the checks of a config, so a new choice is added in one place
-(and implemented where its kind is: a network in ``networks.py``, a threshold rule in
-``metrics.py``). Nothing here imports TensorFlow, so ``--help`` stays instant.
+architecture's recipe (:data:`ARCHITECTURES`). Each kind of choice is a
+:class:`~deepfake_detector.registry.Registry` whose entries hold their name, help text and
+implementation (a dotted path, imported on first use), so a new choice is the function that
+implements it and one ``register`` call here, beside the others of its kind; the scripts' argparse
+choices, defaults and help texts, the checks of a config and the code that runs it all read the
+same entry. Nothing here imports TensorFlow, so ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
+
+from deepfake_detector.registry import Entry, Registry
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """A network that ``train.py --arch`` builds (``networks.ARCHITECTURES``), and its recipe."""
+@dataclass(frozen=True, kw_only=True)
+class Architecture(Entry):
+    """A network that ``train.py --arch`` builds, and its recipe.
 
-    description: str
+    Its implementation is ``build(image_size, **options)``, returning an uncompiled Keras model
+    (``networks.build_model``); a pretrained one also takes ``pretrained``.
+    """
+
     pretrained: bool  # starts from ImageNet weights (deepfake_detector.pretrained)
     recipe: dict = field(default_factory=dict)  # TrainConfig values that differ from its defaults
 
@@ -28,101 +36,145 @@ FINE_TUNING = dict(
     framing="face",
 )  # fmt: skip
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "seed": Architecture("the original 4-block CNN and recipe", pretrained=False),
-    # The shipped model: 160 px input (the 128 px faces upscaled), blocks 0-3 frozen, which
-    # makes its CPU step about as cheap as a fully trained 128 px step.
-    "mobilenet_v2": Architecture("the recipe of the shipped model", pretrained=True,
-                                 recipe={**FINE_TUNING, "image_size": 160, "frozen_blocks": 4}),  # fmt: skip
-    "efficientnet_lite0": Architecture("the same fine-tuning recipe on ImageNet EfficientNet-Lite0", pretrained=True,
-                                       recipe=FINE_TUNING),  # fmt: skip
-}
+#: ``TrainConfig.arch``: the networks ``train.py --arch`` builds.
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", Architecture)
+ARCHITECTURES.register("seed", help="the original 4-block CNN and recipe", pretrained=False,
+                       implementation="deepfake_detector.networks:build_seed_cnn")  # fmt: skip
+# The shipped model: 160 px input (the 128 px faces upscaled), blocks 0-3 frozen, which
+# makes its CPU step about as cheap as a fully trained 128 px step.
+ARCHITECTURES.register("mobilenet_v2", help="the recipe of the shipped model", pretrained=True,
+                       recipe={**FINE_TUNING, "image_size": 160, "frozen_blocks": 4},
+                       implementation="deepfake_detector.networks:build_mobilenet_v2")  # fmt: skip
+ARCHITECTURES.register("efficientnet_lite0", help="the same fine-tuning recipe on ImageNet EfficientNet-Lite0",
+                       pretrained=True, recipe=FINE_TUNING,
+                       implementation="deepfake_detector.networks:build_efficientnet_lite0")  # fmt: skip
 #: The architectures that start from ImageNet weights; also their backbone sub-models' names.
 PRETRAINED_ARCHITECTURES = tuple(name for name, architecture in ARCHITECTURES.items() if architecture.pretrained)
 
 
-@dataclass(frozen=True)
-class Augmentation:
+@dataclass(frozen=True, kw_only=True)
+class Augmentation(Entry):
     """Label-preserving changes a shared photo goes through.
 
     Every image is flipped (half the time) and shifted by up to 1/16 of its side; the rest
-    happen with the given probabilities (``augment.augment_image``). Each image is drawn
-    independently, except that a ``paired`` policy changes a real face and its self-blend
-    alike (one draw for both, as SBI's training does), so the two still differ only where
-    the blend does.
+    happen with the given probabilities (``augment.augment_image``, the implementation). Each
+    image is drawn independently, except that a ``paired`` policy changes a real face and its
+    self-blend alike (one draw for both, as SBI's training does), so the two still differ only
+    where the blend does. A policy without an implementation (``none``) leaves images as they are.
     """
 
-    description: str
-    rescale_probability: float  # downscale to 50-100% and back up, as resizing for the web does
-    blur_probability: float  # Gaussian blur, sigma 0.3-1.5
-    jpeg_probability: float  # JPEG recompression
-    jpeg_quality: tuple[int, int]  # its quality range, [low, high)
+    rescale_probability: float = 0.0  # downscale to 50-100% and back up, as resizing for the web does
+    blur_probability: float = 0.0  # Gaussian blur, sigma 0.3-1.5
+    jpeg_probability: float = 0.0  # JPEG recompression
+    jpeg_quality: tuple[int, int] = (30, 96)  # its quality range, [low, high)
     color_probability: float = 0.0  # brightness, contrast, saturation and hue jitter
     paired: bool = False  # a real face and its self-blend share one draw
 
+    @property
+    def changes_images(self) -> bool:
+        """Whether the policy does anything (``none`` does not)."""
+        return self.implementation is not None
 
-#: ``TrainConfig.augment`` is one of these, or ``NO_AUGMENTATION``. "full" is the shipped model's;
-#: "light" keeps the seams a swap leaves sharp (better clean accuracy, far less robust to blur
-#: and resizing: models/README.md).
-AUGMENTATIONS: dict[str, Augmentation] = {
-    "full": Augmentation("flip, shift, rescale, blur, JPEG", rescale_probability=0.25, blur_probability=0.2,
-                         jpeg_probability=0.5, jpeg_quality=(30, 96)),  # fmt: skip
-    "light": Augmentation("flip, shift, JPEG", rescale_probability=0.0, blur_probability=0.0, jpeg_probability=0.4,
-                          jpeg_quality=(50, 96)),  # fmt: skip
-    # Self-blended training (``fakes``): "full" plus SBI's colour jitter, on real and fake alike.
-    "selfblend": Augmentation("full plus colour jitter", rescale_probability=0.25, blur_probability=0.2,
-                              jpeg_probability=0.5, jpeg_quality=(30, 96), color_probability=0.5),  # fmt: skip
-    # SBI's own (its get_transforms): no blur or rescaling after the blend, JPEG q40-100 half
-    # the time, colour a third of the time per kind; a face and its blend changed alike.
-    "sbi": Augmentation("SBI's: flip, shift, colour, JPEG; a face and its blend alike", rescale_probability=0.0,
-                        blur_probability=0.0, jpeg_probability=0.5, jpeg_quality=(40, 101), color_probability=0.5,
-                        paired=True),  # fmt: skip
-}
-NO_AUGMENTATION = "none"
+    def augmenter(self):
+        """``augment(image, seed)``: one augmented copy of a uint8 image tensor, reproducible from
+        ``seed`` (two int64), by this policy. Get it before tracing: the first call imports TensorFlow code."""
+        return functools.partial(self.load(), policy=self)
+
+
+AUGMENT = "deepfake_detector.augment:augment_image"
+#: ``TrainConfig.augment``. "full" is the shipped model's; "light" keeps the seams a swap leaves
+#: sharp (better clean accuracy, far less robust to blur and resizing: models/README.md).
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation", Augmentation)
+NO_AUGMENTATION = AUGMENTATIONS.register("none", help="no augmentation").name
+AUGMENTATIONS.register("full", help="flip, shift, rescale, blur, JPEG", implementation=AUGMENT, rescale_probability=0.25,
+                       blur_probability=0.2, jpeg_probability=0.5, jpeg_quality=(30, 96))  # fmt: skip
+AUGMENTATIONS.register("light", help="flip, shift, JPEG", implementation=AUGMENT, jpeg_probability=0.4,
+                       jpeg_quality=(50, 96))  # fmt: skip
+# Self-blended training (``fakes``): "full" plus SBI's colour jitter, on real and fake alike.
+AUGMENTATIONS.register("selfblend", help="full plus colour jitter", implementation=AUGMENT, rescale_probability=0.25,
+                       blur_probability=0.2, jpeg_probability=0.5, jpeg_quality=(30, 96), color_probability=0.5)  # fmt: skip
+# SBI's own (its get_transforms): no blur or rescaling after the blend, JPEG q40-100 half
+# the time, colour a third of the time per kind; a face and its blend changed alike.
+AUGMENTATIONS.register("sbi", help="SBI's: flip, shift, colour, JPEG; a face and its blend alike", implementation=AUGMENT,
+                       jpeg_probability=0.5, jpeg_quality=(40, 101), color_probability=0.5, paired=True)  # fmt: skip
 #: What every recipe trains self-blended fakes with (``TrainConfig.for_arch``).
 SELF_BLEND_AUGMENTATION = "selfblend"
 
+@dataclass(frozen=True, kw_only=True)
+class Fakes(Entry):
+    """What the fake class trains on. Its implementation is ``sources(splits, config)``, returning
+    the train and validation sources, the landmarks to self-blend the train source's real images
+    with (or None) and the class weights (or None) (``fake_sources.py``)."""
+
+    dataset: bool  # the dataset's own fakes are trained on
+    blended: bool  # real faces are self-blended into fakes
+
+
 #: ``TrainConfig.fakes``: what the fake class is trained on.
-FAKES = {
-    "dataset": "its own",
-    "self-blended": "each real face blended with an altered copy of itself, the dataset's fakes unused: "
-                    "Test then measures fakes never seen",
-    "both": "the dataset's fakes and self-blends",
-}  # fmt: skip
-DATASET_FAKES = "dataset"
+FAKES: Registry[Fakes] = Registry("fakes", Fakes)
+DATASET_FAKES = FAKES.register("dataset", help="its own", dataset=True, blended=False,
+                               implementation="deepfake_detector.fake_sources:dataset_fakes").name  # fmt: skip
+FAKES.register("self-blended", help="each real face blended with an altered copy of itself, the dataset's fakes "
+                                    "unused: Test then measures fakes never seen", dataset=False, blended=True,
+               implementation="deepfake_detector.fake_sources:self_blended_fakes")  # fmt: skip
+FAKES.register("both", help="the dataset's fakes and self-blends", dataset=True, blended=True,
+               implementation="deepfake_detector.fake_sources:dataset_and_blended_fakes")  # fmt: skip
 #: The name of the self-blended source in a multi-source run's ``--mix`` (``mixing.py``).
 SELF_BLENDED_SOURCE = "self-blended"
 
 #: ``TrainConfig.framing``: how a training image becomes a model input, decided when its split is cached.
-FRAMINGS = {
-    "whole": "the whole image, as the original tutorial did",
-    "face": "its largest face, found and framed as the page frames faces (an image without one is used whole)",
-}
+#: Each implementation is ``frame(path, image_size) -> (uint8 image, whether a face was found)``
+#: (``cache.open_split``).
+FRAMINGS: Registry[Entry] = Registry("framing")
+FRAMINGS.register("whole", help="the whole image, as the original tutorial did",
+                  implementation="deepfake_detector.cache:whole_image")  # fmt: skip
+FRAMINGS.register("face", help="its largest face, found and framed as the page frames faces (an image without one "
+                               "is used whole)", implementation="deepfake_detector.cache:largest_face")  # fmt: skip
 
-@dataclass(frozen=True)
-class Strategy:
-    """A way to spread training over devices and machines (``distribute.make_strategy``)."""
 
-    description: str
+@dataclass(frozen=True, kw_only=True)
+class Strategy(Entry):
+    """A way to spread training over devices and machines.
+
+    Its implementation is ``make(cluster_timeout)``, returning a ``tf.distribute.Strategy``
+    (``distribute.make_strategy``).
+    """
+
     tf_name: str  # what TensorFlow calls it, for the logs
+    cluster: bool = False  # one process per machine, described by TF_CONFIG
 
 
 #: ``TrainConfig.distribute``: how many devices and machines train.
-STRATEGIES = {
-    "none": Strategy("one device", "default strategy"),
-    "mirrored": Strategy("every GPU of this machine (or the CPU)", "MirroredStrategy"),
-    "multiworker": Strategy("one process per machine, configured by TF_CONFIG", "MultiWorkerMirroredStrategy"),
-}
+STRATEGIES: Registry[Strategy] = Registry("distribution", Strategy)
+STRATEGIES.register("none", help="one device", tf_name="default strategy",
+                    implementation="deepfake_detector.distribute:one_device")  # fmt: skip
+STRATEGIES.register("mirrored", help="every GPU of this machine (or the CPU)", tf_name="MirroredStrategy",
+                    implementation="deepfake_detector.distribute:mirrored")  # fmt: skip
+STRATEGIES.register("multiworker", help="one process per machine, configured by TF_CONFIG", cluster=True,
+                    tf_name="MultiWorkerMirroredStrategy", implementation="deepfake_detector.distribute:multiworker")  # fmt: skip
 
-#: ``TrainConfig.threshold_rule``: how the decision threshold is chosen on Validation
+#: ``TrainConfig.threshold_rule``: how the decision threshold is chosen on Validation. Each
+#: implementation is ``rule(y_true, fake_probability, sample_weight) -> threshold``
 #: (``metrics.choose_threshold``).
-THRESHOLD_RULES = {
-    "eer": "where the false positive and false negative rates are equal",
-    "balanced_accuracy": "the score cut with the highest balanced accuracy",
-}
+THRESHOLD_RULES: Registry[Entry] = Registry("threshold rule")
+THRESHOLD_RULES.register("eer", help="where the false positive and false negative rates are equal",
+                         implementation="deepfake_detector.metrics:equal_error_threshold")  # fmt: skip
+THRESHOLD_RULES.register("balanced_accuracy", help="the score cut with the highest balanced accuracy",
+                         implementation="deepfake_detector.metrics:balanced_accuracy_threshold")  # fmt: skip
 
-OPTIMIZERS = ("adam", "adamw")  # TrainConfig.optimizer
-SCHEDULES = ("plateau", "cosine")  # TrainConfig.schedule
+#: ``TrainConfig.optimizer``. Each implementation is ``make(learning_rate, weight_decay, **ema)``,
+#: returning a Keras optimizer (``model.DeepfakeDetectorModel.compile_model``).
+OPTIMIZERS: Registry[Entry] = Registry("optimizer")
+OPTIMIZERS.register("adam", help="Adam, the original recipe's (no weight decay)", implementation="deepfake_detector.optim:adam")
+OPTIMIZERS.register("adamw", help="AdamW: Adam with decoupled weight decay", implementation="deepfake_detector.optim:adamw")
+
+#: ``TrainConfig.schedule``: how the learning rate moves. Each implementation is an
+#: ``optim.Schedule`` class: the rate a run compiles with, and the callbacks that change it.
+SCHEDULES: Registry[Entry] = Registry("schedule")
+SCHEDULES.register("plateau", help="constant, cut tenfold after 5 epochs without a better val_loss (the original)",
+                   implementation="deepfake_detector.optim:Plateau")  # fmt: skip
+SCHEDULES.register("cosine", help="linear warm-up over warmup_epochs, then cosine decay to 0",
+                   implementation="deepfake_detector.optim:WarmupCosine")  # fmt: skip
 
 #: ``TrainConfig.verbose``: what Keras prints while it fits.
 VERBOSITY = {0: "silent", 1: "a progress bar", 2: "one line per epoch"}
@@ -158,21 +210,21 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-4  # the original recipe; Adam
-    optimizer: str = "adam"  # "adam" (original) or "adamw"
+    optimizer: str = "adam"  # a name in OPTIMIZERS: "adam" (original) or "adamw"
     weight_decay: float = 0.0  # AdamW only
-    schedule: str = "plateau"  # "plateau": ReduceLROnPlateau x0.1/5 (original); "cosine"
+    schedule: str = "plateau"  # a name in SCHEDULES: "plateau", ReduceLROnPlateau x0.1/5 (original); "cosine"
     warmup_epochs: int = 0  # cosine only: linear warm-up
     early_stopping_patience: int = 10  # on val_loss, best weights restored; 0 turns it off
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0  # above 0: the saved weights are an exponential moving average of the trained ones
-    augment: str = "none"  # "none" or a name in AUGMENTATIONS
+    augment: str = "none"  # a name in AUGMENTATIONS
     fakes: str = "dataset"  # a name in FAKES: the dataset's own, self-blends of its real images only, or both
     other_faces: float = 0.0  # share of blended fakes made from another real face aligned onto the face (Face X-ray's)
     framing: str = "whole"  # a name in FRAMINGS: the whole image or its largest face, cropped when cached
     frozen_blocks: int = 0  # pretrained backbones: leading feature blocks kept at their ImageNet weights
     pretrained: bool = True  # ImageNet weights for mobilenet_v2 and efficientnet_lite0
     flip_average: bool = False  # save a model that averages each image's score with its mirror's
-    threshold_rule: str = "eer"  # how the decision threshold is chosen on Validation
+    threshold_rule: str = "eer"  # a name in THRESHOLD_RULES: how the decision threshold is chosen on Validation
     seed: int = 1337
     max_images_per_split: int | None = None  # for quick trials; None uses everything
     steps_per_epoch: int | None = None  # cap on training steps per epoch (trials, benchmarks); Validation and Test stay whole
@@ -203,3 +255,32 @@ class TrainConfig:
     def multi_source(self) -> bool:
         """Whether the run draws its epochs from sources in shares (several data folders or ``--mix``)."""
         return len(self.data_dirs) > 1 or self.mix is not None
+
+    @property
+    def data(self) -> DataConfig:
+        """The data part of the recipe: how its dataset is fetched, cached and batched."""
+        return DataConfig(**{f.name: getattr(self, f.name) for f in fields(DataConfig)})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a dataset's images become batches: the part of a recipe that ``DatasetHandler``, the
+    cache and the input pipeline read (``TrainConfig.data``; the defaults are its defaults).
+
+    The dataset is fetched with ``archive`` and ``sha256`` (``data.DatasetHandler``); each split is
+    decoded once at ``image_size``, framed by ``framing``, ``max_images_per_split`` of it drawn by
+    ``seed``, into ``cache_dir`` (``cache.open_split``); then streamed in batches of ``batch_size``,
+    shuffled by ``seed``, training batches augmented by ``augment``, ``other_faces`` of their
+    blended fakes made from another face (``pipeline.make_dataset``, ``mixing.make_mixed_dataset``).
+    """
+
+    image_size: int = TrainConfig.image_size
+    batch_size: int = TrainConfig.batch_size
+    framing: str = TrainConfig.framing
+    max_images_per_split: int | None = TrainConfig.max_images_per_split
+    seed: int = TrainConfig.seed
+    augment: str = TrainConfig.augment
+    other_faces: float = TrainConfig.other_faces
+    cache_dir: str | None = TrainConfig.cache_dir  # None: the user's cache folder, one per data folder
+    archive: str | None = TrainConfig.archive
+    sha256: str | None = TrainConfig.sha256

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepfake_detector import cache, labels
+from deepfake_detector import labels
 from deepfake_detector.callbacks import ResumableBackup, ThroughputLogger, make_callbacks
 from deepfake_detector.data import ARCHIVE_NAME, KAGGLE_URL, DatasetHandler
 from deepfake_detector.distribute import (
@@ -34,7 +34,6 @@ from deepfake_detector.distribute import (
     work_around_keras_multi_worker_gaps,
 )
 from deepfake_detector.errors import TrainingSetupError
-from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
 from deepfake_detector.metrics import tutorial_metrics
 from deepfake_detector.mixing import (
     MEAN_AUC,
@@ -47,22 +46,22 @@ from deepfake_detector.mixing import (
 )
 from deepfake_detector.model import BestModelCheckpoint, DeepfakeDetectorModel, ModelMetadata, best_path, load_model
 from deepfake_detector.networks import build_model, flip_averaged, freeze_leading_blocks
-from deepfake_detector.pipeline import BlendedSource, SplitSource, make_dataset, split_landmarks
+from deepfake_detector.optim import learning_rate_for
+from deepfake_detector.pipeline import SplitSource, make_dataset, split_landmarks
 from deepfake_detector.plots import write_training_curves
 from deepfake_detector.preprocessing import PreprocessingConfig
 from deepfake_detector.recipes import (
     ARCHITECTURES,
     AUGMENTATIONS,
-    DATASET_FAKES,
     FAKES,
-    NO_AUGMENTATION,
-    OPTIMIZERS,
     FRAMINGS,
+    OPTIMIZERS,
     PRETRAINED_ARCHITECTURES,
     SCHEDULES,
     SELF_BLENDED_SOURCE,
     STRATEGIES,
     THRESHOLD_RULES,
+    DataConfig,
     TrainConfig,
 )
 from deepfake_detector.thresholds import choose_threshold_and_measure, choose_threshold_and_measure_sources
@@ -70,20 +69,6 @@ from deepfake_detector.thresholds import choose_threshold_and_measure, choose_th
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- training
-
-
-def learning_rate_for(config: TrainConfig, steps_per_epoch: int):
-    """The recipe's learning rate: a constant (the plateau recipe) or warm-up then cosine decay."""
-    if config.schedule == "plateau":
-        return config.learning_rate
-    if config.schedule != "cosine":
-        raise ValueError(f"unknown schedule {config.schedule!r}")
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = config.warmup_epochs * steps_per_epoch
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
-        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
-    )  # fmt: skip
 
 
 def metadata_for(config: TrainConfig, name: str = "deepfake-detector") -> ModelMetadata:
@@ -116,14 +101,11 @@ def check_config(config: TrainConfig) -> None:
             without a GPU, frozen blocks on an architecture without them, or a missing or
             malformed ``TF_CONFIG`` for multi-worker training.
     """
-    for option, value, choices in (
-        ("architecture", config.arch, ARCHITECTURES), ("distribution", config.distribute, STRATEGIES),
-        ("fakes", config.fakes, FAKES), ("augmentation", config.augment, (NO_AUGMENTATION, *AUGMENTATIONS)),
-        ("threshold rule", config.threshold_rule, THRESHOLD_RULES), ("optimizer", config.optimizer, OPTIMIZERS),
-        ("schedule", config.schedule, SCHEDULES), ("framing", config.framing, FRAMINGS),
-    ):  # fmt: skip
-        if value not in choices:
-            raise TrainingSetupError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+    for registry, value in ((ARCHITECTURES, config.arch), (STRATEGIES, config.distribute), (FAKES, config.fakes),
+                            (AUGMENTATIONS, config.augment), (THRESHOLD_RULES, config.threshold_rule),
+                            (OPTIMIZERS, config.optimizer), (SCHEDULES, config.schedule), (FRAMINGS, config.framing)):  # fmt: skip
+        registry.check(value, TrainingSetupError)
+    cluster, fakes = STRATEGIES[config.distribute].cluster, FAKES[config.fakes]
     # Listing physical devices does not start the TF runtime, which multi-worker set-up needs untouched.
     if config.mixed_precision and not tf.config.list_physical_devices("GPU"):
         raise TrainingSetupError(
@@ -133,34 +115,34 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingSetupError(f"the weight-average momentum must be at least 0 (off) and below 1, got {config.ema_momentum}")
     if Path(config.output).suffix != ".keras":
         raise TrainingSetupError(f"--output {config.output}: a model file must end in .keras, or Keras cannot load it back")
-    if config.fakes == "both" and config.distribute == "multiworker":
+    if fakes.dataset and fakes.blended and cluster:
         raise TrainingSetupError("--fakes both cannot be split into equal shares across workers; "
                                  "use dataset or self-blended with --distribute multiworker")  # fmt: skip
     if not 0.0 <= config.other_faces <= 1.0:
         raise TrainingSetupError(f"--other-faces is a share of the blended fakes, from 0 to 1, got {config.other_faces}")
-    if config.other_faces and config.fakes == DATASET_FAKES:
-        raise TrainingSetupError(f"--other-faces changes blended fakes, and --fakes {DATASET_FAKES} makes none; "
+    if config.other_faces and not fakes.blended:
+        raise TrainingSetupError(f"--other-faces changes blended fakes, and --fakes {config.fakes} makes none; "
                                  "use it with --fakes self-blended or both")  # fmt: skip
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
         raise TrainingSetupError(f"steps per epoch must be at least 1, got {config.steps_per_epoch}")
-    if config.frozen_blocks and config.arch not in PRETRAINED_ARCHITECTURES:
+    if config.frozen_blocks and not ARCHITECTURES[config.arch].pretrained:
         raise TrainingSetupError(f"frozen blocks are an option of the pretrained backbones "
                                  f"({', '.join(PRETRAINED_ARCHITECTURES)}); {config.arch} has none")  # fmt: skip
     if config.multi_source:
         check_sources(config)
-    if config.distribute == "multiworker":
+    if cluster:
         read_tf_config()
 
 
 def check_sources(config: TrainConfig) -> None:
     """Refuse a multi-source run that cannot work, before any data is read: names, shares, and
     the options a multi-source run does not take."""
-    names = source_names(config.data_dirs)
-    parse_mix(config.mix, names + ([SELF_BLENDED_SOURCE] if config.fakes == "both" else []))
-    if config.fakes == "self-blended":
-        raise TrainingSetupError("--fakes self-blended trains on one --data-dir; with several, use --fakes both "
+    names, fakes = source_names(config.data_dirs), FAKES[config.fakes]
+    if not fakes.dataset:
+        raise TrainingSetupError(f"--fakes {config.fakes} trains on one --data-dir; with several, use --fakes both "
                                  "(self-blends as one more source) or dataset")  # fmt: skip
-    if config.distribute == "multiworker":
+    parse_mix(config.mix, names + ([SELF_BLENDED_SOURCE] if fakes.blended else []))
+    if STRATEGIES[config.distribute].cluster:
         raise TrainingSetupError("a multi-source run trains on one machine; use --distribute none or mirrored")
 
 
@@ -194,6 +176,19 @@ def backup_dir_for(config: TrainConfig, task: str | None) -> Path:
 
 
 @dataclasses.dataclass
+class Run:
+    """Where and how one run trains (:func:`start_run`): its strategy, its backup, its seed."""
+
+    strategy: tf.distribute.Strategy
+    global_batch: int  # the batch of one step, over every replica
+    task: str | None  # this process's task in a cluster (``worker-1``); None alone
+    recipe: dict  # recipe_of(config): what the backup must have been written by
+    backup: ResumableBackup
+    first_epoch: int  # the epochs the backup holds: 0 for a fresh run
+    seed: int  # the seed of this run's shuffles and dropout: config.seed + first_epoch
+
+
+@dataclasses.dataclass
 class TrainingData:
     """What one run trains, validates and tests on (:meth:`TrainModel.training_data`).
 
@@ -219,11 +214,12 @@ class TrainModel:
     """One training run, from the dataset to the saved model: the tutorial's ``TrainModel``.
 
     The first seven arguments are the tutorial's and go to :class:`DatasetHandler`
-    (``dataset_download_dir`` defaults to ``config.data_dir``); ``config`` is the recipe (the
-    tutorial's by default, ``TrainConfig.for_arch`` for the others). ``run_training`` returns
-    ``(history, evaluation_metrics)`` as the tutorial's did; afterwards ``output_path`` is the
-    saved model (None on a worker that is not the chief) and ``metrics`` its Validation and
-    Test metrics at the threshold chosen on Validation.
+    (``dataset_download_dir`` defaults to ``config.data_dir``), with the recipe's data part
+    (``config.data``); ``config`` is the recipe (the tutorial's by default,
+    ``TrainConfig.for_arch`` for the others). ``run_training`` returns ``(history,
+    evaluation_metrics)`` as the tutorial's did; afterwards ``output_path`` is the saved model
+    (None on a worker that is not the chief) and ``metrics`` its Validation and Test metrics at
+    the threshold chosen on Validation.
 
     With several data folders (``config.data_dir`` a list), the run draws every epoch from all of
     them in shares (:mod:`deepfake_detector.mixing`), keeps the epoch with the best mean of the
@@ -238,19 +234,11 @@ class TrainModel:
                  dataset_file: str = ARCHIVE_NAME, dataset_dir: str | Path | None = None, train_dir: str = "Train",
                  test_dir: str = "Test", val_dir: str = "Validation", *, config: TrainConfig | None = None):  # fmt: skip
         self.config = config or TrainConfig()
-        c = self.config
-        folders = [dataset_download_dir] if dataset_download_dir is not None else c.data_dirs
-        # One --cache-dir for several datasets: a folder each, since a cache is named by its split's folder.
-        cache_dirs = [c.cache_dir] * len(folders) if len(folders) == 1 or not c.cache_dir else [
-            str(Path(c.cache_dir) / Path(folder).resolve().name) for folder in folders]  # fmt: skip
+        folders = [dataset_download_dir] if dataset_download_dir is not None else self.config.data_dirs
         self.dataset_handlers = [
-            DatasetHandler(
-                dataset_url, folder, dataset_file, dataset_dir, train_dir, test_dir, val_dir, archive=c.archive,
-                sha256=c.sha256, image_size=c.image_size, batch_size=c.batch_size, cache_dir=cache_dir,
-                max_images_per_split=c.max_images_per_split, seed=c.seed, framing=c.framing,
-            )
-            for folder, cache_dir in zip(folders, cache_dirs)
-        ]  # fmt: skip
+            DatasetHandler(dataset_url, folder, dataset_file, dataset_dir, train_dir, test_dir, val_dir, config=data)
+            for folder, data in zip(folders, data_configs(self.config.data, folders))
+        ]
         self.dataset_handler = self.dataset_handlers[0]  # the tutorial's one dataset
         self.output_path: Path | None = None
         self.metrics: dict = {}
@@ -271,50 +259,21 @@ class TrainModel:
                                                                         ("epochs", epochs)) if v is not None})  # fmt: skip
         self.config = config
         check_config(config)
-        strategy = make_strategy(config.distribute, config.cluster_timeout)  # first: multi-worker set-up needs a fresh runtime
-        global_batch = config.batch_size * strategy.num_replicas_in_sync
-        task = task_name(strategy)
-        log_strategy(config, strategy, global_batch, task)
-        recipe = recipe_of(config)
-        backup = ResumableBackup(backup_dir_for(config, task), recipe)
-        backup.check_same_run()
-        # A resumed single-dataset run re-seeds its shuffles and dropout with the epochs done: restarted
-        # with the same seed it would replay the first epochs' batches and masks, which the network has
-        # fitted. A multi-source run's epochs are drawn by their number, so it continues the same sequence.
-        run_seed = config.seed + backup.saved_epoch()
-        keras.utils.set_random_seed(run_seed)
-        data = self.training_data(config, run_seed, backup.saved_epoch(), input_shard(strategy), global_batch)
-
+        run = start_run(config)
+        data = self.training_data(config, run)
         # Every worker writes (saving takes part in collective ops); only the chief's files stay.
         output, scratch = Path(config.output), None
-        if not is_chief(strategy):
+        if not is_chief(run.strategy):
             scratch = Path(tempfile.mkdtemp(prefix="deepfake-detector-worker-"))
             output = scratch / output.name
-        detector_model = build_detector_model(config, strategy, output, data.schedule_steps)
-        detector_model.metadata.train_config = {k: v for k, v in recipe.items() if k != "output"}
-        callbacks = training_callbacks(config, detector_model, output, backup, data, global_batch)
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            work_around_keras_multi_worker_gaps(detector_model.model)
-        start = time.time()
-        with strategy.scope():
-            fitted = detector_model.train_model(data.train_ds, data.val_ds, config.epochs, callbacks,
-                                                steps_per_epoch=data.steps_per_epoch, class_weight=data.class_weight,
-                                                verbose=config.verbose)  # fmt: skip
-        train_seconds = time.time() - start
-        history = backup.history  # every epoch, also those before a resume
-        fitted.history = history
+        fitted, detector_model, train_seconds = fit(config, run, data, output)
         final, evaluation_metrics = finish_model(detector_model.model, config, output, data)
-        final.metadata.train_config = {
-            **dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
-            "resumed_from_epoch": backup.initial_epoch + 1 if backup.initial_epoch else None,
-            "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
-            "train_seconds": round(train_seconds, 1), **data.record, "history": history,
-        }  # fmt: skip
+        final.metadata.train_config = run_record(config, run, data, fitted.history, train_seconds)
         final.save_model(output)
-        write_training_curves(history, output.with_suffix(".curves.png"))
-        backup.remove()
+        write_training_curves(fitted.history, output.with_suffix(".curves.png"))
+        run.backup.remove()
         self.metrics = final.metadata.metrics
-        self._clean_up(task, backup, scratch, output)
+        self._clean_up(run.task, run.backup, scratch, output)
         return fitted, evaluation_metrics
 
     def _clean_up(self, task: str | None, backup: ResumableBackup, scratch: Path | None, output: Path) -> None:
@@ -328,38 +287,38 @@ class TrainModel:
         else:
             self.output_path = output
 
-    def training_data(self, config: TrainConfig, run_seed: int, first_epoch: int, shard, global_batch: int) -> TrainingData:
+    def training_data(self, config: TrainConfig, run: Run) -> TrainingData:
         """The datasets of a run: one dataset as the tutorial's, or several sources in shares."""
         for handler in self.dataset_handlers:
             handler.download_dataset()
             handler.unzip_dataset()
         if config.multi_source:
-            return self._mixed_data(config, first_epoch, global_batch)
-        handler = self.dataset_handler
+            return self._mixed_data(config, run)
+        handler, shard = self.dataset_handler, input_shard(run.strategy)
         splits = handler.splits()
-        train_source, validation, blend_landmarks, class_weight = training_sources(splits, config)
-        train_ds = make_dataset(train_source, global_batch, True, config.augment, run_seed, shard, blend_landmarks,
-                                config.other_faces)  # fmt: skip
+        train_source, validation, blend_landmarks, class_weight = FAKES.load(config.fakes)(splits, config.data)
+        # Shuffles, blends and augmentations from the run's seed, re-drawn for a resumed run.
+        train_ds = make_dataset(train_source, run.global_batch, True, dataclasses.replace(config.data, seed=run.seed),
+                                shard, blend_landmarks)  # fmt: skip
         name = source_names([str(handler.find())])[0]
         return TrainingData(
-            train_ds, make_dataset(validation, global_batch, False, shard=shard), {name: validation},
+            train_ds, make_dataset(validation, run.global_batch, False, shard=shard), {name: validation},
             {name: splits["Test"]}, class_weight, config.steps_per_epoch, config.steps_per_epoch or len(train_ds),
             {"dataset": str(handler.find()), "splits": {split: source.info for split, source in splits.items()}},
         )  # fmt: skip
 
-    def _mixed_data(self, config: TrainConfig, first_epoch: int, global_batch: int) -> TrainingData:
-        names = source_names(config.data_dirs)
+    def _mixed_data(self, config: TrainConfig, run: Run) -> TrainingData:
+        names, global_batch = source_names(config.data_dirs), run.global_batch
         splits = {name: handler.splits() for name, handler in zip(names, self.dataset_handlers)}
         train = MixedSource({name: split["Train"] for name, split in splits.items()})
-        blends = config.fakes == "both"
+        blends = FAKES[config.fakes].blended
         shares = parse_mix(config.mix, names + ([SELF_BLENDED_SOURCE] if blends else []))
         landmarks = np.concatenate([split_landmarks(split["Train"]) for split in splits.values()]) if blends else None
         steps = config.steps_per_epoch or -(-len(train) // global_batch)
         plan = EpochPlan(train, shares, steps * global_batch, config.seed)
         log.info("sources: %s; %d images an epoch: %s", ", ".join(names), plan.epoch_size,
                  ", ".join(f"{name} {count}" for name, count in plan.counts().items()))  # fmt: skip
-        train_ds = make_mixed_dataset(plan, global_batch, first_epoch, config.epochs, config.augment, landmarks,
-                                      config.other_faces)  # fmt: skip
+        train_ds = make_mixed_dataset(plan, global_batch, run.first_epoch, config.epochs, config.data, landmarks)
         record = {
             "dataset": [str(handler.find()) for handler in self.dataset_handlers],
             "sources": {name: {"shares": shares[name], "images_per_epoch": plan.counts()[name],
@@ -369,6 +328,61 @@ class TrainModel:
         }  # fmt: skip
         return TrainingData(train_ds, None, {name: split["Validation"] for name, split in splits.items()},
                             {name: split["Test"] for name, split in splits.items()}, None, steps, steps, record)  # fmt: skip
+
+
+def data_configs(data: DataConfig, folders: list) -> list[DataConfig]:
+    """``data`` for each data folder of a run. One ``cache_dir`` for several datasets becomes a
+    folder each, named by the dataset's folder, since a cache is named by its split's folder."""
+    if len(folders) == 1 or not data.cache_dir:
+        return [data] * len(folders)
+    return [dataclasses.replace(data, cache_dir=str(Path(data.cache_dir) / Path(folder).resolve().name))
+            for folder in folders]  # fmt: skip
+
+
+def start_run(config: TrainConfig) -> Run:
+    """The strategy (first: multi-worker set-up needs a fresh runtime), the backup (a different
+    run's refused before any data is loaded) and the seed of a run of ``config``, set."""
+    strategy = make_strategy(config.distribute, config.cluster_timeout)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    task = task_name(strategy)
+    log_strategy(config, strategy, global_batch, task)
+    recipe = recipe_of(config)
+    backup = ResumableBackup(backup_dir_for(config, task), recipe)
+    backup.check_same_run()
+    # A resumed single-dataset run re-seeds its shuffles and dropout with the epochs done: restarted
+    # with the same seed it would replay the first epochs' batches and masks, which the network has
+    # fitted. A multi-source run's epochs are drawn by their number, so it continues the same sequence.
+    first_epoch = backup.saved_epoch()
+    keras.utils.set_random_seed(config.seed + first_epoch)
+    return Run(strategy, global_batch, task, recipe, backup, first_epoch, config.seed + first_epoch)
+
+
+def fit(config: TrainConfig, run: Run, data: TrainingData, output: Path):
+    """Build the network and fit it; returns Keras's ``History`` (with every epoch's logs, also
+    those before a resume), the model and the seconds ``fit`` took."""
+    detector_model = build_detector_model(config, run.strategy, output, data.schedule_steps)
+    detector_model.metadata.train_config = {k: v for k, v in run.recipe.items() if k != "output"}
+    callbacks = training_callbacks(config, detector_model, output, run.backup, data, run.global_batch)
+    if isinstance(run.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        work_around_keras_multi_worker_gaps(detector_model.model)
+    start = time.time()
+    with run.strategy.scope():
+        fitted = detector_model.train_model(data.train_ds, data.val_ds, config.epochs, callbacks,
+                                            steps_per_epoch=data.steps_per_epoch, class_weight=data.class_weight,
+                                            verbose=config.verbose)  # fmt: skip
+    train_seconds = time.time() - start
+    fitted.history = run.backup.history  # every epoch, also those before a resume
+    return fitted, detector_model, train_seconds
+
+
+def run_record(config: TrainConfig, run: Run, data: TrainingData, history: dict, train_seconds: float) -> dict:
+    """What the saved model says of how it was trained: the recipe, the run and its data."""
+    return {
+        **dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
+        "resumed_from_epoch": run.backup.initial_epoch + 1 if run.backup.initial_epoch else None,
+        "replicas": run.strategy.num_replicas_in_sync, "global_batch_size": run.global_batch,
+        "train_seconds": round(train_seconds, 1), **data.record, "history": history,
+    }  # fmt: skip
 
 
 def recipe_of(config: TrainConfig) -> dict:
@@ -454,34 +468,3 @@ def train(config: TrainConfig) -> tuple[Path | None, dict]:
     trainer = TrainModel(config=config)
     trainer.run_training()
     return trainer.output_path, trainer.metrics
-
-
-def training_sources(splits: dict, config: TrainConfig):
-    """What ``config.fakes`` trains and validates on: (train source, validation source, the
-    landmarks to self-blend the train source's real images with or None, class weights or None).
-
-    "self-blended" leaves the dataset's fakes out of Train and Validation (Validation becomes
-    its real images and a fixed self-blend of each), so Test's fakes are a manipulation the
-    model never saw. "both" keeps them, so each real image weighs as much as the two fakes
-    that come with it, class by class.
-    """
-    if config.fakes == "dataset":
-        return splits["Train"], splits["Validation"], None, None
-    train_landmarks = split_landmarks(splits["Train"])
-    if config.fakes == "self-blended":
-        reals = np.flatnonzero(splits["Train"].labels == REAL_INDEX)
-        val_reals = np.flatnonzero(splits["Validation"].labels == REAL_INDEX)
-        validation = BlendedSource(cache.Subset(splits["Validation"], val_reals),
-                                   split_landmarks(splits["Validation"])[val_reals], config.seed,
-                                   config.other_faces)  # fmt: skip
-        log.info("self-blended: %d real training images, each with a fresh self-blend every epoch (%.0f%% of them "
-                 "from another real face); Validation: %d real images and one blend of each",
-                 len(reals), 100 * config.other_faces, len(val_reals))  # fmt: skip
-        return cache.Subset(splits["Train"], reals), validation, train_landmarks[reals], None
-    n_real = int((splits["Train"].labels == REAL_INDEX).sum())
-    n_fake = len(splits["Train"])  # the dataset's fakes (all but n_real) and one self-blend per real image
-    total = n_real + n_fake
-    class_weight = {REAL_INDEX: total / (2 * n_real), FAKE_INDEX: total / (2 * n_fake)}
-    log.info("both: %d real, %d fake training images per epoch (self-blends included); class weights %s",
-             n_real, n_fake, {k: round(v, 3) for k, v in class_weight.items()})  # fmt: skip
-    return splits["Train"], splits["Validation"], train_landmarks, class_weight

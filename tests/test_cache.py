@@ -14,6 +14,7 @@ import pytest
 from deepfake_detector import cache, labels
 from deepfake_detector.errors import DatasetError
 from deepfake_detector.preprocessing import load_image
+from deepfake_detector.recipes import DataConfig
 from tests.helpers import make_dataset, synthetic_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ def _no_decoding(*args, **kwargs):
 
 
 def test_rows_are_the_shared_preprocessing_of_each_file_with_its_label(split_dir, tmp_path):
-    split = cache.open_split(split_dir, tmp_path / "cache", SIZE)
+    split = cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE))
     paths, targets = labels.labelled_files(split_dir)
     assert len(split) == len(paths) == 12
     images = split.read(np.arange(len(split)))
@@ -46,23 +47,23 @@ def test_rows_are_the_shared_preprocessing_of_each_file_with_its_label(split_dir
 
 def test_reused_by_a_later_run_and_rebuilt_when_files_or_preprocessing_change(split_dir, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
-    first = cache.open_split(split_dir, cache_dir, SIZE)
+    first = cache.open_split(split_dir, cache_dir, DataConfig(image_size=SIZE))
     monkeypatch.setattr(cache, "decode_rows", _no_decoding)
-    assert cache.open_split(split_dir, cache_dir, SIZE).directory == first.directory  # reused
+    assert cache.open_split(split_dir, cache_dir, DataConfig(image_size=SIZE)).directory == first.directory  # reused
     monkeypatch.undo()
 
     changed = split_dir / "Real" / "real_0.png"
     synthetic_image(False, np.random.default_rng(99)).save(changed)
     os.utime(changed, ns=(1, 1_000_000_000))  # a different modification time, whatever the clock
-    second = cache.open_split(split_dir, cache_dir, SIZE)
+    second = cache.open_split(split_dir, cache_dir, DataConfig(image_size=SIZE))
     assert second.directory != first.directory and not first.directory.exists()  # the outdated one is gone
     np.testing.assert_array_equal(second.read(np.array([0]))[0], load_image(changed, SIZE))
 
     synthetic_image(True, np.random.default_rng(5)).save(split_dir / "Fake" / "fake_new.png")
-    third = cache.open_split(split_dir, cache_dir, SIZE)
+    third = cache.open_split(split_dir, cache_dir, DataConfig(image_size=SIZE))
     assert len(third) == 13 and third.directory != second.directory
 
-    other_size = cache.open_split(split_dir, cache_dir, SIZE + 8)
+    other_size = cache.open_split(split_dir, cache_dir, DataConfig(image_size=SIZE + 8))
     assert other_size.read(np.array([0])).shape == (1, SIZE + 8, SIZE + 8, 3)
     assert third.directory.exists()  # each input size keeps its own
     assert sorted(p.name.split("-")[1] for p in cache_dir.iterdir() if p.is_dir()) == ["24px", "32px"]
@@ -70,19 +71,19 @@ def test_reused_by_a_later_run_and_rebuilt_when_files_or_preprocessing_change(sp
 
 def test_unreadable_files_are_skipped_and_counted_and_one_class_refused(split_dir, tmp_path):
     (split_dir / "Fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
-    split = cache.open_split(split_dir, tmp_path / "cache", SIZE)
+    split = cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE))
     assert len(split) == 12 and split.info["skipped"] == 1 and split.info["n_fake"] == 6
     assert str(split_dir / "Fake" / "broken.jpg") in split.meta["skipped"]
 
     for path in (split_dir / "Real").iterdir():
         path.write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="Real has no readable images"):
-        cache.open_split(split_dir, tmp_path / "cache", SIZE)
+        cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE))
 
 
 def test_worker_processes_write_the_same_rows_as_threads(split_dir, tmp_path):
-    threads = cache.open_split(split_dir, tmp_path / "a", SIZE, processes=False)
-    processes = cache.open_split(split_dir, tmp_path / "b", SIZE, processes=True, workers=2)
+    threads = cache.open_split(split_dir, tmp_path / "a", DataConfig(image_size=SIZE), processes=False)
+    processes = cache.open_split(split_dir, tmp_path / "b", DataConfig(image_size=SIZE), processes=True, workers=2)
     np.testing.assert_array_equal(processes.read(np.arange(12)), threads.read(np.arange(12)))
 
 
@@ -90,7 +91,7 @@ def test_too_little_disk_is_refused_before_decoding(split_dir, tmp_path, monkeyp
     monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     monkeypatch.setattr(cache, "decode_rows", _no_decoding)
     with pytest.raises(DatasetError, match="--cache-dir"):
-        cache.open_split(split_dir, tmp_path / "cache", SIZE)
+        cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE))
 
 
 def test_a_failed_build_leaves_nothing_that_looks_finished(split_dir, tmp_path, monkeypatch):
@@ -99,10 +100,10 @@ def test_a_failed_build_leaves_nothing_that_looks_finished(split_dir, tmp_path, 
 
     monkeypatch.setattr(cache, "decode_rows", crash)
     with pytest.raises(KeyboardInterrupt):
-        cache.open_split(split_dir, tmp_path / "cache", SIZE, processes=False)
+        cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE), processes=False)
     assert list((tmp_path / "cache").iterdir()) == []  # no scratch folder, and no lock file either
     monkeypatch.undo()
-    assert len(cache.open_split(split_dir, tmp_path / "cache", SIZE)) == 12
+    assert len(cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE))) == 12
 
 
 def test_a_file_that_broke_the_decoder_is_read_and_the_build_finishes(split_dir, tmp_path):
@@ -113,7 +114,7 @@ def test_a_file_that_broke_the_decoder_is_read_and_the_build_finishes(split_dir,
     (split_dir / "Fake" / "mistyped_exif.jpg").write_bytes(mistyped_exif_jpeg())
     for name, data in mutants({"m.jpg": mistyped_exif_jpeg()}, count=20, seed=3):
         (split_dir / "Real" / name).write_bytes(data)
-    split = cache.open_split(split_dir, tmp_path / "cache", SIZE, processes=False)
+    split = cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE), processes=False)
     assert str(split_dir / "Fake" / "mistyped_exif.jpg") not in split.meta["skipped"]
     assert len(split) + split.info["skipped"] == 12 + 21 and split.info["skipped"] > 0
     assert not list((tmp_path / "cache").glob(".*"))
@@ -132,7 +133,7 @@ def test_scratch_left_by_a_killed_build_is_removed_and_a_running_build_keeps_its
             file.truncate(1 << 30)  # sparse, as a build's rows file is until written
     with open(cache_dir / f".Train-{SIZE}px-fedcba9876543210.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held, as by another run building that cache now
-        split = cache.open_split(split_dir, cache_dir, SIZE, processes=False)
+        split = cache.open_split(split_dir, cache_dir, DataConfig(image_size=SIZE), processes=False)
         assert [folder.exists() for folder in (*killed, running)] == [False, False, True]
     assert len(split) == 12
 
@@ -156,7 +157,7 @@ def test_a_run_without_cache_dir_writes_nothing_into_the_data_folder(tmp_path, m
     data = make_dataset(tmp_path / "data", {"Train": 2, "Validation": 2, "Test": 2})
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     monkeypatch.setenv("DEEPFAKE_DETECTOR_CACHE", str(tmp_path / "user-cache"))
-    handler = DatasetHandler(dataset_download_dir=data, image_size=16)
+    handler = DatasetHandler(dataset_download_dir=data, config=DataConfig(image_size=16))
     handler.splits()
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
     assert handler.cache_dir.is_relative_to(tmp_path / "user-cache") and any(handler.cache_dir.iterdir())
@@ -185,20 +186,20 @@ def _positions(dataset) -> list[list[int]]:
 def test_training_draws_a_full_permutation_of_positions_every_epoch():
     from deepfake_detector.pipeline import make_dataset
 
-    dataset = make_dataset(_numbered(300), 32, training=True, seed=4)
+    dataset = make_dataset(_numbered(300), 32, training=True, config=DataConfig(seed=4))
     first, second = _positions(dataset), _positions(dataset)
     for epoch in (first, second):
         assert sorted(p for batch in epoch for p in batch) == list(range(300))
         assert [len(b) for b in epoch] == [32] * 9 + [12]
     assert first != second  # reshuffled
-    assert _positions(make_dataset(_numbered(300), 32, training=True, seed=4)) == first  # reproducible from the seed
+    assert _positions(make_dataset(_numbered(300), 32, training=True, config=DataConfig(seed=4))) == first  # reproducible from the seed
     assert _positions(make_dataset(_numbered(300), 32, training=False)) == [list(range(i, min(i + 32, 300))) for i in range(0, 300, 32)]
 
 
 def test_each_worker_reads_its_own_equal_share():
     from deepfake_detector.pipeline import make_dataset
 
-    shares = [[p for batch in _positions(make_dataset(_numbered(301), 16, training=True, seed=2, shard=(3, i))) for p in batch]
+    shares = [[p for batch in _positions(make_dataset(_numbered(301), 16, training=True, config=DataConfig(seed=2), shard=(3, i))) for p in batch]
               for i in range(3)]  # fmt: skip
     assert [len(share) for share in shares] == [100, 100, 100]
     assert len(set(shares[0]) | set(shares[1]) | set(shares[2])) == 300  # disjoint

@@ -21,6 +21,7 @@ from deepfake_detector import data, labels
 from deepfake_detector.decoding import decode_images
 from deepfake_detector.download import download, extract
 from deepfake_detector.errors import DatasetError
+from deepfake_detector.recipes import DataConfig
 
 BODY = os.urandom(200_001)  # odd size: "half" is not a round number
 
@@ -409,7 +410,7 @@ def test_split_cache_labels_and_unreadable_files(tmp_path):
     make_image(fake / "f2.webp", fmt="WEBP")
     make_image(fake / "f3.bmp", fmt="BMP")
 
-    split = open_split(tmp_path, tmp_path / ".cache", 16)
+    split = open_split(tmp_path, tmp_path / ".cache", DataConfig(image_size=16))
     assert split.info["skipped"] == 1 and str(real / "x.jpg") in split.meta["skipped"]
     assert len(split) == 5 and split.labels.dtype == np.int32
     paths = [p for p in labels.labelled_files(tmp_path)[0] if not p.endswith("x.jpg")]
@@ -426,7 +427,7 @@ def test_split_cache_class_with_only_unreadable_files(tmp_path):
     class_dir(tmp_path, labels.FAKE).mkdir(parents=True)
     (class_dir(tmp_path, labels.FAKE) / "x.jpg").write_bytes(b"garbage" * 10)
     with pytest.raises(DatasetError, match=f"{labels.FOLDER_NAMES[labels.FAKE]} has no readable images"):
-        open_split(tmp_path, tmp_path / ".cache", 16)
+        open_split(tmp_path, tmp_path / ".cache", DataConfig(image_size=16))
 
 
 def test_labelled_files_one_class_allowed_without_require_both(tmp_path):
@@ -477,7 +478,8 @@ def test_unzip_puts_the_dataset_where_the_caller_said(tmp_path):
     assert (tmp_path / "data" / "Dataset" / "Test" / "Fake" / "x.jpg").read_bytes() == b"x"
     assert not (tmp_path / "data" / "extracted").exists() and handler.find() == tmp_path / "data" / "Dataset"
     assert handler.unzip_dataset()  # found there: nothing extracted again
-    without = DatasetHandler(dataset_download_dir=tmp_path / "other", archive=tmp_path / "data" / "dataset.zip")
+    without = DatasetHandler(dataset_download_dir=tmp_path / "other",
+                             config=DataConfig(archive=str(tmp_path / "data" / "dataset.zip")))
     assert without.unzip_dataset() and without.find() == tmp_path / "other" / "extracted" / "Dataset"
 
 
@@ -487,7 +489,8 @@ def test_the_tutorials_split_loaders_stream_labelled_batches(tmp_path):
     from tests.helpers import make_dataset
 
     data = make_dataset(tmp_path / "data", {"Train": 6, "Validation": 3, "Test": 4})
-    handler = DatasetHandler(dataset_download_dir=data, image_size=24, batch_size=4, cache_dir=tmp_path / "cache")
+    handler = DatasetHandler(dataset_download_dir=data, config=DataConfig(image_size=24, batch_size=4,
+                                                                         cache_dir=str(tmp_path / "cache")))
     train, test, val = handler.load_split_data()  # the tutorial's order
     for dataset, count in ((train, 12), (test, 8), (val, 6)):
         assert dataset.class_names == ["Real", "Fake"]

@@ -59,6 +59,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 from deepfake_detector import pipeline, training
 from deepfake_detector.cache import ArraySource
+from deepfake_detector.recipes import DataConfig
 from tests.helpers import synthetic_image
 
 rng = np.random.default_rng(0)
@@ -71,7 +72,7 @@ for distribute, batch_size in (("none", 16), ("mirrored", 8)):
     keras.utils.set_random_seed(config.seed)
     strategy = training.make_strategy(config.distribute)
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    train_ds = pipeline.make_dataset(ArraySource(images[:16], labels[:16]), global_batch, True, seed=config.seed)
+    train_ds = pipeline.make_dataset(ArraySource(images[:16], labels[:16]), global_batch, True, DataConfig(seed=config.seed))
     val_ds = pipeline.make_dataset(ArraySource(images[16:], labels[16:]), global_batch, False)
     with strategy.scope():
         model = training.build_training_model(config)

@@ -323,17 +323,19 @@ def test_training_caches_the_same_face_pixels_the_detector_scores(detector, astr
     cache a face-framing recipe trains on, and through the page's ``Detector``; a photo without
     a face is used whole by both."""
     from deepfake_detector import cache
+    from deepfake_detector.recipes import DataConfig
 
     split = tmp_path / "Train"
     for folder, image in (("Real", astronaut), ("Fake", coffee)):
         (split / folder).mkdir(parents=True)
         image.save(split / folder / "photo.png")
-    cached = cache.open_split(split, tmp_path / "cache", detector.image_size, processes=False, framing=cache.FACE)
+    cached = cache.open_split(split, tmp_path / "cache", DataConfig(image_size=detector.image_size, framing="face"),
+                              processes=False)
     assert cached.meta["n_no_face"] == 1  # coffee
     scored = detector.predict_faces((split / "Real" / "photo.png").read_bytes())
     assert len(scored.faces) == 1 and scored.faces[0].box.width < astronaut.width / 3  # a crop, not the photo
     np.testing.assert_array_equal(cached.read(np.array([0]))[0], scored.faces[0].crop)
     whole = detector.predict_faces((split / "Fake" / "photo.png").read_bytes())
     np.testing.assert_array_equal(cached.read(np.array([1]))[0], whole.crop)
-    plain = cache.open_split(split, tmp_path / "cache", detector.image_size, processes=False)
+    plain = cache.open_split(split, tmp_path / "cache", DataConfig(image_size=detector.image_size), processes=False)
     assert not np.array_equal(plain.read(np.array([0]))[0], cached.read(np.array([0]))[0])  # whole-image caches differ

@@ -8,7 +8,7 @@ import pytest
 from deepfake_detector import cache, metrics, mixing
 from deepfake_detector.errors import TrainingSetupError
 from deepfake_detector.labels import FAKE_INDEX, REAL_INDEX
-from deepfake_detector.recipes import SELF_BLENDED_SOURCE, TrainConfig
+from deepfake_detector.recipes import SELF_BLENDED_SOURCE, DataConfig, TrainConfig
 from tests.helpers import make_dataset
 
 SIZE = 16
@@ -74,7 +74,7 @@ def test_resuming_a_multi_source_run_continues_the_same_sequence(three_sources):
     plan = mixing.EpochPlan(three_sources, shares, epoch_size=48, seed=11)
 
     def run(first_epoch):
-        return batches(mixing.make_mixed_dataset(plan, 16, first_epoch, 3, "selfblend", landmarks))
+        return batches(mixing.make_mixed_dataset(plan, 16, first_epoch, 3, DataConfig(augment="selfblend"), landmarks))
 
     whole, resumed = run(0), run(2)
     assert len(whole) == 9 and len(resumed) == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -237,12 +236,12 @@ def no_decoding(monkeypatch):
 
 
 def test_huge_declared_png_refused_without_decoding(no_decoding):
+    """Refused from its header: ``no_decoding`` fails if any pixel is decoded (how fast the
+    refusal is: ``python -m benchmarks.refusals``)."""
     data = _png_header_only(50_000, 50_000)
     assert len(data) < 200
-    start = time.perf_counter()
     error = _raises(ImageTooLargeError, data, 413)
-    assert time.perf_counter() - start < 2
-    assert isinstance(error, ImageError)
+    assert isinstance(error, ImageError) and "pixels" in str(error)
 
 
 def test_own_pixel_limit_applies_even_without_pils_guard(monkeypatch, no_decoding):
@@ -318,12 +317,13 @@ def test_short_pixel_data_is_refused_in_every_accepted_format():
 
 
 def test_a_jpeg_of_many_scans_is_refused_before_decoding(no_decoding):
+    """Refused from its markers: ``no_decoding`` fails if any pixel is decoded (how fast the
+    refusal is: ``python -m benchmarks.refusals``)."""
     from harness.hostile import many_scans_jpeg
 
     data = many_scans_jpeg(side=6324, scans=10_000)  # about 30 s of CPU to decode
-    start = time.perf_counter()
     error = _raises(ImageTooLargeError, data, 413)
-    assert "scans" in str(error) and time.perf_counter() - start < 1
+    assert "scans" in str(error)
 
 
 def test_normal_progressive_jpegs_are_within_the_scan_budget():

@@ -55,14 +55,26 @@ def test_train_py_offers_the_recipes_choices_and_builds_the_config_from_them():
 
 
 def test_every_choice_has_an_implementation():
-    from deepfake_detector import metrics, networks, recipes
+    """Every registry entry that names an implementation loads it, and it does its kind's job."""
+    from deepfake_detector import metrics, optim, recipes
     from deepfake_detector.export import FOLDER_FORMATS
+    from deepfake_detector.registry import Registry
 
-    assert list(networks.ARCHITECTURES) == list(recipes.ARCHITECTURES)
-    for arch in recipes.PRETRAINED_ARCHITECTURES:
-        assert arch in networks.ARCHITECTURES
+    registries = [value for value in vars(recipes).values() if isinstance(value, Registry)]
+    assert {registry.kind for registry in registries} >= {"architecture", "augmentation", "distribution", "optimizer",
+                                                          "schedule", "threshold rule"}  # fmt: skip
+    for registry in registries:
+        for entry in registry.values():
+            if entry.implementation is not None:
+                assert callable(entry.load()), (registry.kind, entry.name)
+    assert all(recipes.ARCHITECTURES[arch].pretrained for arch in recipes.PRETRAINED_ARCHITECTURES)
     for rule in recipes.THRESHOLD_RULES:
         assert 0.0 <= metrics.choose_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], rule) <= 1.0
+    for name in recipes.OPTIMIZERS:
+        assert recipes.OPTIMIZERS.load(name)(1e-3, 0.01).learning_rate.numpy() == pytest.approx(1e-3)
+    for name in recipes.SCHEDULES:
+        assert issubclass(recipes.SCHEDULES.load(name), optim.Schedule)
+    assert [name for name, policy in recipes.AUGMENTATIONS.items() if not policy.changes_images] == ["none"]
     assert set(FOLDER_FORMATS) <= set(recipes.EXPORT_FORMATS)
 
 

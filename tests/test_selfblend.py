@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepfake_detector.recipes import DataConfig
 from deepfake_detector.selfblend import BLEND_RATIOS, default_landmarks, face_landmarks, seam_width, self_blend
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw-faceswap"
@@ -198,7 +199,7 @@ def test_the_pipeline_follows_each_real_with_its_own_blend_labelled_fake():
 
     source = _faces_source(24, fake_every=3)  # 16 real, 8 fake
     landmarks = np.broadcast_to(default_landmarks(48), (24, 5, 2))
-    dataset = make_dataset(source, 8, training=True, seed=3, blend_landmarks=landmarks)
+    dataset = make_dataset(source, 8, training=True, config=DataConfig(seed=3), blend_landmarks=landmarks)
     assert len(dataset) == 5  # 16 + 16 + 8 = 40 elements
     batches = [(images.numpy(), targets.numpy()[:, 0]) for images, targets in dataset]
     images = np.concatenate([b[0] for b in batches])
@@ -217,7 +218,7 @@ def test_the_pipeline_follows_each_real_with_its_own_blend_labelled_fake():
             np.testing.assert_array_equal(images[i], source.images[position])
             assert targets[i] == 1
             i += 1
-    again = np.concatenate([b.numpy() for b, _ in make_dataset(source, 8, training=True, seed=3, blend_landmarks=landmarks)])
+    again = np.concatenate([b.numpy() for b, _ in make_dataset(source, 8, training=True, config=DataConfig(seed=3), blend_landmarks=landmarks)])
     np.testing.assert_array_equal(again, images)  # reproducible from the seed
     next_epoch = np.concatenate([b.numpy() for b, _ in dataset])
     assert not np.array_equal(next_epoch, images)  # new order and new blends every epoch
@@ -236,7 +237,7 @@ def test_a_paired_policy_changes_a_face_and_its_blend_alike():
     def pair_differences(augment: str) -> tuple[np.ndarray, np.ndarray]:
         # The datasets' seeds combine with TensorFlow's global one, which earlier tests move.
         tf.random.set_seed(0)
-        batches = list(make_dataset(source, 8, training=True, augment=augment, seed=3, blend_landmarks=landmarks))
+        batches = list(make_dataset(source, 8, training=True, config=DataConfig(seed=3, augment=augment), blend_landmarks=landmarks))
         images = np.concatenate([b.numpy() for b, _ in batches]).astype(int)
         targets = np.concatenate([t.numpy()[:, 0] for _, t in batches])
         assert targets.tolist() == [0.0, 1.0] * 16
@@ -304,7 +305,7 @@ def test_each_face_is_blended_by_its_own_landmarks_and_other_faces_by_another_re
 
     def epoch(other_faces: float) -> tuple[np.ndarray, np.ndarray]:
         calls.clear()
-        batches = list(make_dataset(source, 8, training=True, seed=3, blend_landmarks=landmarks, other_faces=other_faces))
+        batches = list(make_dataset(source, 8, training=True, config=DataConfig(seed=3, other_faces=other_faces), blend_landmarks=landmarks))
         return np.concatenate([b.numpy() for b, _ in batches]), np.concatenate([t.numpy()[:, 0] for _, t in batches])
 
     plain, plain_targets = epoch(0.0)
@@ -350,7 +351,7 @@ def test_landmarks_are_found_once_and_kept_beside_the_cache(tmp_path, monkeypatc
     from tests.helpers import make_dataset
 
     root = make_dataset(tmp_path / "data", {"Train": 3})
-    split = cache.open_split(root / "Train", tmp_path / "cache", 32)
+    split = cache.open_split(root / "Train", tmp_path / "cache", DataConfig(image_size=32))
     calls = []
     monkeypatch.setattr(selfblend, "face_landmarks", lambda image, finder=None: calls.append(1) or default_landmarks(32) + 1)
     monkeypatch.setattr("deepfake_detector.faces.default_finder", lambda name="retinaface": None)

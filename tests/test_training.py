@@ -22,7 +22,7 @@ def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name)
     from deepfake_detector.cache import ArraySource
     from deepfake_detector.augment import augment_image
     from deepfake_detector.pipeline import make_dataset
-    from deepfake_detector.recipes import AUGMENTATIONS
+    from deepfake_detector.recipes import AUGMENTATIONS, DataConfig
 
     def augmented(seed: int) -> np.ndarray:
         return augment_image(tf.constant(face), tf.constant([seed, 0], tf.int64), AUGMENTATIONS[name]).numpy()
@@ -39,7 +39,8 @@ def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name)
 
     images = np.stack([face] * 8)
     targets = np.array([0, 1] * 4)
-    batch_images, batch_targets = next(iter(make_dataset(ArraySource(images, targets), 8, training=True, augment=name, seed=1)))
+    batch_images, batch_targets = next(iter(make_dataset(ArraySource(images, targets), 8, training=True,
+                                                            config=DataConfig(augment=name, seed=1))))
     assert batch_images.shape == images.shape and batch_images.dtype == tf.uint8
     assert sorted(batch_targets.numpy()[:, 0].tolist()) == sorted(targets.astype(float).tolist())
 
