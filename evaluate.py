@@ -26,19 +26,49 @@ PROG = "evaluate.py"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="a .keras model saved by train.py (default: the shipped models/deepfake_detector.keras)")
-    parser.add_argument("--data-dir", type=Path, required=True, action="append",
-                        help="folder with Real/ and Fake/, or a dataset root with Train/Validation/Test; "
-                             "repeat it for one row per source and a pooled row")
-    parser.add_argument("--archive", type=Path, help="a dataset zip (the Kaggle archive) to extract into --data-dir first, "
-                                                     "unless a dataset is already there")
-    parser.add_argument("--split", default="Test", choices=SPLITS, help="split to use when --data-dir is a dataset root (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a .keras model saved by train.py (default: the shipped models/deepfake_detector.keras)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        action="append",
+        help="folder with Real/ and Fake/, or a dataset root with Train/Validation/Test; "
+        "repeat it for one row per source and a pooled row",
+    )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        help="a dataset zip (the Kaggle archive) to extract into --data-dir first, unless a dataset is already there",
+    )
+    parser.add_argument(
+        "--split",
+        default="Test",
+        choices=SPLITS,
+        help="split to use when --data-dir is a dataset root (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, help="write the report (metrics and context) to this JSON file")
-    parser.add_argument("--plots", type=Path, help="write roc.png, confusion_matrix.png and score_histogram.png to this folder")
-    parser.add_argument("--perturb", metavar="SPEC", help='also score perturbed copies, e.g. "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"')
+    parser.add_argument(
+        "--plots", type=Path, help="write roc.png, confusion_matrix.png and score_histogram.png to this folder"
+    )
+    parser.add_argument(
+        "--perturb",
+        metavar="SPEC",
+        help='also score perturbed copies, e.g. "jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25"',
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: %(default)s)")
-    parser.add_argument("--frames", type=int, default=32, help="frames sampled per video when the folders hold videos (default: %(default)s)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=32,
+        help="frames sampled per video when the folders hold videos (default: %(default)s)",
+    )
     return parser
 
 
@@ -56,7 +86,9 @@ def evaluate(args: argparse.Namespace) -> int:
     except PerturbationSpecError as error:
         return fail(PROG, f"--perturb: {error}")
     if args.archive is not None:
-        DatasetHandler(dataset_download_dir=args.data_dir[0], config=DataConfig(archive=str(args.archive))).unzip_dataset()
+        DatasetHandler(
+            dataset_download_dir=args.data_dir[0], config=DataConfig(archive=str(args.archive))
+        ).unzip_dataset()
     resolved = [resolve_folder(data_dir, args.split) for data_dir in args.data_dir]
     names = [Path(data_dir).resolve().name for data_dir in args.data_dir]
     if len(set(names)) < len(names):
@@ -67,7 +99,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
     model_path, why = default_model(PROG, args.model)
     if not model_path.is_file():
-        return fail(PROG, f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH")
+        return fail(
+            PROG, f"no model at {model_path}; train one with `python train.py --data-dir DATA` or pass --model PATH"
+        )
     print(f"model: {model_path} ({why})")
     detector = Detector.from_path(model_path)
     split = resolved[0][1]
@@ -77,10 +111,14 @@ def evaluate(args: argparse.Namespace) -> int:
         return _evaluate_videos(args, detector, resolved[0][0], split, model_path)
     try:
         if len(resolved) == 1:
-            report = evaluate_folder(detector, resolved[0][0], perturbations, batch_size=args.batch_size, plots_dir=args.plots)
+            report = evaluate_folder(
+                detector, resolved[0][0], perturbations, batch_size=args.batch_size, plots_dir=args.plots
+            )
         else:
             folders = {name: folder for name, (folder, _) in zip(names, resolved)}
-            report = evaluate_sources(detector, folders, perturbations, batch_size=args.batch_size, plots_dir=args.plots)
+            report = evaluate_sources(
+                detector, folders, perturbations, batch_size=args.batch_size, plots_dir=args.plots
+            )
     except OSError as error:  # e.g. the --plots folder cannot be written
         return fail(PROG, error)
     report = {"model_path": report_path(model_path), "split": split, **report}
@@ -97,8 +135,14 @@ def print_report(report: dict) -> None:
         print(f"{report['model']} on {', '.join(rows)} (threshold {report['threshold']:.3f}, fake is positive)")
         for condition in ["clean", *report["pooled"].get("perturbations", {})]:
             print(f"\n[{condition}]")
-            print(format_rows({name: row if condition == "clean" else row["perturbations"][condition]
-                               for name, row in rows.items()}))  # fmt: skip
+            print(
+                format_rows(
+                    {
+                        name: row if condition == "clean" else row["perturbations"][condition]
+                        for name, row in rows.items()
+                    }
+                )
+            )
         skipped = sum(row["n_skipped"] for row in report["sources"].values())
     else:
         rows = {"clean": report, **report.get("perturbations", {})}
@@ -132,9 +176,15 @@ def _evaluate_videos(args: argparse.Namespace, detector, folder: Path, split, mo
 
     if args.perturb:
         return fail(PROG, "--perturb is for images, not videos")
-    report = {"model_path": report_path(model_path), "split": split, **evaluate_video_folder(detector, folder, args.frames)}
-    print(f"{report['model']} on {report['n_videos']} videos in {folder} ({report['frames']} frames each, "
-          f"threshold {report['threshold']:.3f}, fake is positive)")  # fmt: skip
+    report = {
+        "model_path": report_path(model_path),
+        "split": split,
+        **evaluate_video_folder(detector, folder, args.frames),
+    }
+    print(
+        f"{report['model']} on {report['n_videos']} videos in {folder} ({report['frames']} frames each, "
+        f"threshold {report['threshold']:.3f}, fake is positive)"
+    )
     print(format_table({"videos": report}))
     if report["n_skipped"]:
         print(f"skipped {report['n_skipped']} unreadable video(s); see the JSON report for which and why")

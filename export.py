@@ -34,14 +34,29 @@ DEFAULT_FORMAT = "savedmodel"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="a .keras model saved by train.py, for adopt one saved by the original "
-                        "tutorial's (default: the shipped models/deepfake_detector.keras)")
-    parser.add_argument("--format", default=DEFAULT_FORMAT, choices=EXPORT_FORMATS, help=choices_help(EXPORT_FORMATS, DEFAULT_FORMAT))
-    parser.add_argument("--output", type=Path, required=True,
-                        help="a new (or empty) folder to write the export into; for flip-averaged and adopt, a .keras file")
-    parser.add_argument("--data-dir", type=Path,
-                        help="flip-averaged (required) and adopt (optional): the dataset whose Validation split sets the threshold")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a .keras model saved by train.py, for adopt one saved by the original "
+        "tutorial's (default: the shipped models/deepfake_detector.keras)",
+    )
+    parser.add_argument(
+        "--format", default=DEFAULT_FORMAT, choices=EXPORT_FORMATS, help=choices_help(EXPORT_FORMATS, DEFAULT_FORMAT)
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="a new (or empty) folder to write the export into; for flip-averaged and adopt, a .keras file",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="flip-averaged (required) and adopt (optional): the dataset whose Validation split sets the threshold",
+    )
     return parser
 
 
@@ -55,15 +70,19 @@ def export(args: argparse.Namespace) -> int:
 
         path, metrics = add_flip_average(model, args.data_dir, args.output)
         val, test = metrics["validation"], metrics["test"]
-        print(f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
-              f"accuracy {test['accuracy']:.4f} (threshold {test['threshold']:.3f})")  # fmt: skip
+        print(
+            f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
+            f"accuracy {test['accuracy']:.4f} (threshold {test['threshold']:.3f})"
+        )
     elif args.format == "adopt":
         from deepfake_detector.adopt import adopt_tutorial_model
 
         path, metadata = adopt_tutorial_model(model, args.output, args.data_dir)
         val = metadata.metrics.get("validation")
-        print(f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule})"
-              + (f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else ""))  # fmt: skip
+        print(
+            f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule})"
+            + (f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else "")
+        )
     else:
         from deepfake_detector.export import export as export_folder
 

@@ -41,29 +41,53 @@ def _serve_options() -> argparse.ArgumentParser:
     options.add_argument("--model", type=Path, help=MODEL_HELP)
     options.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     options.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
-    options.add_argument("--threads", type=int, default=4, help="request threads of the production server (default: %(default)s)")
-    options.add_argument("--runtime", default=SERVING_RUNTIME, choices=RUNTIMES, help=choices_help(RUNTIMES, SERVING_RUNTIME))
-    options.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress (debug stays off)")
-    options.add_argument("--keep-uploads", action="store_true",
-                         help="store each scored upload in uploads/ under a name made from its content, with a JSON "
-                              "sidecar (verdict, scores, model, time), for review or retraining (default: kept in memory only)")
-    options.add_argument("--keep-uploads-max-mb", type=float, default=1024.0,
-                         help="stop storing uploads once uploads/ takes this many MB of disk; answers are unaffected (default: %(default)g)")
-    options.add_argument("--keep-uploads-max-files", type=int, default=20_000,
-                         help="and once it holds this many files, two per upload (default: %(default)d)")
+    options.add_argument(
+        "--threads", type=int, default=4, help="request threads of the production server (default: %(default)s)"
+    )
+    options.add_argument(
+        "--runtime", default=SERVING_RUNTIME, choices=RUNTIMES, help=choices_help(RUNTIMES, SERVING_RUNTIME)
+    )
+    options.add_argument(
+        "--dev", action="store_true", help="use Flask's development server instead of waitress (debug stays off)"
+    )
+    options.add_argument(
+        "--keep-uploads",
+        action="store_true",
+        help="store each scored upload in uploads/ under a name made from its content, with a JSON "
+        "sidecar (verdict, scores, model, time), for review or retraining (default: kept in memory only)",
+    )
+    options.add_argument(
+        "--keep-uploads-max-mb",
+        type=float,
+        default=1024.0,
+        help="stop storing uploads once uploads/ takes this many MB of disk; answers are unaffected (default: %(default)g)",
+    )
+    options.add_argument(
+        "--keep-uploads-max-files",
+        type=int,
+        default=20_000,
+        help="and once it holds this many files, two per upload (default: %(default)d)",
+    )
     return options
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """``serve`` (also what runs with no command) and ``predict``."""
     serve_options = _serve_options()
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     parents=[serve_options])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[serve_options]
+    )
     commands = parser.add_subparsers(dest="command", title="commands")
-    commands.add_parser("serve", parents=[serve_options], help="serve the upload page and JSON API (the default)",
-                        description="Serve the upload page and JSON API; options go after the command.")  # fmt: skip
+    commands.add_parser(
+        "serve",
+        parents=[serve_options],
+        help="serve the upload page and JSON API (the default)",
+        description="Serve the upload page and JSON API; options go after the command.",
+    )
     predict = commands.add_parser(
-        "predict", prog=PREDICT_PROG, help="score image or video files and folders",
+        "predict",
+        prog=PREDICT_PROG,
+        help="score image or video files and folders",
         description=(
             "Score image files and folders (recursively): one row per face found (face_index, box "
             "= x y width height), or one whole-image row with both empty when a file has no face. "
@@ -72,16 +96,27 @@ def get_args_parser() -> argparse.ArgumentParser:
             "through them: one row per track (its score is the mean of its frames; a video's "
             "verdict is its highest track). Exit status 1 if any file failed."
         ),
-    )  # fmt: skip
+    )
     predict.add_argument("paths", nargs="+", help="image or video files and folders")
     predict.add_argument("--model", type=Path, help=MODEL_HELP)
-    predict.add_argument("--output", help="results file: .csv for CSV, anything else for JSON lines (default: CSV on stdout)")
+    predict.add_argument(
+        "--output", help="results file: .csv for CSV, anything else for JSON lines (default: CSV on stdout)"
+    )
     predict.add_argument("--batch-size", type=int, default=64, help="images per model call (default: %(default)s)")
-    predict.add_argument("--workers", type=int, help=f"decoding threads (default: twice the CPUs, at most {MAX_DEFAULT_THREADS})")
+    predict.add_argument(
+        "--workers", type=int, help=f"decoding threads (default: twice the CPUs, at most {MAX_DEFAULT_THREADS})"
+    )
     predict.add_argument("--no-faces", action="store_true", help="score each whole image, without face detection")
-    predict.add_argument("--frames", type=int, default=32,
-                         help="frames sampled per video, evenly spaced (default: %(default)s, DeepfakeBench's protocol; at most 64)")
-    predict.add_argument("--frames-csv", help="videos: also write one row per face per sampled frame to this file (.csv, else JSON lines)")
+    predict.add_argument(
+        "--frames",
+        type=int,
+        default=32,
+        help="frames sampled per video, evenly spaced (default: %(default)s, DeepfakeBench's protocol; at most 64)",
+    )
+    predict.add_argument(
+        "--frames-csv",
+        help="videos: also write one row per face per sampled frame to this file (.csv, else JSON lines)",
+    )
     return parser
 
 
@@ -102,15 +137,24 @@ def serve(args: argparse.Namespace) -> int:
 
     store = None
     if args.keep_uploads:
-        for option, value in (("--keep-uploads-max-mb", args.keep_uploads_max_mb), ("--keep-uploads-max-files", args.keep_uploads_max_files)):
+        for option, value in (
+            ("--keep-uploads-max-mb", args.keep_uploads_max_mb),
+            ("--keep-uploads-max-files", args.keep_uploads_max_files),
+        ):
             if value < 0:
                 return fail(PROG, f"{option} must be 0 or more")
         from deepfake_detector.uploads import UploadStore
 
         store = UploadStore(UPLOADS_DIR, int(args.keep_uploads_max_mb * 2**20), args.keep_uploads_max_files)
     # Loaded and warmed up before the port opens.
-    inference_model = InferenceModel(args.model, runtime=args.runtime, host=args.host, port=args.port,
-                                      server=ServerConfig(threads=args.threads), upload_store=store)  # fmt: skip
+    inference_model = InferenceModel(
+        args.model,
+        runtime=args.runtime,
+        host=args.host,
+        port=args.port,
+        server=ServerConfig(threads=args.threads),
+        upload_store=store,
+    )
     if args.dev:
         logging.getLogger(__name__).warning("Flask development server: not for production use")
         inference_model.app.run(host=args.host, port=args.port, debug=False, threaded=True)
@@ -124,7 +168,6 @@ def predict(args: argparse.Namespace) -> int:
 
     from deepfake_detector.batch import RowWriter, expand_paths, score_files
     from deepfake_detector.faces import default_finder
-
     from deepfake_detector.preprocessing import IMAGE_SUFFIXES
     from deepfake_detector.video import VIDEO_SUFFIXES, is_video_path
 

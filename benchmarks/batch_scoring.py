@@ -54,7 +54,9 @@ def main() -> None:
     print(f"{args.images} images, batch {args.batch_size}, {os.cpu_count()} CPUs, model {args.model}")
     print(f"model.predict on decoded arrays: {memory_rate:.1f} images/s (median of {args.runs})")
     print(f"score_files from JPEG files:     {file_rate:.1f} images/s (median of {args.runs})")
-    print(f"ratio {file_rate / memory_rate:.2f} (target >= 0.80): {'met' if file_rate >= 0.8 * memory_rate else 'NOT met'}")
+    print(
+        f"ratio {file_rate / memory_rate:.2f} (target >= 0.80): {'met' if file_rate >= 0.8 * memory_rate else 'NOT met'}"
+    )
 
     decoded = None  # free the arrays before the memory run
     pid = os.getpid()
@@ -62,7 +64,9 @@ def main() -> None:
     long_paths = (files[i % len(files)] for i in range(args.memory_images))
     count = sum(1 for _ in score_files(detector, long_paths, args.batch_size))
     rss_large = peak_rss_mb(pid)
-    print(f"peak RSS {rss_small:.0f} MB after the {args.images}-image runs, {rss_large:.0f} MB after scoring {count} more files")
+    print(
+        f"peak RSS {rss_small:.0f} MB after the {args.images}-image runs, {rss_large:.0f} MB after scoring {count} more files"
+    )
 
 
 if __name__ == "__main__":

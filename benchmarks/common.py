@@ -36,8 +36,10 @@ def face_files(split: str = "Test", limit: int | None = None) -> list[Path]:
     real = sorted((LFW_FACESWAP / split / "Real").glob("*.jpg"))
     fake = sorted((LFW_FACESWAP / split / "Fake").glob("*.jpg"))
     if not real or not fake:
-        raise SystemExit(f"no face images under {LFW_FACESWAP / split}: run python -m scripts.rebuild_data "
-                         "lfw-faceswap (docs/data.md), or set LFW_FACESWAP_DIR to an lfw-faceswap folder")  # fmt: skip
+        raise SystemExit(
+            f"no face images under {LFW_FACESWAP / split}: run python -m scripts.rebuild_data "
+            "lfw-faceswap (docs/data.md), or set LFW_FACESWAP_DIR to an lfw-faceswap folder"
+        )
     files = [f for pair in zip(real, fake) for f in pair]
     return files[:limit] if limit else files
 

@@ -46,7 +46,9 @@ def iou(a, b) -> float:
     return inter / (aw * ah + bw * bh - inter)
 
 
-def composite(face_paths: list[Path], boxes: list[tuple[int, int, int]], background: np.ndarray, framing: faces.Framing):
+def composite(
+    face_paths: list[Path], boxes: list[tuple[int, int, int]], background: np.ndarray, framing: faces.Framing
+):
     """LFW crops pasted at (left, top, side) on a scene; returns the image and face boxes."""
     canvas = Image.fromarray(background).convert("RGB").resize(CANVAS, Image.Resampling.BILINEAR)
     truth = []
@@ -65,7 +67,10 @@ def real_photos(framing: faces.Framing, count: int = 36, seed: int = 0):
         ("astronaut", Image.fromarray(data.astronaut()), [(177, 56, 95, 120)]),  # boxes checked by eye
         ("camera", Image.fromarray(data.camera()).convert("RGB"), [(195, 113, 60, 81)]),
     ]
-    photos += [(name, Image.fromarray(scene), []) for name, scene in zip(("coffee", "chelsea", "rocket", "hubble", "ihc"), scenes)]
+    photos += [
+        (name, Image.fromarray(scene), [])
+        for name, scene in zip(("coffee", "chelsea", "rocket", "hubble", "ihc"), scenes)
+    ]
     rng = np.random.default_rng(seed)
     lfw = sorted((LFW_FACESWAP / "Test" / "Real").glob("*.jpg"))
     for index in range(count):
@@ -96,9 +101,15 @@ def measure_framing(finder: faces.FaceFinder, per_class: int = 600) -> None:
         if boxes:
             box = max(boxes, key=lambda b: b.area)
             size = np.sqrt(box.area)
-            rows.append((image.width / size, box.width / image.width, box.height / image.height,
-                         (image.width / 2 - box.x - box.width / 2) / box.height,
-                         (image.height / 2 - box.y - box.height / 2) / box.height))  # fmt: skip
+            rows.append(
+                (
+                    image.width / size,
+                    box.width / image.width,
+                    box.height / image.height,
+                    (image.width / 2 - box.x - box.width / 2) / box.height,
+                    (image.height / 2 - box.y - box.height / 2) / box.height,
+                )
+            )
     scale, width, height, dx, dy = np.array(rows).T
     q = lambda v: f"median {np.median(v):.3f} (IQR {np.percentile(v, 25):.3f}-{np.percentile(v, 75):.3f})"  # noqa: E731
     print(f"\n[framing] {finder.name} on {len(files)} LFW Train crops ({Image.open(files[0]).width} px)")
@@ -112,7 +123,7 @@ def measure_finder(finder: faces.FaceFinder, photos) -> dict:
     finder.find(photos[0][1])  # warm-up
     found = total = extra = 0
     times, missed = [], []
-    for name, image, truth in photos:
+    for _name, image, truth in photos:
         start = time.perf_counter()
         boxes = finder.find(image)
         times.append((time.perf_counter() - start) * 1000)
@@ -127,14 +138,28 @@ def measure_finder(finder: faces.FaceFinder, photos) -> dict:
                 missed.append(round(face[2]))
         extra += len(boxes) - len(used)
     no_face = [len(finder.find(image)) for name, image, truth in photos if not truth]
-    coverage = [finder.framing.coverage(faces.FaceBox(*map(round, face)), *image.size) for _, image, truth in photos for face in truth]
-    result = dict(recall=found / total, found=found, total=total, extra=extra, no_face_boxes=sum(no_face),
-                  median_ms=statistics.median(times), p90_ms=float(np.percentile(times, 90)), missed=sorted(missed))  # fmt: skip
-    print(f"\n[finder] {finder.name}: recall {found}/{total} = {result['recall']:.3f} (IoU >= 0.5); "
-          f"{result['no_face_boxes']} boxes on the {len(no_face)} photos without a face; {extra} boxes in all not "
-          f"matching a face (LFW crops often hold background people); {result['median_ms']:.0f} ms median, "
-          f"{result['p90_ms']:.0f} ms p90 per photo; sizes of missed faces (px): {result['missed']}; "
-          f"largest crop coverage of a photo by a true face {max(coverage):.3f}")  # fmt: skip
+    coverage = [
+        finder.framing.coverage(faces.FaceBox(*map(round, face)), *image.size)
+        for _, image, truth in photos
+        for face in truth
+    ]
+    result = dict(
+        recall=found / total,
+        found=found,
+        total=total,
+        extra=extra,
+        no_face_boxes=sum(no_face),
+        median_ms=statistics.median(times),
+        p90_ms=float(np.percentile(times, 90)),
+        missed=sorted(missed),
+    )
+    print(
+        f"\n[finder] {finder.name}: recall {found}/{total} = {result['recall']:.3f} (IoU >= 0.5); "
+        f"{result['no_face_boxes']} boxes on the {len(no_face)} photos without a face; {extra} boxes in all not "
+        f"matching a face (LFW crops often hold background people); {result['median_ms']:.0f} ms median, "
+        f"{result['p90_ms']:.0f} ms p90 per photo; sizes of missed faces (px): {result['missed']}; "
+        f"largest crop coverage of a photo by a true face {max(coverage):.3f}"
+    )
     return result
 
 
@@ -162,7 +187,9 @@ def measure_accuracy(detector: Detector, finder: faces.FaceFinder, limit: int | 
         kinds["every face cropped" if inputs.whole_image is None else "largest face scored whole"] += 1
         coverage.append(finder.framing.coverage(max(inputs.boxes, key=lambda b: b.area), image.width, image.height))
         squares = [finder.framing.square(b, image.width, image.height) for b in inputs.boxes]
-        every_face.append(detector.scores(np.stack([resize(image.crop(s), detector.image_size) for s in squares])).max())
+        every_face.append(
+            detector.scores(np.stack([resize(image.crop(s), detector.image_size) for s in squares])).max()
+        )
     elapsed = elapsed * 1000 / len(files)
 
     def accuracy(scores) -> float:
@@ -170,11 +197,15 @@ def measure_accuracy(detector: Detector, finder: faces.FaceFinder, limit: int | 
 
     base = accuracy(whole)
     print(f"\n[accuracy] {detector.name} on LFW Test ({len(files)} images, threshold {detector.threshold:.3f})")
-    print(f"  largest face's crop coverage of the image: p0.5 {np.percentile(coverage, 0.5):.3f}, p1 "
-          f"{np.percentile(coverage, 1):.3f}, median {np.median(coverage):.3f} (face-crop rule at >= {faces.FACE_CROP_COVERAGE})")  # fmt: skip
+    print(
+        f"  largest face's crop coverage of the image: p0.5 {np.percentile(coverage, 0.5):.3f}, p1 "
+        f"{np.percentile(coverage, 1):.3f}, median {np.median(coverage):.3f} (face-crop rule at >= {faces.FACE_CROP_COVERAGE})"
+    )
     print(f"  routes: {kinds}")
     print(f"  whole image, no face detection        {base:.4f}")
-    print(f"  face detection (face-crop rule on)    {accuracy(ruled):.4f}  ({accuracy(ruled) - base:+.4f}; find + score {elapsed:.0f} ms/img, one at a time)")
+    print(
+        f"  face detection (face-crop rule on)    {accuracy(ruled):.4f}  ({accuracy(ruled) - base:+.4f}; find + score {elapsed:.0f} ms/img, one at a time)"
+    )
     print(f"  every face cropped (rule off)         {accuracy(every_face):.4f}  ({accuracy(every_face) - base:+.4f})")
 
 
@@ -202,9 +233,11 @@ def measure_api(model: Path, finder: faces.FaceFinder, requests_count: int) -> N
                     times.append((time.perf_counter() - start) * 1000)
             answer = response.json()
             stats = percentiles(times, (50, 90))
-            print(f"\n[api] POST /api/predict{query} two-face 1280x960 JPEG ({len(body) // 1024} KB), {requests_count} requests: "
-                  f"p50 {stats['p50']:.0f} ms, p90 {stats['p90']:.0f} ms; faces {len(answer['faces'])}, "
-                  f"face_detection {answer['face_detection']!r}, verdict {answer['verdict']!r}")  # fmt: skip
+            print(
+                f"\n[api] POST /api/predict{query} two-face 1280x960 JPEG ({len(body) // 1024} KB), {requests_count} requests: "
+                f"p50 {stats['p50']:.0f} ms, p90 {stats['p90']:.0f} ms; faces {len(answer['faces'])}, "
+                f"face_detection {answer['face_detection']!r}, verdict {answer['verdict']!r}"
+            )
 
 
 def main() -> None:

@@ -59,10 +59,22 @@ def run_train(args: list[str]) -> dict:
     """Run train.py; returns its timings (from its log), peak memory and exit status."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    result = {"tree_peak_mb": 0.0, "extract_s": None, "cache_s": 0.0, "cache_gb": 0.0, "first_step_s": None,
-              "train_images_per_s": None, "log": []}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    result = {
+        "tree_peak_mb": 0.0,
+        "extract_s": None,
+        "cache_s": 0.0,
+        "cache_gb": 0.0,
+        "first_step_s": None,
+        "train_images_per_s": None,
+        "log": [],
+    }
     stop = threading.Event()
 
     def sample():
@@ -109,17 +121,26 @@ def pipeline_rates(dataset_root: Path, cache_dir: Path, image_size: int, augment
     # this disk reads far slower than either pipeline (printed below).
     start = time.perf_counter()
     read = _read_all([train.directory / "images.u8"])
-    print(f"page cache warmed: our Train cache, {read / 1e9:.1f} GB, in {time.perf_counter() - start:.0f} s", flush=True)
+    print(
+        f"page cache warmed: our Train cache, {read / 1e9:.1f} GB, in {time.perf_counter() - start:.0f} s", flush=True
+    )
     start = time.perf_counter()
     read = _read_all(sorted((dataset_root / "Train").rglob("*.jpg")))
-    print(f"page cache warmed: the Train JPEGs, {read / 1e9:.1f} GB, in {time.perf_counter() - start:.0f} s", flush=True)
+    print(
+        f"page cache warmed: the Train JPEGs, {read / 1e9:.1f} GB, in {time.perf_counter() - start:.0f} s", flush=True
+    )
     feeds = {
         "tutorial loader (image_dataset_from_directory)": keras.utils.image_dataset_from_directory(
-            dataset_root / "Train", image_size=(image_size, image_size), batch_size=64, label_mode="binary", seed=1,
-        ),  # fmt: skip
+            dataset_root / "Train",
+            image_size=(image_size, image_size),
+            batch_size=64,
+            label_mode="binary",
+            seed=1,
+        ),
         "ours, cached, no augmentation": pipeline.make_dataset(train, 64, training=True, config=DataConfig(seed=1)),
-        f"ours, cached, augmentation '{augment}'": pipeline.make_dataset(train, 64, training=True,
-                                                                         config=DataConfig(augment=augment, seed=1)),
+        f"ours, cached, augmentation '{augment}'": pipeline.make_dataset(
+            train, 64, training=True, config=DataConfig(augment=augment, seed=1)
+        ),
     }
     rates = {name: [] for name in feeds}
     for _ in range(runs):
@@ -160,40 +181,58 @@ def print_runs(results: dict, args: argparse.Namespace) -> None:
         ("time to first step, cold (s)", lambda r: f"{r['cold']['first_step_s']:.0f}"),
         ("time to first step, warm (s)", lambda r: f"{r['warm']['first_step_s']:.1f}" if r["warm"] else "-"),
         ("whole run, cold / warm (s)", lambda r: f"{r['cold']['wall_s']:.0f} / {_get(r['warm'], 'wall_s', 1, '.0f')}"),
-        ("peak RSS train.py, cold / warm (GB)", lambda r: f"{r['cold']['main_peak_mb'] / 1e3:.2f} / {_get(r['warm'], 'main_peak_mb', 1e3, '.2f')}"),
+        (
+            "peak RSS train.py, cold / warm (GB)",
+            lambda r: f"{r['cold']['main_peak_mb'] / 1e3:.2f} / {_get(r['warm'], 'main_peak_mb', 1e3, '.2f')}",
+        ),
         ("peak RSS with cache workers (GB)", lambda r: f"{r['cold']['tree_peak_mb'] / 1e3:.2f}"),
-        ("training images/s, cold / warm", lambda r: f"{r['cold']['train_images_per_s']:.0f} / {_get(r['warm'], 'train_images_per_s', 1, '.0f')}"),
-    ]  # fmt: skip
+        (
+            "training images/s, cold / warm",
+            lambda r: f"{r['cold']['train_images_per_s']:.0f} / {_get(r['warm'], 'train_images_per_s', 1, '.0f')}",
+        ),
+    ]
     for name, cell in rows:
         print(f"{name:38s}" + "".join(f"{cell(r):>16s}" for r in results.values()))
     if args.compare_scale:
         small, big = results[args.compare_scale], results[args.scale]
         peak = lambda r: max(run["main_peak_mb"] for run in (r["cold"], r["warm"]) if run)  # noqa: E731
-        print(f"peak RSS of train.py, scale {args.scale:g} / scale {args.compare_scale:g}: "
-              f"{peak(big) / peak(small):.3f} (target <= 1.10)")  # fmt: skip
+        print(
+            f"peak RSS of train.py, scale {args.scale:g} / scale {args.compare_scale:g}: "
+            f"{peak(big) / peak(small):.3f} (target <= 1.10)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the Kaggle archive's counts (default: 1)")
-    parser.add_argument("--compare-scale", type=float, default=0.1, help="the smaller archive memory is compared with (0: none)")
+    parser.add_argument(
+        "--compare-scale", type=float, default=0.1, help="the smaller archive memory is compared with (0: none)"
+    )
     parser.add_argument("--arch", default="seed", help="train.py --arch (default: seed)")
     parser.add_argument("--steps", type=int, default=20, help="training steps per run (default: 20)")
     parser.add_argument("--batches", type=int, default=150, help="batches of 64 per input-pipeline run (default: 150)")
     parser.add_argument("--runs", type=int, default=3, help="input-pipeline runs, median reported (default: 3)")
-    parser.add_argument("--work-dir", type=Path, help="where archives, data and caches go (default: a temporary folder)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where archives, data and caches go (default: a temporary folder)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (archives are reused from it)")
     parser.add_argument("--no-warm", dest="warm", action="store_false", help="skip the second (warm cache) runs")
-    parser.add_argument("--pipeline-only", action="store_true",
-                        help="only the input-pipeline comparison, on the data and cache an earlier --keep run left in --work-dir")
+    parser.add_argument(
+        "--pipeline-only",
+        action="store_true",
+        help="only the input-pipeline comparison, on the data and cache an earlier --keep run left in --work-dir",
+    )
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="full-archive-"))
     work.mkdir(parents=True, exist_ok=True)
     from deepfake_detector.recipes import TrainConfig
 
     recipe = TrainConfig.for_arch(args.arch)
-    print(f"work folder {work}; train.py --arch {args.arch} ({recipe.image_size} px, augmentation '{recipe.augment}'), "
-          f"{args.steps} steps of {recipe.batch_size}", flush=True)  # fmt: skip
+    print(
+        f"work folder {work}; train.py --arch {args.arch} ({recipe.image_size} px, augmentation '{recipe.augment}'), "
+        f"{args.steps} steps of {recipe.batch_size}",
+        flush=True,
+    )
     results = {}
     try:
         for scale in [] if args.pipeline_only else [args.scale] + ([args.compare_scale] if args.compare_scale else []):
@@ -201,28 +240,49 @@ def main() -> None:
             start = time.perf_counter()
             if not archive.exists():
                 written = write_archive(archive, scale)
-                print(f"scale {scale:g}: wrote {written['images']} images, {written['bytes'] / 1e9:.2f} GB, "
-                      f"in {time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+                print(
+                    f"scale {scale:g}: wrote {written['images']} images, {written['bytes'] / 1e9:.2f} GB, "
+                    f"in {time.perf_counter() - start:.0f} s",
+                    flush=True,
+                )
             data_dir = work / f"data-{scale:g}"
             shutil.rmtree(data_dir, ignore_errors=True)
-            command = ["--arch", args.arch, "--archive", str(archive), "--data-dir", str(data_dir),
-                       "--output", str(work / "model.keras"), "--epochs", "1", "--steps-per-epoch", str(args.steps),
-                       "--verbose", "2"]  # fmt: skip
+            command = [
+                "--arch",
+                args.arch,
+                "--archive",
+                str(archive),
+                "--data-dir",
+                str(data_dir),
+                "--output",
+                str(work / "model.keras"),
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                str(args.steps),
+                "--verbose",
+                "2",
+            ]
             cold = run_train(command)
             print(f"scale {scale:g} cold: {cold['wall_s']:.0f} s", flush=True)
             warm = run_train(command) if args.warm else None
             if warm:
                 print(f"scale {scale:g} warm: {warm['wall_s']:.0f} s", flush=True)
-            results[scale] = {"cold": cold, "warm": warm, "data_dir": data_dir,
-                              "archive_gb": archive.stat().st_size / 1e9}  # fmt: skip
+            results[scale] = {
+                "cold": cold,
+                "warm": warm,
+                "data_dir": data_dir,
+                "archive_gb": archive.stat().st_size / 1e9,
+            }
         from deepfake_detector.cache import default_cache_dir
         from deepfake_detector.data import find_dataset_root
 
         data_dir = work / f"data-{args.scale:g}"
         root = find_dataset_root(data_dir)
-        augment = recipe.augment if recipe.augment != "none" else "full"  # the seed recipe has none: show the shipped one's
-        rates = pipeline_rates(root, default_cache_dir(data_dir), recipe.image_size, augment,
-                               args.batches, args.runs)  # fmt: skip
+        augment = (
+            recipe.augment if recipe.augment != "none" else "full"
+        )  # the seed recipe has none: show the shipped one's
+        rates = pipeline_rates(root, default_cache_dir(data_dir), recipe.image_size, augment, args.batches, args.runs)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -230,8 +290,10 @@ def main() -> None:
     if results:
         print_runs(results, args)
     print()
-    print(f"input pipeline alone at {recipe.image_size} px, scale {args.scale:g} Train, batch 64, "
-          f"{args.batches} batches x {args.runs} runs (median images/s)")  # fmt: skip
+    print(
+        f"input pipeline alone at {recipe.image_size} px, scale {args.scale:g} Train, batch 64, "
+        f"{args.batches} batches x {args.runs} runs (median images/s)"
+    )
     for name, value in rates.items():
         print(f"{name:50s} {value:9.0f} images/s")
     tutorial, plain = list(rates.values())[:2]

@@ -17,10 +17,10 @@ import argparse
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import requests
 from PIL import Image
@@ -40,8 +40,8 @@ from harness.hostile import (
     noise,
     rle_bmp,
 )
-from harness.videos import HOSTILE_STATUS
 from harness.server import REPO, cpu_seconds, memory_mb, running_process, session_from
+from harness.videos import HOSTILE_STATUS
 
 OTHER_ADDRESS = "127.0.0.2"
 
@@ -71,7 +71,9 @@ class Case:
     run: Callable[[str, Payloads, float], list[tuple[int | str, int]]]  # (url, payloads, timeout) -> [(status, bytes)]
 
 
-def post(url: str, files, query: str = "", timeout: float = 180.0, headers: dict | None = None) -> tuple[int | str, int]:
+def post(
+    url: str, files, query: str = "", timeout: float = 180.0, headers: dict | None = None
+) -> tuple[int | str, int]:
     """(status, answer size); status 0: no answer. A ``files`` answer's status is how many of
     its files were scored, written "200: 9/16 scored"."""
     try:
@@ -118,8 +120,12 @@ def slow_clients(url: str, payloads: Payloads, timeout: float) -> list[tuple[int
 def many_parts(url: str, payloads: Payloads, timeout: float) -> list[tuple[int, int]]:
     body = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n' * 3000 + b"--b--\r\n"
     try:
-        response = requests.post(f"{url}/api/predict", data=body, timeout=timeout,
-                                 headers={"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+        response = requests.post(
+            f"{url}/api/predict",
+            data=body,
+            timeout=timeout,
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        )
         return [(response.status_code, len(response.content))]
     except requests.RequestException:
         return [(0, 0)]
@@ -133,8 +139,10 @@ def expect_continue(url: str, payloads: Payloads, timeout: float) -> list[tuple[
 
     address, length, sent = urlparse(url), 30 * 2**20, 0
     with socket.create_connection((address.hostname, address.port), timeout=timeout) as sock:
-        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % length)  # fmt: skip
+        sock.sendall(
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % length
+        )
         reply = _head(sock)
         if reply.startswith(b"HTTP/1.1 100"):
             try:
@@ -161,45 +169,103 @@ CROSS_SITE = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
 
 CASES = [
     Case("normal", "one 256x256 face JPEG", lambda u, p, t: [post(u, {"file": ("a.jpg", p.normal)}, timeout=t)]),
-    Case("crowd", "1024x1024 JPEG tiled with 40 px faces", lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, timeout=t)]),
-    Case("crowd-explain", "the same with ?explain=1",
-         lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, "?explain=1", t)]),
-    Case("crowd-explain-x16", "16 of them in one request, ?explain=1",
-         lambda u, p, t: [post(u, [("files", ("c.jpg", p.crowd))] * 16, "?explain=1", t)]),
-    Case("crowd-explain-4-at-once", "4 such single requests at once",
-         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("c.jpg", p.crowd)}, "?explain=1", t))),
-    Case("scans", "progressive JPEG, 10,000 scans of 40 MP (1.1 MB)",
-         lambda u, p, t: [post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t)]),
-    Case("scans-4-at-once", "4 of them at once",
-         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t))),
-    Case("one-row-png", "PNG: header 6324x6324, one row of data",
-         lambda u, p, t: [post(u, {"file": ("r.png", p.one_row_png)}, timeout=t)]),
-    Case("cut-jpeg", "2048x2048 JPEG cut after 2 KB, EOI added",
-         lambda u, p, t: [post(u, {"file": ("j.jpg", p.cut_jpeg)}, timeout=t)]),
-    Case("flat-40mp-png", "a real 40 MP RGBA PNG (170 KB)",
-         lambda u, p, t: [post(u, {"file": ("f.png", p.flat_png)}, timeout=t)]),
-    Case("flat-40mp-png-4-at-once", "4 of them at once",
-         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("f.png", p.flat_png)}, timeout=t))),
+    Case(
+        "crowd",
+        "1024x1024 JPEG tiled with 40 px faces",
+        lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, timeout=t)],
+    ),
+    Case(
+        "crowd-explain",
+        "the same with ?explain=1",
+        lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, "?explain=1", t)],
+    ),
+    Case(
+        "crowd-explain-x16",
+        "16 of them in one request, ?explain=1",
+        lambda u, p, t: [post(u, [("files", ("c.jpg", p.crowd))] * 16, "?explain=1", t)],
+    ),
+    Case(
+        "crowd-explain-4-at-once",
+        "4 such single requests at once",
+        lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("c.jpg", p.crowd)}, "?explain=1", t)),
+    ),
+    Case(
+        "scans",
+        "progressive JPEG, 10,000 scans of 40 MP (1.1 MB)",
+        lambda u, p, t: [post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t)],
+    ),
+    Case(
+        "scans-4-at-once",
+        "4 of them at once",
+        lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t)),
+    ),
+    Case(
+        "one-row-png",
+        "PNG: header 6324x6324, one row of data",
+        lambda u, p, t: [post(u, {"file": ("r.png", p.one_row_png)}, timeout=t)],
+    ),
+    Case(
+        "cut-jpeg",
+        "2048x2048 JPEG cut after 2 KB, EOI added",
+        lambda u, p, t: [post(u, {"file": ("j.jpg", p.cut_jpeg)}, timeout=t)],
+    ),
+    Case(
+        "flat-40mp-png",
+        "a real 40 MP RGBA PNG (170 KB)",
+        lambda u, p, t: [post(u, {"file": ("f.png", p.flat_png)}, timeout=t)],
+    ),
+    Case(
+        "flat-40mp-png-4-at-once",
+        "4 of them at once",
+        lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("f.png", p.flat_png)}, timeout=t)),
+    ),
     Case("parts", "3,000 form fields in one request", many_parts),
-    Case("wide-png", "PNG of 39,999,999 x 1 grey pixels (39 KB)",
-         lambda u, p, t: [post(u, {"file": ("w.png", p.wide_png)}, timeout=t)]),
-    Case("wide-png-4-at-once", "4 of them at once",
-         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("w.png", p.wide_png)}, timeout=t))),
-    Case("tall-png", "PNG of 1 x 39,999,999 grey pixels",
-         lambda u, p, t: [post(u, {"file": ("t.png", p.tall_png)}, timeout=t)]),
-    Case("mistyped-exif", "files request: a JPEG with a mistyped EXIF tag, and a normal one",
-         lambda u, p, t: [post(u, [("files", ("m.jpg", p.mistyped_exif)), ("files", ("a.jpg", p.normal))], timeout=t)]),
-    Case("rle-bmp", "RLE8 BMP, 6000x6666, one pixel per row (27 KB)",
-         lambda u, p, t: [post(u, {"file": ("r.bmp", p.rle_bmp)}, timeout=t)]),
-    Case("gif-comments", "GIF with 9.5 M one-byte comment sub-blocks (19 MB)",
-         lambda u, p, t: [post(u, {"file": ("g.gif", p.gif_comments)}, timeout=t)]),
-    Case("16-bit-40mp-png", "a 40 MP 16-bit grey PNG",
-         lambda u, p, t: [post(u, {"file": ("s.png", p.sixteen_bit)}, timeout=t)]),
-    Case("tiff-scans", "TIFF holding a 40 MP JPEG of 99 scans (libtiff stops at 100)",
-         lambda u, p, t: [post(u, {"file": ("s.tif", p.tiff_scans)}, timeout=t)]),
+    Case(
+        "wide-png",
+        "PNG of 39,999,999 x 1 grey pixels (39 KB)",
+        lambda u, p, t: [post(u, {"file": ("w.png", p.wide_png)}, timeout=t)],
+    ),
+    Case(
+        "wide-png-4-at-once",
+        "4 of them at once",
+        lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("w.png", p.wide_png)}, timeout=t)),
+    ),
+    Case(
+        "tall-png",
+        "PNG of 1 x 39,999,999 grey pixels",
+        lambda u, p, t: [post(u, {"file": ("t.png", p.tall_png)}, timeout=t)],
+    ),
+    Case(
+        "mistyped-exif",
+        "files request: a JPEG with a mistyped EXIF tag, and a normal one",
+        lambda u, p, t: [post(u, [("files", ("m.jpg", p.mistyped_exif)), ("files", ("a.jpg", p.normal))], timeout=t)],
+    ),
+    Case(
+        "rle-bmp",
+        "RLE8 BMP, 6000x6666, one pixel per row (27 KB)",
+        lambda u, p, t: [post(u, {"file": ("r.bmp", p.rle_bmp)}, timeout=t)],
+    ),
+    Case(
+        "gif-comments",
+        "GIF with 9.5 M one-byte comment sub-blocks (19 MB)",
+        lambda u, p, t: [post(u, {"file": ("g.gif", p.gif_comments)}, timeout=t)],
+    ),
+    Case(
+        "16-bit-40mp-png",
+        "a 40 MP 16-bit grey PNG",
+        lambda u, p, t: [post(u, {"file": ("s.png", p.sixteen_bit)}, timeout=t)],
+    ),
+    Case(
+        "tiff-scans",
+        "TIFF holding a 40 MP JPEG of 99 scans (libtiff stops at 100)",
+        lambda u, p, t: [post(u, {"file": ("s.tif", p.tiff_scans)}, timeout=t)],
+    ),
     Case("expect-30mb", "Expect: 100-continue, Content-Length 30 MB", expect_continue),
-    Case("cross-site", "a normal upload with Origin and Sec-Fetch-Site of another site",
-         lambda u, p, t: [post(u, {"file": ("a.jpg", p.normal)}, timeout=t, headers=CROSS_SITE)]),
+    Case(
+        "cross-site",
+        "a normal upload with Origin and Sec-Fetch-Site of another site",
+        lambda u, p, t: [post(u, {"file": ("a.jpg", p.normal)}, timeout=t, headers=CROSS_SITE)],
+    ),
     Case("slow-clients", "100 connections sending 1 byte/s for 10 s", slow_clients),
 ]
 
@@ -239,7 +305,9 @@ def hostile_video_payloads() -> dict[str, tuple[bytes, int]]:
     from harness import videos
 
     frames = [np.full((120, 160, 3), value, np.uint8) for value in range(0, 200, 10)]
-    return videos.hostile_videos(videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4"))
+    return videos.hostile_videos(
+        videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4")
+    )
 
 
 class MemoryWatch:
@@ -291,7 +359,7 @@ def run_case(case: Case, payloads: Payloads, args) -> dict:
             result: list = []
             elapsed: list = []
 
-            def attack_once():
+            def attack_once(result=result, elapsed=elapsed):
                 start = time.perf_counter()
                 result.extend(case.run(url, payloads, args.timeout))
                 elapsed.append(time.perf_counter() - start)
@@ -302,8 +370,11 @@ def run_case(case: Case, payloads: Payloads, args) -> dict:
             if case.name != "normal":  # a normal client of another address, while the attack runs
                 probe_start = time.perf_counter()
                 try:
-                    ok = session_from(OTHER_ADDRESS).post(f"{url}/api/predict", timeout=args.timeout,
-                                                          files={"file": ("a.jpg", payloads.normal)}).ok  # fmt: skip
+                    ok = (
+                        session_from(OTHER_ADDRESS)
+                        .post(f"{url}/api/predict", timeout=args.timeout, files={"file": ("a.jpg", payloads.normal)})
+                        .ok
+                    )
                 except requests.RequestException:
                     ok = False
                 normal_ms.append((time.perf_counter() - probe_start) * 1000 if ok else float("inf"))
@@ -319,9 +390,17 @@ def run_case(case: Case, payloads: Payloads, args) -> dict:
             resident_after, peak = memory_mb(process.pid)
     if watch.killed:
         return dict(case=case, killed=True, wall=max(walls))
-    return dict(case=case, killed=False, answers=answers, wall=statistics.median(walls), cpu=statistics.median(cpus),
-                before=resident_before, peak=peak, after=resident_after,
-                normal_ms=statistics.median(normal_ms) if normal_ms else None)  # fmt: skip
+    return dict(
+        case=case,
+        killed=False,
+        answers=answers,
+        wall=statistics.median(walls),
+        cpu=statistics.median(cpus),
+        before=resident_before,
+        peak=peak,
+        after=resident_after,
+        normal_ms=statistics.median(normal_ms) if normal_ms else None,
+    )
 
 
 def describe(result: dict, args) -> str:
@@ -330,28 +409,40 @@ def describe(result: dict, args) -> str:
         return f"| {case.name} | {case.what} | stopped: resident memory passed {args.rss_limit_mb:.0f} MB after {result['wall']:.1f} s | | | | |"
     statuses = sorted({status for status, _ in result["answers"]}, key=str)
     words = {0: "no answer", -1: "held open"}
-    answers = ", ".join(f"{sum(s == status for s, _ in result['answers'])}x {words.get(status, status)}" for status in statuses)
+    answers = ", ".join(
+        f"{sum(s == status for s, _ in result['answers'])}x {words.get(status, status)}" for status in statuses
+    )
     size = max(size for _, size in result["answers"])
     size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} KB"
     normal = result["normal_ms"]
     normal_text = "" if normal is None else ("no answer" if normal == float("inf") else f"{normal / 1000:.2f} s")
-    return (f"| {case.name} | {case.what} | {answers} | {result['wall']:.2f} s | {result['cpu']:.1f} s | "
-            f"{result['before']:.0f} / {result['peak']:.0f} / {result['after']:.0f} | {size_text} | {normal_text} |")  # fmt: skip
+    return (
+        f"| {case.name} | {case.what} | {answers} | {result['wall']:.2f} s | {result['cpu']:.1f} s | "
+        f"{result['before']:.0f} / {result['peak']:.0f} / {result['after']:.0f} | {size_text} | {normal_text} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
-    parser.add_argument("--checkout", default=str(REPO), help="the repository copy whose inference.py is served (default: this one)")
+    parser.add_argument(
+        "--checkout", default=str(REPO), help="the repository copy whose inference.py is served (default: this one)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; times are medians")
     parser.add_argument("--cases", help=f"comma-separated, of: {', '.join(case.name for case in CASES)} (default: all)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for one answer")
-    parser.add_argument("--rss-limit-mb", type=float, default=8000.0, help="stop a server whose resident memory passes this")
+    parser.add_argument(
+        "--rss-limit-mb", type=float, default=8000.0, help="stop a server whose resident memory passes this"
+    )
     args = parser.parse_args()
     chosen = [case for case in CASES if not args.cases or case.name in args.cases.split(",")]
     payloads = make_payloads()
-    print(f"server: {Path(args.checkout).resolve()}/inference.py, model {args.model}, {args.repeats} runs per case (medians)")
-    print("| case | attack | answers | wall | server CPU | server RSS MB before / peak / 2 s after | answer | a normal upload meanwhile |")
+    print(
+        f"server: {Path(args.checkout).resolve()}/inference.py, model {args.model}, {args.repeats} runs per case (medians)"
+    )
+    print(
+        "| case | attack | answers | wall | server CPU | server RSS MB before / peak / 2 s after | answer | a normal upload meanwhile |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for case in chosen:
         print(describe(run_case(case, payloads, args), args), flush=True)

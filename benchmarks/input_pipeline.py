@@ -40,7 +40,9 @@ def rate(model, data, steps: int, batch_size: int, skip: int = 3) -> float:
     """Images/s over ``steps`` training steps after ``skip`` warm-up steps."""
     timer = StepTimer(skip)
     if isinstance(data, tuple):
-        model.fit(*data, batch_size=batch_size, epochs=1, steps_per_epoch=None, verbose=0, callbacks=[timer], shuffle=True)
+        model.fit(
+            *data, batch_size=batch_size, epochs=1, steps_per_epoch=None, verbose=0, callbacks=[timer], shuffle=True
+        )
     else:
         model.fit(data.take(steps + skip), epochs=1, verbose=0, callbacks=[timer])
     times = timer.times[skip : skip + steps + 1]
@@ -62,7 +64,9 @@ def main() -> None:
         LFW_FACESWAP / "Train", image_size=(size, size), batch_size=batch, label_mode="binary", seed=1
     ).repeat()
     start = time.perf_counter()
-    train = DatasetHandler(dataset_download_dir=LFW_FACESWAP, config=DataConfig(image_size=size)).splits(("Train",))["Train"]
+    train = DatasetHandler(dataset_download_dir=LFW_FACESWAP, config=DataConfig(image_size=size)).splits(("Train",))[
+        "Train"
+    ]
     decode_seconds = time.perf_counter() - start
     ours = make_dataset(train, batch, training=True, config=DataConfig(augment="none", seed=0)).repeat()
     ours_augmented = make_dataset(train, batch, training=True, config=DataConfig(augment="full", seed=0)).repeat()
@@ -86,8 +90,10 @@ def main() -> None:
     original_rate, ours_rate, _, memory_rate = medians.values()
     print(f"ours / original loader = {ours_rate / original_rate:.2f} (target >= 1)")
     print(f"ours / in-memory       = {ours_rate / memory_rate:.2f} (target >= 0.90)")
-    print(f"opening the cache of {len(train)} training images (built now if it was not yet): {decode_seconds:.1f} s "
-          f"({len(train) / decode_seconds:.0f} images/s)")
+    print(
+        f"opening the cache of {len(train)} training images (built now if it was not yet): {decode_seconds:.1f} s "
+        f"({len(train) / decode_seconds:.0f} images/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,20 +42,31 @@ def main() -> None:
     images = jpegs_256(args.requests)
     names = ("baseline", "ours", "ours, keras runtime")
     results = {name: [] for name in names}
-    with running_server(args.model, "--threads", "4") as ours, running_server(
-        args.model, "--threads", "4", "--runtime", "keras"
-    ) as ours_keras, running_server(args.model, script=REPO / "benchmarks" / "baseline_server.py") as baseline:
+    with (
+        running_server(args.model, "--threads", "4") as ours,
+        running_server(args.model, "--threads", "4", "--runtime", "keras") as ours_keras,
+        running_server(args.model, script=REPO / "benchmarks" / "baseline_server.py") as baseline,
+    ):
         for round_index in range(args.rounds):
             for name, url in zip(names, (baseline, ours, ours_keras)):
                 stats = percentiles(measure(url, images))
                 results[name].append(stats)
-                print(f"round {round_index + 1} {name:20s} p50 {stats['p50']:7.1f} ms  p99 {stats['p99']:7.1f} ms", flush=True)
-    summary = {name: {k: statistics.median(r[k] for r in rounds) for k in ("p50", "p99")} for name, rounds in results.items()}
-    print(f"\nmodel {args.model}, {args.requests} sequential 256x256 JPEG uploads x {args.rounds} rounds (median of rounds)")
+                print(
+                    f"round {round_index + 1} {name:20s} p50 {stats['p50']:7.1f} ms  p99 {stats['p99']:7.1f} ms",
+                    flush=True,
+                )
+    summary = {
+        name: {k: statistics.median(r[k] for r in rounds) for k in ("p50", "p99")} for name, rounds in results.items()
+    }
+    print(
+        f"\nmodel {args.model}, {args.requests} sequential 256x256 JPEG uploads x {args.rounds} rounds (median of rounds)"
+    )
     for name in names:
         ratio = summary[name]["p50"] / summary["baseline"]["p50"]
-        print(f"{name:20s} p50 {summary[name]['p50']:7.1f} ms  p99 {summary[name]['p99']:7.1f} ms  "
-              f"p50 / baseline p50 = {ratio:.3f}")
+        print(
+            f"{name:20s} p50 {summary[name]['p50']:7.1f} ms  p99 {summary[name]['p99']:7.1f} ms  "
+            f"p50 / baseline p50 = {ratio:.3f}"
+        )
     ratio = summary["ours"]["p50"] / summary["baseline"]["p50"]
     print(f"ours/baseline p50 = {ratio:.3f} (target <= 0.2): {'met' if ratio <= 0.2 else 'NOT met'}")
 

@@ -56,10 +56,15 @@ def main() -> None:
         for runtime, detector in detectors.items():
             stages = one_round(detector, finder, images)
             results[runtime].append(stages)
-            print(f"round {round_index + 1} {runtime:6s} " + "  ".join(f"{s} {stages[s]:6.1f}" for s in STAGES), flush=True)
+            print(
+                f"round {round_index + 1} {runtime:6s} " + "  ".join(f"{s} {stages[s]:6.1f}" for s in STAGES),
+                flush=True,
+            )
     flip = " (flip-averaged: two passes per face)" if detectors["tflite"].metadata.flip_average else ""
-    print(f"\nmodel {args.model}{flip}, {args.images} 256x256 JPEGs x {args.rounds} rounds; "
-          "median ms per image, median of rounds")  # fmt: skip
+    print(
+        f"\nmodel {args.model}{flip}, {args.images} 256x256 JPEGs x {args.rounds} rounds; "
+        "median ms per image, median of rounds"
+    )
     for runtime, rounds in results.items():
         summary = {stage: statistics.median(r[stage] for r in rounds) for stage in STAGES}
         print(f"{runtime:6s} " + "  ".join(f"{stage} {summary[stage]:6.1f}" for stage in STAGES))

@@ -35,7 +35,9 @@ def main() -> None:
         local.session = session
         start = time.perf_counter()
         try:
-            response = session.post(f"{url}/api/predict", files={"file": ("face.jpg", images[i % len(images)])}, timeout=60)
+            response = session.post(
+                f"{url}/api/predict", files={"file": ("face.jpg", images[i % len(images)])}, timeout=60
+            )
             ok = response.status_code == 200 and "fake_probability" in response.json()
         except requests.RequestException:
             ok = False
@@ -51,11 +53,15 @@ def main() -> None:
         healthy = requests.get(f"{url}/healthz", timeout=10).ok
     successes = sum(ok for ok, _ in results)
     stats = percentiles([ms for _, ms in results])
-    print(f"{args.requests} requests, concurrency {args.concurrency}, server: waitress {args.threads} threads, model {args.model}")
+    print(
+        f"{args.requests} requests, concurrency {args.concurrency}, server: waitress {args.threads} threads, model {args.model}"
+    )
     print(f"successes {successes}  errors {args.requests - successes}")
     print(f"latency p50 {stats['p50']:.1f} ms  p90 {stats['p90']:.1f} ms  p99 {stats['p99']:.1f} ms")
     print(f"throughput {args.requests / wall:.1f} requests/s over {wall:.1f} s")
-    print(f"server peak RSS {rss_before:.0f} MB after start-up, {rss_after:.0f} MB after {args.requests} requests; healthz {'ok' if healthy else 'FAILED'}")
+    print(
+        f"server peak RSS {rss_before:.0f} MB after start-up, {rss_after:.0f} MB after {args.requests} requests; healthz {'ok' if healthy else 'FAILED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,11 @@ def main() -> None:
         runs = [refusal(data) for _ in range(args.repeats)]
         outcomes = sorted({outcome for outcome, _ in runs})
         seconds = [elapsed for _, elapsed in runs]
-        print(f"{name.ljust(width)}  {len(data):>10}  {'/'.join(outcomes):>7}  "
-              f"{1000 * statistics.median(seconds):>9.1f}  {1000 * max(seconds):>8.1f}", flush=True)  # fmt: skip
+        print(
+            f"{name.ljust(width)}  {len(data):>10}  {'/'.join(outcomes):>7}  "
+            f"{1000 * statistics.median(seconds):>9.1f}  {1000 * max(seconds):>8.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,12 @@ WIDTH, HEIGHT, FPS = 1280, 720, 25
 def make_clip(seconds: int, keyframe_interval: int) -> bytes:
     real, fake = (Image.open(path).convert("RGB") for path in face_files(limit=2))
     paths = [FacePath(real, (80, 120), (900, 260), 220), FacePath(fake, (960, 420), (200, 300), 200)]
-    return encode(frames_with_faces(paths, seconds * FPS, WIDTH, HEIGHT), fps=FPS, keyframe_interval=keyframe_interval,
-                  options={"preset": "veryfast"})  # fmt: skip
+    return encode(
+        frames_with_faces(paths, seconds * FPS, WIDTH, HEIGHT),
+        fps=FPS,
+        keyframe_interval=keyframe_interval,
+        options={"preset": "veryfast"},
+    )
 
 
 def ours(detector: Detector, data: bytes, frames: int) -> tuple[float, float, int]:
@@ -72,7 +76,9 @@ def baseline(detector: Detector, path: Path, frames: int) -> tuple[float, float,
     found = []
     for sample, (number, image) in enumerate(kept):
         analysis = detector.predict_faces(image, recorder, max_faces=20)
-        found.append([TrackFace(sample, number, number / FPS, face, recorder.landmarks.get(face.box)) for face in analysis.faces])
+        found.append(
+            [TrackFace(sample, number, number / FPS, face, recorder.landmarks.get(face.box)) for face in analysis.faces]
+        )
     tracks = link_tracks(found)
     return time.perf_counter() - start, decoding, len(tracks)
 
@@ -83,12 +89,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--keyframe-interval", type=int, default=2 * FPS, help="frames between keyframes (default: %(default)s)")
+    parser.add_argument(
+        "--keyframe-interval", type=int, default=2 * FPS, help="frames between keyframes (default: %(default)s)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     data = make_clip(args.seconds, args.keyframe_interval)
-    print(f"clip: {args.seconds} s of {WIDTH}x{HEIGHT} at {FPS} fps, H.264, keyframe every {args.keyframe_interval} frames, "
-          f"{len(data) / 1e6:.1f} MB (made in {time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+    print(
+        f"clip: {args.seconds} s of {WIDTH}x{HEIGHT} at {FPS} fps, H.264, keyframe every {args.keyframe_interval} frames, "
+        f"{len(data) / 1e6:.1f} MB (made in {time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
     detector = Detector.from_path(args.model)
     results = {"ours": [], "baseline": []}
     with tempfile.TemporaryDirectory() as folder:
@@ -97,14 +108,21 @@ def main() -> None:
         ours(detector, data, args.frames)  # warm-up: traces, first face finder call
         for run in range(args.runs):
             for name in ("baseline", "ours"):
-                total, decoding, tracks = baseline(detector, path, args.frames) if name == "baseline" else ours(detector, data, args.frames)
+                total, decoding, tracks = (
+                    baseline(detector, path, args.frames) if name == "baseline" else ours(detector, data, args.frames)
+                )
                 results[name].append((total, decoding))
-                print(f"run {run + 1} {name:8s} {total:6.2f} s per video ({decoding:5.2f} s decoding), {tracks} tracks", flush=True)
+                print(
+                    f"run {run + 1} {name:8s} {total:6.2f} s per video ({decoding:5.2f} s decoding), {tracks} tracks",
+                    flush=True,
+                )
     print(f"\n{args.frames} sampled frames of a {args.seconds} s {WIDTH}x{HEIGHT} clip, median of {args.runs} runs:")
     for name in ("baseline", "ours"):
         total = statistics.median(t for t, _ in results[name])
         decoding = statistics.median(d for _, d in results[name])
-        print(f"{name:8s} {total:6.2f} s per video, {total / args.frames:.3f} s per sampled frame, {decoding:.2f} s of it decoding")
+        print(
+            f"{name:8s} {total:6.2f} s per video, {total / args.frames:.3f} s per sampled frame, {decoding:.2f} s of it decoding"
+        )
     ratio = statistics.median(t for t, _ in results["ours"]) / statistics.median(t for t, _ in results["baseline"])
     print(f"ours / baseline = {ratio:.3f}")
 

@@ -35,8 +35,13 @@ TUTORIAL_RESAMPLE = NEAREST_RESAMPLE
 TUTORIAL_THRESHOLD_RULE = "fixed 0.5 (tutorial)"
 
 
-def adopt_tutorial_model(model_path: str | Path, output: str | Path, data_dir: str | Path | None = None,
-                         rule: str = TrainConfig.threshold_rule, batch_size: int = 64) -> tuple[Path, ModelMetadata]:  # fmt: skip
+def adopt_tutorial_model(
+    model_path: str | Path,
+    output: str | Path,
+    data_dir: str | Path | None = None,
+    rule: str = TrainConfig.threshold_rule,
+    batch_size: int = 64,
+) -> tuple[Path, ModelMetadata]:
     """Save a model trained by the original tutorial's code as one of ours, in ``output`` (.keras).
 
     The network is kept as it is; the metadata says how to use it (see the module docstring).
@@ -60,13 +65,14 @@ def adopt_tutorial_model(model_path: str | Path, output: str | Path, data_dir: s
     metadata = ModelMetadata(
         arch=ADOPTED_ARCH,
         class_names=list(TUTORIAL_CLASS_NAMES),
-        preprocessing=PreprocessingConfig(image_size=_tutorial_input_size(model, model_path),
-                                          resample=TUTORIAL_RESAMPLE).to_dict(),
+        preprocessing=PreprocessingConfig(
+            image_size=_tutorial_input_size(model, model_path), resample=TUTORIAL_RESAMPLE
+        ).to_dict(),
         threshold=0.5,
         threshold_rule=TUTORIAL_THRESHOLD_RULE,
         name=output.stem,
         train_config={"adopted_from": str(model_path), "recipe": "the original tutorial's train.py"},
-    )  # fmt: skip
+    )
     if data_dir is not None:
         folder = _validation_folder(data_dir)
         scored = score_folder(Detector(model, metadata, warm_up=False), folder, batch_size=batch_size)
@@ -79,8 +85,16 @@ def adopt_tutorial_model(model_path: str | Path, output: str | Path, data_dir: s
         metadata.metrics = {"validation": numbers_only(compute_metrics(y_true, fake_probability, metadata.threshold))}
         metadata.train_config["dataset"] = str(folder.parent)
     save_model(model, metadata, output)
-    log.info("adopted %s as %s (%d px, classes %s, %s resize, threshold %.3f: %s)", model_path, output,
-             metadata.image_size, metadata.class_names, TUTORIAL_RESAMPLE, metadata.threshold, metadata.threshold_rule)  # fmt: skip
+    log.info(
+        "adopted %s as %s (%d px, classes %s, %s resize, threshold %.3f: %s)",
+        model_path,
+        output,
+        metadata.image_size,
+        metadata.class_names,
+        TUTORIAL_RESAMPLE,
+        metadata.threshold,
+        metadata.threshold_rule,
+    )
     return output, metadata
 
 
@@ -94,24 +108,32 @@ def _load_plain_model(path: Path) -> keras.Model:
 def _tutorial_input_size(model: keras.Model, path: Path) -> int:
     """The side of the model's square RGB input, after checking it gives one sigmoid score."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelFileError(f"{path}: the network has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-                             "adopt takes one image in and one sigmoid score out, as the tutorial's")  # fmt: skip
+        raise ModelFileError(
+            f"{path}: the network has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "adopt takes one image in and one sigmoid score out, as the tutorial's"
+        )
     input_shape = tuple(model.inputs[0].shape[1:])
     if len(input_shape) != 3 or input_shape[2] != 3 or input_shape[0] is None or input_shape[0] != input_shape[1]:
-        raise ModelFileError(f"{path}: the network takes input {input_shape}; adopt takes a square RGB image "
-                             "of fixed size, as the tutorial's (128, 128, 3)")  # fmt: skip
+        raise ModelFileError(
+            f"{path}: the network takes input {input_shape}; adopt takes a square RGB image "
+            "of fixed size, as the tutorial's (128, 128, 3)"
+        )
     output_shape = tuple(model.outputs[0].shape[1:])
     last = model.layers[-1] if model.layers else None
     if output_shape != (1,) or getattr(last, "activation", None) is not keras.activations.sigmoid:
-        raise ModelFileError(f"{path}: the network outputs {output_shape} from "
-                             f"{type(last).__name__ if last else 'nothing'} {getattr(last, 'name', '')!r}; "
-                             "adopt takes one sigmoid score, as the tutorial's Dense(1, activation='sigmoid')")  # fmt: skip
+        raise ModelFileError(
+            f"{path}: the network outputs {output_shape} from "
+            f"{type(last).__name__ if last else 'nothing'} {getattr(last, 'name', '')!r}; "
+            "adopt takes one sigmoid score, as the tutorial's Dense(1, activation='sigmoid')"
+        )
     return int(input_shape[0])
 
 
 def _validation_folder(data_dir: str | Path) -> Path:
     folder, split = resolve_folder(data_dir, "Validation")
     if split != "Validation":
-        raise DatasetError(f"{data_dir} holds Real/ or Fake/ itself; pass the dataset folder whose "
-                           "Validation/ split sets the threshold")  # fmt: skip
+        raise DatasetError(
+            f"{data_dir} holds Real/ or Fake/ itself; pass the dataset folder whose "
+            "Validation/ split sets the threshold"
+        )
     return folder

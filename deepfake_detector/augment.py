@@ -23,7 +23,9 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, policy: Augmentation = AUGM
     u = tf.random.stateless_uniform([4], seeds[2])
     if policy.rescale_probability:
         small = tf.cast(tf.cast(size, tf.float32) * (0.5 + 0.5 * u[1]), tf.int32)
-        rescaled = tf.image.resize(tf.image.resize(tf.cast(image, tf.float32), [small, small], antialias=True), [size, size])
+        rescaled = tf.image.resize(
+            tf.image.resize(tf.cast(image, tf.float32), [small, small], antialias=True), [size, size]
+        )
         rescaled = tf.cast(tf.clip_by_value(tf.round(rescaled), 0, 255), tf.uint8)
         image = tf.cond(u[0] < policy.rescale_probability, lambda: rescaled, lambda: image)
     if policy.blur_probability:
@@ -31,7 +33,9 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, policy: Augmentation = AUGM
     if policy.jpeg_probability:
         quality = tf.random.stateless_uniform([], seeds[3], *policy.jpeg_quality, dtype=tf.int32)
         coin = tf.random.stateless_uniform([], seeds[4])
-        image = tf.cond(coin < policy.jpeg_probability, lambda: tf.image.adjust_jpeg_quality(image, quality), lambda: image)
+        image = tf.cond(
+            coin < policy.jpeg_probability, lambda: tf.image.adjust_jpeg_quality(image, quality), lambda: image
+        )
     if policy.color_probability:
         coin = tf.random.stateless_uniform([], seeds[6])
         image = tf.cond(coin < policy.color_probability, lambda: _jitter_colour(image, seeds[5]), lambda: image)
@@ -53,7 +57,11 @@ def _gaussian_blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
     x = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel_1d = tf.exp(-(x**2) / (2.0 * sigma**2))
     kernel_1d /= tf.reduce_sum(kernel_1d)
-    kernel = tf.tile(tf.reshape(tf.tensordot(kernel_1d, kernel_1d, axes=0), [2 * radius + 1, 2 * radius + 1, 1, 1]), [1, 1, 3, 1])
-    padded = tf.pad(tf.cast(image, tf.float32)[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    kernel = tf.tile(
+        tf.reshape(tf.tensordot(kernel_1d, kernel_1d, axes=0), [2 * radius + 1, 2 * radius + 1, 1, 1]), [1, 1, 3, 1]
+    )
+    padded = tf.pad(
+        tf.cast(image, tf.float32)[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT"
+    )
     blurred = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")[0]
     return tf.cast(tf.clip_by_value(tf.round(blurred), 0, 255), tf.uint8)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -59,7 +59,9 @@ def expand_paths(inputs: Iterable[str | Path], suffixes: frozenset[str] = IMAGE_
             yield str(item)
 
 
-def _decode(path: str, image_size: int, resample: str, finder: FaceFinder | None) -> tuple[np.ndarray | None, list[FaceBox] | None, str]:
+def _decode(
+    path: str, image_size: int, resample: str, finder: FaceFinder | None
+) -> tuple[np.ndarray | None, list[FaceBox] | None, str]:
     """(model inputs N x S x S x 3, face boxes or None for the whole image, error)."""
     try:
         if finder is None:
@@ -75,9 +77,12 @@ def _decode(path: str, image_size: int, resample: str, finder: FaceFinder | None
 
 
 def score_files(
-    detector: Detector, paths: Iterable[str], batch_size: int = 64, workers: int | None = None,
+    detector: Detector,
+    paths: Iterable[str],
+    batch_size: int = 64,
+    workers: int | None = None,
     finder: FaceFinder | None = None,
-) -> Iterator[Row]:  # fmt: skip
+) -> Iterator[Row]:
     """Yield :class:`Row` s in path order; unreadable files get ``error`` set.
 
     Without ``finder`` each path is one whole-image row; with one, each face is a row.
@@ -109,19 +114,43 @@ def _scores_in_chunks(detector: Detector, inputs: list[np.ndarray], batch_size: 
 def track_rows(path: str, analysis: VideoScore) -> list[dict]:
     """One :data:`TRACK_FIELDS` row per track of a scored video (one whole-frames row without faces)."""
     if not analysis.tracks:
-        return [{"path": path, "frames_seen": len(analysis.frames), "label": analysis.prediction.label,
-                 "fake_probability": round(analysis.prediction.fake_probability, 6)}]  # fmt: skip
-    return [{"path": path, "track": index, "frames_seen": len(track.faces), "first_s": round(track.faces[0].time_s, 3),
-             "last_s": round(track.faces[-1].time_s, 3), "label": track.prediction.label,
-             "fake_probability": round(track.prediction.fake_probability, 6)}
-            for index, track in enumerate(analysis.tracks)]  # fmt: skip
+        return [
+            {
+                "path": path,
+                "frames_seen": len(analysis.frames),
+                "label": analysis.prediction.label,
+                "fake_probability": round(analysis.prediction.fake_probability, 6),
+            }
+        ]
+    return [
+        {
+            "path": path,
+            "track": index,
+            "frames_seen": len(track.faces),
+            "first_s": round(track.faces[0].time_s, 3),
+            "last_s": round(track.faces[-1].time_s, 3),
+            "label": track.prediction.label,
+            "fake_probability": round(track.prediction.fake_probability, 6),
+        }
+        for index, track in enumerate(analysis.tracks)
+    ]
 
 
 def frame_rows(path: str, analysis: VideoScore) -> list[dict]:
     """One :data:`FRAME_FIELDS` row per face per sampled frame, in time order."""
-    rows = [{"path": path, "track": index, "frame": face.frame, "time_s": round(face.time_s, 3), "box": face.face.box.as_list(),
-             "label": face.face.prediction.label, "fake_probability": round(face.face.prediction.fake_probability, 6)}
-            for index, track in enumerate(analysis.tracks) for face in track.faces]  # fmt: skip
+    rows = [
+        {
+            "path": path,
+            "track": index,
+            "frame": face.frame,
+            "time_s": round(face.time_s, 3),
+            "box": face.face.box.as_list(),
+            "label": face.face.prediction.label,
+            "fake_probability": round(face.face.prediction.fake_probability, 6),
+        }
+        for index, track in enumerate(analysis.tracks)
+        for face in track.faces
+    ]
     return sorted(rows, key=lambda row: (row["time_s"], row["track"]))
 
 

@@ -79,8 +79,11 @@ class SplitCache:
     @property
     def info(self) -> dict:
         """Counts for logs and the saved model's training record."""
-        return {"n_images": len(self), "skipped": self.meta["n_skipped"],
-                **{f"n_{name}": int((self.labels == i).sum()) for i, name in enumerate(TRAINING_CLASS_ORDER)}}  # fmt: skip
+        return {
+            "n_images": len(self),
+            "skipped": self.meta["n_skipped"],
+            **{f"n_{name}": int((self.labels == i).sum()) for i, name in enumerate(TRAINING_CLASS_ORDER)},
+        }
 
     def _descriptor(self) -> int:
         with self._fd_lock:
@@ -168,14 +171,24 @@ def cache_key(split_dir: Path, paths: list[str], targets: list[int], image_size:
     for path, target in zip(paths, targets):
         stat = os.stat(path)
         files.append([os.path.relpath(path, split_dir), stat.st_size, stat.st_mtime_ns, int(target)])
-    described = {"version": CACHE_VERSION, "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "files": files}
+    described = {
+        "version": CACHE_VERSION,
+        "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(),
+        "files": files,
+    }
     if framing != WHOLE:  # whole-image caches keep the keys they had before framing existed
         described["framing"] = framing
     return hashlib.sha256(json.dumps(described, separators=(",", ":")).encode()).hexdigest()
 
 
-def open_split(split_dir: str | Path, cache_dir: str | Path, config: DataConfig, workers: int | None = None,
-               processes: bool | None = None, files: tuple[list[str], list[int]] | None = None) -> SplitCache:  # fmt: skip
+def open_split(
+    split_dir: str | Path,
+    cache_dir: str | Path,
+    config: DataConfig,
+    workers: int | None = None,
+    processes: bool | None = None,
+    files: tuple[list[str], list[int]] | None = None,
+) -> SplitCache:
     """The cache of one split folder (``Real/`` and ``Fake/``) as ``config`` makes it, built first if needed.
 
     Each image is decoded at ``config.image_size`` and framed by ``config.framing``: whole
@@ -190,7 +203,12 @@ def open_split(split_dir: str | Path, cache_dir: str | Path, config: DataConfig,
         deepfake_detector.errors.DatasetError: no images, one class only, nothing decodable, or
             too little disk space for the cache (said before anything is decoded).
     """
-    split_dir, image_size, limit, framing = Path(split_dir), config.image_size, config.max_images_per_split, config.framing
+    split_dir, image_size, limit, framing = (
+        Path(split_dir),
+        config.image_size,
+        config.max_images_per_split,
+        config.framing,
+    )
     paths, targets = files if files is not None else labelled_files(split_dir)
     if limit is not None and limit < len(paths):
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(paths))[:limit])
@@ -266,8 +284,16 @@ def _locked(path: Path) -> bool:
     return False
 
 
-def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], image_size: int,
-           workers: int | None, processes: bool | None, framing: str = WHOLE) -> None:  # fmt: skip
+def _build(
+    target: Path,
+    split_dir: Path,
+    paths: list[str],
+    targets: list[int],
+    image_size: int,
+    workers: int | None,
+    processes: bool | None,
+    framing: str = WHOLE,
+) -> None:
     row_bytes = image_size * image_size * 3
     needed = len(paths) * row_bytes
     free = shutil.disk_usage(target.parent).free
@@ -284,15 +310,18 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
         use_processes = len(paths) >= PROCESS_THRESHOLD if processes is None else processes
         workers = workers or default_workers(processes=use_processes)
         executor: Executor = (
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if use_processes
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if use_processes
             else ThreadPoolExecutor(workers)
-        )  # fmt: skip
+        )
         failures: dict[int, str] = {}
         no_face = 0
         desc = f"caching {split_dir.name} at {image_size} px" + ("" if framing == WHOLE else ", faces framed")
         with executor, tqdm(total=len(paths), desc=desc, unit="img") as bar:
-            futures = [executor.submit(decode_rows, str(images_file), image_size, start, paths[start : start + CHUNK],
-                                       framing) for start in range(0, len(paths), CHUNK)]  # fmt: skip
+            futures = [
+                executor.submit(decode_rows, str(images_file), image_size, start, paths[start : start + CHUNK], framing)
+                for start in range(0, len(paths), CHUNK)
+            ]
             for future in as_completed(futures):
                 done, failed, faceless = future.result()
                 failures.update(failed)
@@ -301,22 +330,41 @@ def _build(target: Path, split_dir: Path, paths: list[str], targets: list[int], 
         if failures:
             log.warning("%s: %d image(s) could not be decoded and were skipped", split_dir, len(failures))
         if framing != WHOLE:
-            log.info("%s: no face found in %d of %d image(s); those are used whole", split_dir, no_face,
-                     len(paths) - len(failures))  # fmt: skip
+            log.info(
+                "%s: no face found in %d of %d image(s); those are used whole",
+                split_dir,
+                no_face,
+                len(paths) - len(failures),
+            )
         rows = np.asarray([i for i in range(len(paths)) if i not in failures], np.int64)
         np.save(scratch / "rows.npy", rows)
         np.save(scratch / "labels.npy", np.asarray(targets, np.int32)[rows])
-        meta = {"version": CACHE_VERSION, "split_dir": str(split_dir), "image_size": image_size,
-                "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(), "framing": framing,
-                "n_no_face": no_face, "n_files": len(paths),
-                "n_skipped": len(failures), "skipped": {paths[i]: reason for i, reason in sorted(failures.items())}}  # fmt: skip
+        meta = {
+            "version": CACHE_VERSION,
+            "split_dir": str(split_dir),
+            "image_size": image_size,
+            "preprocessing": PreprocessingConfig(image_size=image_size).to_dict(),
+            "framing": framing,
+            "n_no_face": no_face,
+            "n_files": len(paths),
+            "n_skipped": len(failures),
+            "skipped": {paths[i]: reason for i, reason in sorted(failures.items())},
+        }
         (scratch / META_FILE).write_text(json.dumps(meta, indent=1))
-    log.info("cached %s: %d images at %d px, %.2f GB, in %.1f s, in %s",
-             split_dir, len(rows), image_size, needed / 1e9, time.perf_counter() - start, target)  # fmt: skip
+    log.info(
+        "cached %s: %d images at %d px, %.2f GB, in %.1f s, in %s",
+        split_dir,
+        len(rows),
+        image_size,
+        needed / 1e9,
+        time.perf_counter() - start,
+        target,
+    )
 
 
-def decode_rows(images_file: str, image_size: int, start: int, paths: list[str],
-                framing: str = WHOLE) -> tuple[int, dict[int, str], int]:  # fmt: skip
+def decode_rows(
+    images_file: str, image_size: int, start: int, paths: list[str], framing: str = WHOLE
+) -> tuple[int, dict[int, str], int]:
     """Decode ``paths`` into rows ``start...`` of ``images_file``, framed by ``framing`` (a name in
     ``recipes.FRAMINGS``); returns (count, {row: reason} of failures, how many had no face).
 

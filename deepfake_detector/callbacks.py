@@ -29,8 +29,11 @@ def make_callbacks(config: TrainConfig, best: keras.callbacks.Callback | None = 
     as the tutorial's did), the best epoch kept by ``best``, and the learning rate logged."""
     callbacks: list[keras.callbacks.Callback] = []
     if config.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+            )
+        )
     callbacks += schedule_of(config).callbacks(config)
     if best is not None:
         callbacks.append(best)
@@ -137,8 +140,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if not self.initial_epoch:
             return
         self.history = self.saved_history()
-        log.info("resuming from epoch %d: %d epoch(s) done, restored from %s",
-                 self.initial_epoch + 1, self.initial_epoch, self.directory)
+        log.info(
+            "resuming from epoch %d: %d epoch(s) done, restored from %s",
+            self.initial_epoch + 1,
+            self.initial_epoch,
+            self.directory,
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():

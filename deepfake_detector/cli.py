@@ -9,9 +9,8 @@ Help texts list the choices (the registries' entries) and defaults of
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
 
 from deepfake_detector.errors import DeepfakeDetectorError
 from deepfake_detector.recipes import ARCHITECTURES, TrainConfig
@@ -69,8 +68,10 @@ def _description(choice) -> str:
 def choices_help(choices: Mapping, default=None) -> str:
     """``name: what it is`` for each choice of a registry (or a dict of help texts), separated by
     semicolons, the default marked."""
-    return "; ".join(f"{name}: {_description(choice)}" + (" (default)" if name == default else "")
-                     for name, choice in choices.items())  # fmt: skip
+    return "; ".join(
+        f"{name}: {_description(choice)}" + (" (default)" if name == default else "")
+        for name, choice in choices.items()
+    )
 
 
 def _shown(value) -> str:

@@ -74,8 +74,10 @@ def find_dataset_root(directory: str | Path, splits: tuple[str, ...] = SPLITS) -
     best = max(candidates, key=lambda c: sum((c / split).is_dir() for split in splits))
     found = [split for split in splits if (best / split).is_dir()]
     missing = ", ".join(f"{split}/" for split in splits if split not in found)
-    where = f"{best} has {', '.join(f'{split}/' for split in found)} but no {missing}" if found else (
-        f"{directory}: no {missing} folders"
+    where = (
+        f"{best} has {', '.join(f'{split}/' for split in found)} but no {missing}"
+        if found
+        else (f"{directory}: no {missing} folders")
     )
     raise DatasetError(f"{where} (looked in {directory} and two levels down)")
 
@@ -102,9 +104,18 @@ class DatasetHandler:
     for trials, the seed, the training augmentation); by default the tutorial's.
     """
 
-    def __init__(self, dataset_url: str = KAGGLE_URL, dataset_download_dir: str | Path = "data",
-                 dataset_file: str = ARCHIVE_NAME, dataset_dir: str | Path | None = None, train_dir: str = "Train",
-                 test_dir: str = "Test", val_dir: str = "Validation", *, config: DataConfig | None = None):  # fmt: skip
+    def __init__(
+        self,
+        dataset_url: str = KAGGLE_URL,
+        dataset_download_dir: str | Path = "data",
+        dataset_file: str = ARCHIVE_NAME,
+        dataset_dir: str | Path | None = None,
+        train_dir: str = "Train",
+        test_dir: str = "Test",
+        val_dir: str = "Validation",
+        *,
+        config: DataConfig | None = None,
+    ):
         self.dataset_url = dataset_url
         self.dataset_download_dir = Path(dataset_download_dir)
         self.dataset_file = dataset_file
@@ -255,4 +266,6 @@ class DatasetHandler:
 
     def load_split_data(self) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
         """``(train, test, val)``, in the tutorial's order."""
-        return tuple(self.get_image_dataset_from_directory(name) for name in (self.train_dir, self.test_dir, self.val_dir))
+        return tuple(
+            self.get_image_dataset_from_directory(name) for name in (self.train_dir, self.test_dir, self.val_dir)
+        )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -60,8 +61,9 @@ def decode_images(paths: list[str], image_size: int, workers: int | None = None,
     return array[: len(kept)], np.asarray(kept, np.int64), failures
 
 
-def decoded_batches(items: Iterable[T], decode: Callable[[T], R], batch_size: int,
-                    workers: int | None = None) -> Iterator[list[tuple[T, R]]]:  # fmt: skip
+def decoded_batches(
+    items: Iterable[T], decode: Callable[[T], R], batch_size: int, workers: int | None = None
+) -> Iterator[list[tuple[T, R]]]:
     """Batches of ``(item, decode(item))`` in order, decoded on a thread pool one batch ahead.
 
     While the caller scores one batch the next one decodes, so at most two batches are alive

@@ -108,9 +108,17 @@ class ImageScore:
 class Detector:
     """A model plus its metadata, ready to score images."""
 
-    def __init__(self, model, metadata: ModelMetadata, name: str | None = None, warm_up: bool = True,
-                 runtime: str = "keras", threads: int | None = None, model_path: str | Path | None = None,
-                 origin: str = ""):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        metadata: ModelMetadata,
+        name: str | None = None,
+        warm_up: bool = True,
+        runtime: str = "keras",
+        threads: int | None = None,
+        model_path: str | Path | None = None,
+        origin: str = "",
+    ):
         """``threads``: the TFLite runtime's compute threads (default: every CPU). ``model_path``:
         the file the model came from, which lets the TFLite runtime reuse its cached conversion.
         ``origin``: where the model comes from, in words (shown on the page and by ``/healthz``)."""
@@ -134,13 +142,27 @@ class Detector:
             self.scores(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
 
     @classmethod
-    def from_path(cls, path: str | Path = DEFAULT_MODEL_PATH, warm_up: bool = True, runtime: str = "keras",
-                  threads: int | None = None, origin: str = "") -> "Detector":
+    def from_path(
+        cls,
+        path: str | Path = DEFAULT_MODEL_PATH,
+        warm_up: bool = True,
+        runtime: str = "keras",
+        threads: int | None = None,
+        origin: str = "",
+    ) -> Detector:
         """Load a saved model; raises :class:`deepfake_detector.errors.ModelFileError`."""
         model, metadata = load_model(path)
         log.info("loaded %s (%s, threshold %.3f, %s runtime)", path, metadata.arch, metadata.threshold, runtime)
-        return cls(model, metadata, name=Path(path).name, warm_up=warm_up, runtime=runtime, threads=threads,
-                   model_path=path, origin=origin)
+        return cls(
+            model,
+            metadata,
+            name=Path(path).name,
+            warm_up=warm_up,
+            runtime=runtime,
+            threads=threads,
+            model_path=path,
+            origin=origin,
+        )
 
     def _scores(self, images: tf.Tensor) -> tf.Tensor:
         return self.detector_model.fake_probability(tf.cast(images, tf.float32))[:, 0]
@@ -174,8 +196,14 @@ class Detector:
             return faces.framed_face(image, finder or faces.default_finder(), self.image_size, self.resample)[0]
         return load_image(image, self.image_size, self.resample)
 
-    def predict_faces(self, source: ImageSource, finder: FaceFinder | None = None, explain: bool = False,
-                      max_faces: int | None = None, max_explained: int | None = None) -> ImageScore:  # fmt: skip
+    def predict_faces(
+        self,
+        source: ImageSource,
+        finder: FaceFinder | None = None,
+        explain: bool = False,
+        max_faces: int | None = None,
+        max_explained: int | None = None,
+    ) -> ImageScore:
         """Score every face in a photo (the whole photo when none is found); the verdict is the
         highest face score.
 
@@ -193,8 +221,14 @@ class Detector:
         """
         return self.predict_decoded_faces(open_image(source), finder, explain, max_faces, max_explained)
 
-    def predict_decoded_faces(self, image: Image.Image, finder: FaceFinder | None = None, explain: bool = False,
-                              max_faces: int | None = None, max_explained: int | None = None) -> ImageScore:  # fmt: skip
+    def predict_decoded_faces(
+        self,
+        image: Image.Image,
+        finder: FaceFinder | None = None,
+        explain: bool = False,
+        max_faces: int | None = None,
+        max_explained: int | None = None,
+    ) -> ImageScore:
         """:meth:`predict_faces` of an image :func:`deepfake_detector.preprocessing.open_image` (or
         ``probe_image`` then ``decode``) already returned: it is used as it is, neither checked
         nor decoded again. The web app decodes each upload once, this way."""
@@ -206,14 +240,25 @@ class Detector:
             for index, heatmap in zip(chosen, self.heatmaps(found.inputs[chosen]) if chosen else []):
                 heatmaps[index] = heatmap
         if found.face_detection == faces.NONE_FOUND:
-            return ImageScore(self.prediction_for(scores[0]), [], faces.NONE_FOUND, VERDICT_WHOLE_IMAGE,
-                              crop=found.inputs[0], heatmap=heatmaps[0])  # fmt: skip
+            return ImageScore(
+                self.prediction_for(scores[0]),
+                [],
+                faces.NONE_FOUND,
+                VERDICT_WHOLE_IMAGE,
+                crop=found.inputs[0],
+                heatmap=heatmaps[0],
+            )
         face_scores = [
             FaceScore(box, self.prediction_for(score), crop, heatmap)
             for box, score, crop, heatmap in zip(found.boxes, scores, found.inputs, heatmaps)
         ]
-        return ImageScore(self.prediction_for(max(scores)), face_scores, faces.FOUND, VERDICT_HIGHEST_FACE,
-                          faces_found=found.faces_found)  # fmt: skip
+        return ImageScore(
+            self.prediction_for(max(scores)),
+            face_scores,
+            faces.FOUND,
+            VERDICT_HIGHEST_FACE,
+            faces_found=found.faces_found,
+        )
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
         """Where the evidence for each image's label is: N x S x S in 0..1 (see explain.py)."""

@@ -77,11 +77,16 @@ def _cluster_deadline(tf_config: dict, timeout: float):
     """Have the process killed, with a one-line error naming the tasks not listening, if the block
     has not finished after ``timeout`` s (:mod:`deepfake_detector.watchdog`: the wait for a task
     that never starts holds the GIL in TensorFlow's C++ runtime, so no thread of ours could)."""
-    tasks = [f"{kind} {index}={address}" for kind, addresses in tf_config["cluster"].items()
-             for index, address in enumerate(addresses)]  # fmt: skip
+    tasks = [
+        f"{kind} {index}={address}"
+        for kind, addresses in tf_config["cluster"].items()
+        for index, address in enumerate(addresses)
+    ]
     message = f"the cluster did not start within {timeout:g} s"
-    watchdog = subprocess.Popen([sys.executable, str(Path(__file__).with_name("watchdog.py")), str(os.getpid()),
-                                 str(timeout), message, *tasks], stdin=subprocess.PIPE)  # fmt: skip
+    watchdog = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("watchdog.py")), str(os.getpid()), str(timeout), message, *tasks],
+        stdin=subprocess.PIPE,
+    )
     try:
         yield
     finally:

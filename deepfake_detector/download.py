@@ -118,9 +118,10 @@ def _receive(response, url: str, part: Path, offset: int) -> None:
     total = int(total) + offset if total is not None and encoding in ("", "identity") else None
     mode = "ab" if offset else "wb"
     try:
-        with open(part, mode) as file, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, desc=part.stem
-        ) as bar:
+        with (
+            open(part, mode) as file,
+            tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=part.stem) as bar,
+        ):
             for chunk in _body_chunks(response, 1 << 20):
                 file.write(chunk)
                 bar.update(len(chunk))
@@ -212,8 +213,10 @@ def extract(archive: str | Path, target: str | Path) -> Path:
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise DatasetError(f"{archive}: the disk of {target.parent} filled up while extracting; nothing was "
-                               "kept: free some space, or extract it elsewhere") from None  # fmt: skip
+            raise DatasetError(
+                f"{archive}: the disk of {target.parent} filled up while extracting; nothing was "
+                "kept: free some space, or extract it elsewhere"
+            ) from None
     log.info("extracted %s in %.1f s", archive, time.perf_counter() - start)
     return target
 
@@ -223,9 +226,13 @@ def _check_inflated_size(archive: Path, zip_file: zipfile.ZipFile, folder: Path)
     inflated = sum(member.file_size for member in zip_file.infolist())
     packed = archive.stat().st_size
     if inflated > MAX_INFLATION * packed:
-        raise DatasetError(f"{archive}: its members inflate to {inflated / 1e9:.2f} GB, {inflated / packed:,.0f} "
-                           f"times its size (at most {MAX_INFLATION}x); not a dataset archive")  # fmt: skip
+        raise DatasetError(
+            f"{archive}: its members inflate to {inflated / 1e9:.2f} GB, {inflated / packed:,.0f} "
+            f"times its size (at most {MAX_INFLATION}x); not a dataset archive"
+        )
     free = shutil.disk_usage(folder).free
     if inflated > free * FREE_SHARE:
-        raise DatasetError(f"{archive}: extracting needs {inflated / 1e9:.2f} GB and {folder} has {free / 1e9:.2f} GB "
-                           "free; free some space, or extract it elsewhere")  # fmt: skip
+        raise DatasetError(
+            f"{archive}: extracting needs {inflated / 1e9:.2f} GB and {folder} has {free / 1e9:.2f} GB "
+            "free; free some space, or extract it elsewhere"
+        )

@@ -8,9 +8,10 @@ writes: every metric of :mod:`deepfake_detector.metrics` per condition, and the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -82,7 +83,7 @@ class FolderScores:
 
 
 def score_folder(
-    detector: "Detector",
+    detector: Detector,
     folder: str | Path,
     perturbations: Sequence[Perturbation] = (),
     batch_size: int = 64,
@@ -104,7 +105,9 @@ def score_folder(
     def prepare(path: str):
         try:
             original = open_image(Path(path).read_bytes())
-            inputs = [detector.model_input(original if c is None else open_image(c.apply(original))) for c in conditions]
+            inputs = [
+                detector.model_input(original if c is None else open_image(c.apply(original))) for c in conditions
+            ]
             return np.stack(inputs), None
         except (ImageError, OSError) as error:
             return None, str(error)
@@ -141,7 +144,7 @@ def score_folder(
 
 
 def evaluate_folder(
-    detector: "Detector",
+    detector: Detector,
     folder: str | Path,
     perturbations: Sequence[Perturbation] | str | None = None,
     batch_size: int = 64,
@@ -168,7 +171,7 @@ def evaluate_folder(
 
 
 def evaluate_sources(
-    detector: "Detector",
+    detector: Detector,
     folders: dict[str, str | Path],
     perturbations: Sequence[Perturbation] | str | None = None,
     batch_size: int = 64,
@@ -181,19 +184,28 @@ def evaluate_sources(
     ``plots_dir``, each source's plots go to a sub-folder named after it.
     """
     perturbations = _conditions(perturbations)
-    scored = {name: score_folder(detector, folder, perturbations, batch_size=batch_size) for name, folder in folders.items()}
+    scored = {
+        name: score_folder(detector, folder, perturbations, batch_size=batch_size) for name, folder in folders.items()
+    }
     sources = {name: measure(detector, folders[name], scores) for name, scores in scored.items()}
     pooled = FolderScores(
         paths=[path for scores in scored.values() for path in scores.paths],
         y_true=np.concatenate([scores.y_true for scores in scored.values()]),
-        fake_probability={condition: np.concatenate([scores.fake_probability[condition] for scores in scored.values()])
-                          for condition in next(iter(scored.values())).fake_probability},
+        fake_probability={
+            condition: np.concatenate([scores.fake_probability[condition] for scores in scored.values()])
+            for condition in next(iter(scored.values())).fake_probability
+        },
         skipped={path: reason for scores in scored.values() for path, reason in scores.skipped.items()},
-    )  # fmt: skip
+    )
     if plots_dir is not None:
         for name, scores in scored.items():
-            write_plots(scores.y_true, scores.fake_probability[CLEAN], detector.threshold, Path(plots_dir) / name,
-                        title=f"{detector.name} on {name}")  # fmt: skip
+            write_plots(
+                scores.y_true,
+                scores.fake_probability[CLEAN],
+                detector.threshold,
+                Path(plots_dir) / name,
+                title=f"{detector.name} on {name}",
+            )
     pooled_report = measure(detector, ", ".join(str(folder) for folder in folders.values()), pooled)
     return {"model": detector.name, "threshold": detector.threshold, "sources": sources, "pooled": pooled_report}
 
@@ -205,7 +217,7 @@ def _conditions(perturbations: Sequence[Perturbation] | str | None) -> list[Pert
     return list(perturbations or [])
 
 
-def measure(detector: "Detector", data_dir: str | Path, scored: FolderScores) -> dict:
+def measure(detector: Detector, data_dir: str | Path, scored: FolderScores) -> dict:
     """The report of one set of scores at ``detector``'s threshold: every metric clean and under each perturbation."""
     threshold = detector.threshold
     report = {
@@ -232,10 +244,12 @@ def has_videos(folder: str | Path) -> bool:
     from deepfake_detector.video import VIDEO_SUFFIXES
 
     folders = [Path(folder) / name for name in labels.FOLDER_NAMES.values()]
-    return any(p.suffix.lower() in VIDEO_SUFFIXES for class_dir in folders if class_dir.is_dir() for p in class_dir.rglob("*"))
+    return any(
+        p.suffix.lower() in VIDEO_SUFFIXES for class_dir in folders if class_dir.is_dir() for p in class_dir.rglob("*")
+    )
 
 
-def evaluate_video_folder(detector: "Detector", folder: str | Path, frames: int | None = None) -> dict:
+def evaluate_video_folder(detector: Detector, folder: str | Path, frames: int | None = None) -> dict:
     """Video-level metrics on ``folder/Real`` and ``folder/Fake`` videos: each video's score is its
     verdict (its highest track, :func:`deepfake_detector.video.score_video`), at the model's threshold.
 
@@ -259,7 +273,12 @@ def evaluate_video_folder(detector: "Detector", folder: str | Path, frames: int 
     if not kept:
         raise DatasetError(f"none of the {len(paths)} video(s) under {folder} can be read")
     return {
-        "model": detector.name, "data_dir": str(folder), "media": "video", "frames": frames, "n_videos": len(kept),
-        "n_skipped": len(skipped), "skipped": [{"path": path, "reason": reason} for path, reason in skipped.items()],
+        "model": detector.name,
+        "data_dir": str(folder),
+        "media": "video",
+        "frames": frames,
+        "n_videos": len(kept),
+        "n_skipped": len(skipped),
+        "skipped": [{"path": path, "reason": reason} for path, reason in skipped.items()],
         **compute_metrics(np.asarray(kept), np.asarray(scores), detector.threshold),
-    }  # fmt: skip
+    }

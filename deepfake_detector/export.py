@@ -42,8 +42,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import keras
 import tensorflow as tf
@@ -51,12 +51,19 @@ import tensorflow as tf
 from deepfake_detector.data import DatasetHandler
 from deepfake_detector.errors import ExportError, ModelFileError
 from deepfake_detector.files import staged_directory
-from deepfake_detector.model import METADATA_ENTRY, DeepfakeDetectorModel, ModelMetadata, load_model, read_metadata, save_model
+from deepfake_detector.model import (
+    METADATA_ENTRY,
+    DeepfakeDetectorModel,
+    ModelMetadata,
+    load_model,
+    read_metadata,
+    save_model,
+)
 from deepfake_detector.networks import flip_averaged
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, NEAREST_RESAMPLE
 from deepfake_detector.recipes import THRESHOLD_RULES, DataConfig, TrainConfig
-from deepfake_detector.thresholds import choose_threshold_and_measure
 from deepfake_detector.tflite import OUTPUT_NAME, fake_probability_outputs, tflite_flatbuffer
+from deepfake_detector.thresholds import choose_threshold_and_measure
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +96,10 @@ def serving_function(model: keras.Model, metadata: ModelMetadata) -> Callable[[t
 
     def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.map_fn(
-            lambda encoded: decode_and_resize(encoded, size, resample), image_bytes,
+            lambda encoded: decode_and_resize(encoded, size, resample),
+            image_bytes,
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
-        )  # fmt: skip
+        )
         return fake_probability_outputs(model, metadata, images)
 
     return serve
@@ -108,9 +116,10 @@ def export_savedmodel(model_path: str | Path, output: str | Path) -> Path:
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
-        "serve", serving_function(model, metadata),
+        "serve",
+        serving_function(model, metadata),
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-    )  # fmt: skip
+    )
     with _staging(output, metadata) as staging:
         archive.write_out(str(staging), verbose=False)  # the first endpoint is also serving_default
     log.info("wrote SavedModel %s (signature serving_default: image_bytes -> %s)", output, OUTPUT_NAME)
@@ -132,7 +141,9 @@ def export_tflite(model_path: str | Path, output: str | Path) -> Path:
     with _staging(output, metadata) as staging:
         (staging / TFLITE_FILE).write_bytes(flatbuffer)
     size = metadata.image_size
-    log.info("wrote %s (input image: uint8 [1, %d, %d, 3]; output %s)", Path(output) / TFLITE_FILE, size, size, OUTPUT_NAME)
+    log.info(
+        "wrote %s (input image: uint8 [1, %d, %d, 3]; output %s)", Path(output) / TFLITE_FILE, size, size, OUTPUT_NAME
+    )
     return Path(output)
 
 
@@ -147,8 +158,9 @@ def export(model_path: str | Path, fmt: str, output: str | Path) -> Path:
     return FOLDER_FORMATS[fmt](model_path, output)
 
 
-def add_flip_average(model_path: str | Path, data_dir: str | Path | None, output: str | Path,
-                     cache_dir: str | Path | None = None) -> tuple[Path, dict]:  # fmt: skip
+def add_flip_average(
+    model_path: str | Path, data_dir: str | Path | None, output: str | Path, cache_dir: str | Path | None = None
+) -> tuple[Path, dict]:
     """Save a trained model as :func:`~deepfake_detector.networks.flip_averaged`, threshold chosen again.
 
     What ``flip_average=True`` does at the end of a run, for a model trained without it: the
@@ -168,8 +180,10 @@ def add_flip_average(model_path: str | Path, data_dir: str | Path | None, output
         raise ExportError(f"flip-averaged writes a .keras file; {output} does not end in .keras")
     resample = read_metadata(model_path).preprocessing.get("resample", DEFAULT_RESAMPLE)
     if resample != DEFAULT_RESAMPLE:  # the training cache it scores Validation from resizes with ours
-        raise ExportError(f"{model_path} resizes with {resample!r}; flip-averaged chooses its threshold on "
-                          f"images resized with {DEFAULT_RESAMPLE!r}, so it takes only models trained here")  # fmt: skip
+        raise ExportError(
+            f"{model_path} resizes with {resample!r}; flip-averaged chooses its threshold on "
+            f"images resized with {DEFAULT_RESAMPLE!r}, so it takes only models trained here"
+        )
     model, metadata = load_model(model_path)
     if metadata.flip_average:
         raise ModelFileError(f"{model_path}: already flip-averaged")
@@ -179,12 +193,19 @@ def add_flip_average(model_path: str | Path, data_dir: str | Path | None, output
     if rule not in THRESHOLD_RULES:  # a fixed threshold (a best-epoch checkpoint, an adopted model)
         rule = TrainConfig.threshold_rule
     averaged = flip_averaged(model)
-    threshold, metrics, _ = choose_threshold_and_measure(DeepfakeDetectorModel(averaged, metadata), splits["Validation"],
-                                                         splits["Test"], rule)  # fmt: skip
+    threshold, metrics, _ = choose_threshold_and_measure(
+        DeepfakeDetectorModel(averaged, metadata), splits["Validation"], splits["Test"], rule
+    )
     metadata = dataclasses.replace(
-        metadata, threshold=threshold, flip_average=True, metrics=metrics, created="", versions={}, name=Path(output).stem,
+        metadata,
+        threshold=threshold,
+        flip_average=True,
+        metrics=metrics,
+        created="",
+        versions={},
+        name=Path(output).stem,
         train_config={**metadata.train_config, "flip_average": True, "flip_average_added_from": str(model_path)},
-    )  # fmt: skip
+    )
     return save_model(averaged, metadata, output), metrics
 
 
@@ -198,8 +219,9 @@ def _staging(output: str | Path, metadata: ModelMetadata) -> Iterator[Path]:
     """
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ExportError(f"{output} exists and is not empty; export into a new folder "
-                          "(for TensorFlow Serving, a new version number)")  # fmt: skip
+        raise ExportError(
+            f"{output} exists and is not empty; export into a new folder (for TensorFlow Serving, a new version number)"
+        )
     with staged_directory(output) as staging:
         yield staging
         (staging / METADATA_ENTRY).write_text(metadata.to_json())

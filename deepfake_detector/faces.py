@@ -59,7 +59,7 @@ class Framing:
     dx: float = 0.0
     dy: float = 0.0
 
-    def square(self, box: "FaceBox", image_width: int, image_height: int) -> tuple[int, int, int, int]:
+    def square(self, box: FaceBox, image_width: int, image_height: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the crop, moved inside the image where it fits.
 
         Training crops never have borders, so a crop that sticks out is shifted in rather
@@ -75,7 +75,7 @@ class Framing:
         left, top = min(left, image_width - side), min(top, image_height - side)
         return left, top, left + side, top + side
 
-    def coverage(self, box: "FaceBox", image_width: int, image_height: int) -> float:
+    def coverage(self, box: FaceBox, image_width: int, image_height: int) -> float:
         """Share of the image inside the (unshifted, unclipped) training crop of ``box``."""
         side = self.scale * math.sqrt(box.width * box.height)
         centre_x = box.x + box.width / 2 + self.dx * box.height
@@ -226,7 +226,9 @@ class RetinaFaceFinder:
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         self._session = onnxruntime.InferenceSession(
-            str(weights.verified_path(weights.RETINAFACE_ONNX)), sess_options=options, providers=["CPUExecutionProvider"]
+            str(weights.verified_path(weights.RETINAFACE_ONNX)),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
 
     def _detect(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -300,7 +302,7 @@ class HaarCascadeFinder:
 FINDERS = {"retinaface": RetinaFaceFinder, "haar": HaarCascadeFinder}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_finder(name: str = "retinaface") -> FaceFinder:
     """One shared finder per kind (building one loads its weights)."""
     try:
@@ -323,8 +325,13 @@ class ModelInputs:
     faces_found: int = 0  # before ``max_faces`` kept the largest
 
 
-def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_faces: int | None = None,
-                 resample: str = DEFAULT_RESAMPLE) -> ModelInputs:
+def model_inputs(
+    image: Image.Image,
+    finder: FaceFinder,
+    image_size: int,
+    max_faces: int | None = None,
+    resample: str = DEFAULT_RESAMPLE,
+) -> ModelInputs:
     """Find the faces in an RGB image and make one model input per face.
 
     ``max_faces`` keeps the largest faces only (a crowd photo can hold hundreds, and each
@@ -347,14 +354,17 @@ def model_inputs(image: Image.Image, finder: FaceFinder, image_size: int, max_fa
     framing = finder.framing
     whole = largest if framing.coverage(boxes[largest], image.width, image.height) >= FACE_CROP_COVERAGE else None
     inputs = [
-        resize(image if i == whole else image.crop(framing.square(box, image.width, image.height)), image_size, resample)
+        resize(
+            image if i == whole else image.crop(framing.square(box, image.width, image.height)), image_size, resample
+        )
         for i, box in enumerate(boxes)
     ]
     return ModelInputs(FOUND, boxes, np.stack(inputs), whole_image=whole, faces_found=faces_found)
 
 
-def framed_face(image: Image.Image, finder: FaceFinder, image_size: int,
-                resample: str = DEFAULT_RESAMPLE) -> tuple[np.ndarray, bool]:  # fmt: skip
+def framed_face(
+    image: Image.Image, finder: FaceFinder, image_size: int, resample: str = DEFAULT_RESAMPLE
+) -> tuple[np.ndarray, bool]:
     """The model input of an image's largest face, exactly as :func:`model_inputs` makes it for
     the page, and whether a face was found (without one, the whole image).
 

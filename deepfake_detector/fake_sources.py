@@ -36,12 +36,19 @@ def self_blended_fakes(splits: dict[str, cache.SplitCache], config: DataConfig) 
     train_landmarks = split_landmarks(splits["Train"])
     reals = np.flatnonzero(splits["Train"].labels == REAL_INDEX)
     val_reals = np.flatnonzero(splits["Validation"].labels == REAL_INDEX)
-    validation = BlendedSource(cache.Subset(splits["Validation"], val_reals),
-                               split_landmarks(splits["Validation"])[val_reals], config.seed,
-                               config.other_faces)  # fmt: skip
-    log.info("self-blended: %d real training images, each with a fresh self-blend every epoch (%.0f%% of them "
-             "from another real face); Validation: %d real images and one blend of each",
-             len(reals), 100 * config.other_faces, len(val_reals))  # fmt: skip
+    validation = BlendedSource(
+        cache.Subset(splits["Validation"], val_reals),
+        split_landmarks(splits["Validation"])[val_reals],
+        config.seed,
+        config.other_faces,
+    )
+    log.info(
+        "self-blended: %d real training images, each with a fresh self-blend every epoch (%.0f%% of them "
+        "from another real face); Validation: %d real images and one blend of each",
+        len(reals),
+        100 * config.other_faces,
+        len(val_reals),
+    )
     return cache.Subset(splits["Train"], reals), validation, train_landmarks[reals], None
 
 
@@ -53,6 +60,10 @@ def dataset_and_blended_fakes(splits: dict[str, cache.SplitCache], config: DataC
     n_fake = len(splits["Train"])  # the dataset's fakes (all but n_real) and one self-blend per real image
     total = n_real + n_fake
     class_weight = {REAL_INDEX: total / (2 * n_real), FAKE_INDEX: total / (2 * n_fake)}
-    log.info("both: %d real, %d fake training images per epoch (self-blends included); class weights %s",
-             n_real, n_fake, {k: round(v, 3) for k, v in class_weight.items()})  # fmt: skip
+    log.info(
+        "both: %d real, %d fake training images per epoch (self-blends included); class weights %s",
+        n_real,
+        n_fake,
+        {k: round(v, 3) for k, v in class_weight.items()},
+    )
     return splits["Train"], splits["Validation"], train_landmarks, class_weight

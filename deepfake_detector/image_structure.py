@@ -88,8 +88,10 @@ def jpeg_facts(data: bytes, max_segments: int) -> JpegFacts:
         position += 2
         segments += 1
         if marker == _EOI:
-            spectrum = frame is None or not frame.progressive or all(
-                sent.get(component, 0) == _ALL_COEFFICIENTS for component in frame.sampling
+            spectrum = (
+                frame is None
+                or not frame.progressive
+                or all(sent.get(component, 0) == _ALL_COEFFICIENTS for component in frame.sampling)
             )
             return JpegFacts(segments, scans, True, short_scan, spectrum)
         if marker in _STANDALONE_MARKERS:
@@ -224,7 +226,13 @@ def png_facts(data: bytes, max_chunks: int) -> PngFacts:
         start = position + 8
         if kind == b"IHDR" and length >= 13:
             ihdr = data[start : start + 13]
-            header = (int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big"), ihdr[8], ihdr[9], ihdr[12] == 1)
+            header = (
+                int.from_bytes(ihdr[0:4], "big"),
+                int.from_bytes(ihdr[4:8], "big"),
+                ihdr[8],
+                ihdr[9],
+                ihdr[12] == 1,
+            )
         elif kind == b"IDAT":
             pixel_data.append(view[start : min(start + length, size)])
         elif kind == b"IEND":

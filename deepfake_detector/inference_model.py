@@ -33,9 +33,17 @@ class InferenceModel:
         deepfake_detector.errors.ModelFileError: the model is missing or not one of ours.
     """
 
-    def __init__(self, model_path: str | Path | None = None, *, runtime: str = SERVING_RUNTIME, host: str = "127.0.0.1",
-                 port: int = 5000, server: ServerConfig = ServerConfig(), upload_store=None,
-                 limits: RequestLimits = RequestLimits()):  # fmt: skip
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        runtime: str = SERVING_RUNTIME,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        server: ServerConfig = ServerConfig(),
+        upload_store=None,
+        limits: RequestLimits = RequestLimits(),
+    ):
         model_path, origin = default_model("inference.py", model_path)
         self.model_path = Path(model_path)
         self.detector = Detector.from_path(self.model_path, runtime=runtime, origin=origin)  # loaded and warmed up
@@ -57,6 +65,9 @@ class InferenceModel:
     def run(self) -> None:
         """Serve on ``host:port`` with waitress until interrupted."""
         server = create_server(self.app, self.host, self.port, self.server_config)
-        print(f"Serving {self.detector.name} ({self.detector.origin}) on http://{self.host}:{self.port}/ "
-              f"with waitress ({self.server_config.threads} threads)", flush=True)  # fmt: skip
+        print(
+            f"Serving {self.detector.name} ({self.detector.origin}) on http://{self.host}:{self.port}/ "
+            f"with waitress ({self.server_config.threads} threads)",
+            flush=True,
+        )
         server.run()

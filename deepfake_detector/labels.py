@@ -40,8 +40,9 @@ def label_for(fake_probability: float, threshold: float) -> str:
     return FAKE if fake_probability >= threshold else REAL
 
 
-def labelled_files(folder: str | Path, require_both: bool = True,
-                   suffixes: frozenset[str] = IMAGE_SUFFIXES) -> tuple[list[str], list[int]]:  # fmt: skip
+def labelled_files(
+    folder: str | Path, require_both: bool = True, suffixes: frozenset[str] = IMAGE_SUFFIXES
+) -> tuple[list[str], list[int]]:
     """Image files under ``folder/Real`` and ``folder/Fake`` (recursively, sorted) and their
     integer labels in ``TRAINING_CLASS_ORDER``; no file is opened.
 

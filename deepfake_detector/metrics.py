@@ -15,12 +15,27 @@ from deepfake_detector import labels
 from deepfake_detector.recipes import THRESHOLD_RULES, TrainConfig
 
 METRIC_KEYS = (
-    "n_real", "n_fake", "threshold",
-    "accuracy", "balanced_accuracy", "accuracy_at_0_5", "balanced_accuracy_at_0_5",
-    "precision", "recall", "f1", "real_accuracy", "fake_accuracy",
-    "roc_auc", "average_precision", "eer", "tpr_at_fpr_1", "tpr_at_fpr_5", "log_loss",
-    "confusion_matrix", "notes",
-)  # fmt: skip
+    "n_real",
+    "n_fake",
+    "threshold",
+    "accuracy",
+    "balanced_accuracy",
+    "accuracy_at_0_5",
+    "balanced_accuracy_at_0_5",
+    "precision",
+    "recall",
+    "f1",
+    "real_accuracy",
+    "fake_accuracy",
+    "roc_auc",
+    "average_precision",
+    "eer",
+    "tpr_at_fpr_1",
+    "tpr_at_fpr_5",
+    "log_loss",
+    "confusion_matrix",
+    "notes",
+)
 #: The keys of a metrics dict that are not numbers.
 DETAIL_KEYS = ("confusion_matrix", "notes")
 
@@ -56,8 +71,9 @@ def _cut_between(thresholds: np.ndarray, i: int) -> float:
     return float(min(max((high + low) / 2.0, 0.0), 1.0))
 
 
-def equal_error_rate(y_true: np.ndarray, fake_probability: np.ndarray,
-                     sample_weight: np.ndarray | None = None) -> tuple[float, float]:  # fmt: skip
+def equal_error_rate(
+    y_true: np.ndarray, fake_probability: np.ndarray, sample_weight: np.ndarray | None = None
+) -> tuple[float, float]:
     """(EER, threshold at the EER): where the false positive and false negative rates meet."""
     fpr, tpr, thresholds = roc_points(y_true, fake_probability, sample_weight)
     fnr = 1.0 - tpr
@@ -85,22 +101,28 @@ def source_weights(labels_by_source: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(weights)
 
 
-def equal_error_threshold(y_true: np.ndarray, fake_probability: np.ndarray,
-                          sample_weight: np.ndarray | None = None) -> float:  # fmt: skip
+def equal_error_threshold(
+    y_true: np.ndarray, fake_probability: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
     """The ``eer`` rule: the threshold where the two error rates are equal."""
     return equal_error_rate(y_true, fake_probability, sample_weight)[1]
 
 
-def balanced_accuracy_threshold(y_true: np.ndarray, fake_probability: np.ndarray,
-                                sample_weight: np.ndarray | None = None) -> float:  # fmt: skip
+def balanced_accuracy_threshold(
+    y_true: np.ndarray, fake_probability: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
     """The ``balanced_accuracy`` rule: the score cut that maximises balanced accuracy."""
     fpr, tpr, thresholds = roc_points(y_true, fake_probability, sample_weight)
     i = int(np.argmax(tpr - fpr))  # balanced accuracy = (tpr + 1 - fpr) / 2
     return _cut_between(thresholds, i)
 
 
-def choose_threshold(y_true: np.ndarray, fake_probability: np.ndarray, rule: str = TrainConfig.threshold_rule,
-                     sample_weight: np.ndarray | None = None) -> float:  # fmt: skip
+def choose_threshold(
+    y_true: np.ndarray,
+    fake_probability: np.ndarray,
+    rule: str = TrainConfig.threshold_rule,
+    sample_weight: np.ndarray | None = None,
+) -> float:
     """A decision threshold from validation scores, by a rule of ``recipes.THRESHOLD_RULES``.
 
     ``sample_weight`` weighs the images (pooled sources counted alike: ``source_weights``).
@@ -197,14 +219,24 @@ def format_table(rows: dict[str, dict], keys=None) -> str:
         cells = []
         for name in names:
             value = rows[name].get(key)
-            cells.append(("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)).rjust(col))
+            cells.append(
+                ("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)).rjust(col)
+            )
         lines.append(key.ljust(width) + "".join(cells))
     return "\n".join(lines)
 
 
 #: The columns of a per-source table (``evaluate.py`` with several ``--data-dir``).
-SOURCE_KEYS = ("n_real", "n_fake", "roc_auc", "average_precision", "accuracy", "real_accuracy", "fake_accuracy",
-               "tpr_at_fpr_1")  # fmt: skip
+SOURCE_KEYS = (
+    "n_real",
+    "n_fake",
+    "roc_auc",
+    "average_precision",
+    "accuracy",
+    "real_accuracy",
+    "fake_accuracy",
+    "tpr_at_fpr_1",
+)
 
 
 def format_rows(rows: dict[str, dict], keys=SOURCE_KEYS) -> str:
@@ -214,7 +246,11 @@ def format_rows(rows: dict[str, dict], keys=SOURCE_KEYS) -> str:
     lines = ["source".ljust(first) + "".join(key.rjust(col) for key in keys)]
     for name, metrics in rows.items():
         cells = [metrics.get(key) for key in keys]
-        lines.append(name.ljust(first) + "".join(
-            ("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)).rjust(col)
-            for value in cells))  # fmt: skip
+        lines.append(
+            name.ljust(first)
+            + "".join(
+                ("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)).rjust(col)
+                for value in cells
+            )
+        )
     return "\n".join(lines)

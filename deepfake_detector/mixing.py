@@ -51,11 +51,14 @@ def source_names(data_dirs: list[str]) -> list[str]:
     names = [Path(directory).resolve().name for directory in data_dirs]
     for name in names:
         if names.count(name) > 1:
-            raise TrainingSetupError(f"two --data-dir folders are named {name!r}; a source is known by its "
-                                     "folder's name, so give each its own")  # fmt: skip
+            raise TrainingSetupError(
+                f"two --data-dir folders are named {name!r}; a source is known by its "
+                "folder's name, so give each its own"
+            )
         if name == SELF_BLENDED_SOURCE:
-            raise TrainingSetupError(f"a --data-dir folder may not be named {SELF_BLENDED_SOURCE!r}, the "
-                                     "self-blended source's name")  # fmt: skip
+            raise TrainingSetupError(
+                f"a --data-dir folder may not be named {SELF_BLENDED_SOURCE!r}, the self-blended source's name"
+            )
     return names
 
 
@@ -73,8 +76,9 @@ def parse_mix(spec: str | None, names: list[str]) -> dict[str, float]:
         name = name.strip()
         if not sep or name not in shares:
             known = ", ".join(names)
-            raise TrainingSetupError(f"--mix {spec!r}: {entry.strip()!r} is not SOURCE=WEIGHT with a source "
-                                     f"of this run ({known})")  # fmt: skip
+            raise TrainingSetupError(
+                f"--mix {spec!r}: {entry.strip()!r} is not SOURCE=WEIGHT with a source of this run ({known})"
+            )
         try:
             shares[name] = float(weight)
         except ValueError:
@@ -153,7 +157,9 @@ class EpochPlan:
         pairs = counts.get(SELF_BLENDED_SOURCE, 0) // 2
         if pairs:
             data_total = sum(self.shares[name] for name in self.source.names)
-            spread = EpochPlan(self.source, {name: self.shares[name] / data_total for name in self.source.names}, pairs, self.seed)
+            spread = EpochPlan(
+                self.source, {name: self.shares[name] / data_total for name in self.source.names}, pairs, self.seed
+            )
             for index, (name, count) in enumerate(spread.counts().items()):
                 reals = self.source.positions(name, REAL_INDEX)
                 positions.append(self._stream((index, 2), reals, epoch, count))
@@ -179,8 +185,14 @@ class EpochPlan:
         return out
 
 
-def make_mixed_dataset(plan: EpochPlan, batch_size: int, first_epoch: int, epochs: int,
-                       config: DataConfig = DataConfig(), landmarks: np.ndarray | None = None) -> tf.data.Dataset:  # fmt: skip
+def make_mixed_dataset(
+    plan: EpochPlan,
+    batch_size: int,
+    first_epoch: int,
+    epochs: int,
+    config: DataConfig = DataConfig(),
+    landmarks: np.ndarray | None = None,
+) -> tf.data.Dataset:
     """Batches of (uint8 images, float32 targets) for epochs ``first_epoch`` to ``epochs - 1``, in
     one stream (``fit`` with ``steps_per_epoch`` keeps one iterator across epochs), augmented by
     ``config.augment``.
@@ -212,7 +224,9 @@ def make_mixed_dataset(plan: EpochPlan, batch_size: int, first_epoch: int, epoch
             return image[None], target[None], augment_seed[None]
 
         def pair():
-            blended = tf.ensure_shape(tf.numpy_function(blend, [image, position, seed], tf.uint8, stateful=False), image.shape)
+            blended = tf.ensure_shape(
+                tf.numpy_function(blend, [image, position, seed], tf.uint8, stateful=False), image.shape
+            )
             second = augment_seed if policy is not None and policy.paired else seed + tf.constant([2, 0], tf.int64)
             pair_targets = tf.constant([[float(REAL_INDEX)], [float(FAKE_INDEX)]])
             return tf.stack([image, blended]), pair_targets, tf.stack([augment_seed, second])
@@ -224,8 +238,9 @@ def make_mixed_dataset(plan: EpochPlan, batch_size: int, first_epoch: int, epoch
     dataset = dataset.map(expand, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if policy is not None:
         augment_one = policy.augmenter()
-        dataset = dataset.map(lambda image, target, seed: (augment_one(image, seed), target),
-                              num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
+        dataset = dataset.map(
+            lambda image, target, seed: (augment_one(image, seed), target), num_parallel_calls=tf.data.AUTOTUNE
+        )
     else:
         dataset = dataset.map(lambda image, target, seed: (image, target))
     steps = -(-(epochs - first_epoch) * plan.epoch_size // batch_size)
@@ -245,8 +260,9 @@ class SourceValidation(keras.callbacks.Callback):
     saves, as the finished model will be; the trained weights are put back before the epoch's backup.
     """
 
-    def __init__(self, sources: dict[str, SplitSource], best: keras.callbacks.Callback | None = None,
-                 batch_size: int = 128):  # fmt: skip
+    def __init__(
+        self, sources: dict[str, SplitSource], best: keras.callbacks.Callback | None = None, batch_size: int = 128
+    ):
         super().__init__()
         self.sources, self.best, self.batch_size = sources, best, batch_size
 
@@ -270,8 +286,12 @@ class SourceValidation(keras.callbacks.Callback):
                 losses.append(log_loss(source.labels, scores))
                 logs[f"val_auc_{name}"], logs[f"val_loss_{name}"] = aucs[-1], losses[-1]
             logs[MEAN_AUC], logs["val_loss"] = float(np.mean(aucs)), float(np.mean(losses))
-            log.info("epoch %d: Validation ROC AUC %s; mean %.4f", epoch + 1,
-                     ", ".join(f"{name} {auc:.4f}" for name, auc in zip(self.sources, aucs)), logs[MEAN_AUC])  # fmt: skip
+            log.info(
+                "epoch %d: Validation ROC AUC %s; mean %.4f",
+                epoch + 1,
+                ", ".join(f"{name} {auc:.4f}" for name, auc in zip(self.sources, aucs)),
+                logs[MEAN_AUC],
+            )
             if self.best is not None:
                 self.best.on_epoch_end(epoch, logs)
         finally:

@@ -72,9 +72,18 @@ class ModelMetadata:
             tests = {Path(str(self.train_config["dataset"])).name: self.metrics["test"]}
         else:
             return []
-        return [{"data": name, "kind": dataset_kind(name), "n_real": test.get("n_real"), "n_fake": test.get("n_fake"),
-                 "roc_auc": test.get("roc_auc"), "fakes_caught": test.get("fake_accuracy"),
-                 "reals_passed": test.get("real_accuracy")} for name, test in tests.items()]  # fmt: skip
+        return [
+            {
+                "data": name,
+                "kind": dataset_kind(name),
+                "n_real": test.get("n_real"),
+                "n_fake": test.get("n_fake"),
+                "roc_auc": test.get("roc_auc"),
+                "fakes_caught": test.get("fake_accuracy"),
+                "reals_passed": test.get("real_accuracy"),
+            }
+            for name, test in tests.items()
+        ]
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=True, default=float)
@@ -104,7 +113,7 @@ def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) ->
     """
     path = Path(path)
     if not metadata.created:
-        metadata.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        metadata.created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if not metadata.versions:
         metadata.versions = library_versions()
     _check_consistent(model, metadata, path)
@@ -137,9 +146,11 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     """The metadata inside a saved model, without loading the network."""
     raw = stored_metadata(path)
     if raw is None:
-        raise ModelFileError(f"{path}: has no {METADATA_ENTRY}; save models with train.py, or adopt one trained with "
-                             f"the original tutorial's code: python export.py --model {path} --format adopt "
-                             "--output NEW.keras")  # fmt: skip
+        raise ModelFileError(
+            f"{path}: has no {METADATA_ENTRY}; save models with train.py, or adopt one trained with "
+            f"the original tutorial's code: python export.py --model {path} --format adopt "
+            "--output NEW.keras"
+        )
     try:
         data: dict[str, Any] = json.loads(raw)
         if data.get("format") != METADATA_FORMAT:
@@ -186,8 +197,10 @@ def _check_consistent(model: keras.Model, metadata: ModelMetadata, path: Path) -
         raise ModelFileError(f"{path}: the network outputs {output_shape}, expected one sigmoid score")
     averaged = flip_average_member(model) is not None
     if averaged != bool(metadata.flip_average):
-        raise ModelFileError(f"{path}: metadata says flip_average={bool(metadata.flip_average)} "
-                             f"but the network {'is' if averaged else 'is not'} flip-averaged")  # fmt: skip
+        raise ModelFileError(
+            f"{path}: metadata says flip_average={bool(metadata.flip_average)} "
+            f"but the network {'is' if averaged else 'is not'} flip-averaged"
+        )
 
 
 # ----------------------------------------------------------------------------- the model
@@ -206,12 +219,21 @@ class DeepfakeDetectorModel:
     reads a saved one; ``DeepfakeDetectorModel(network, metadata)`` wraps a network in hand.
     """
 
-    def __init__(self, model: keras.Model | None = None, metadata: ModelMetadata | None = None, *,
-                 arch: str = TrainConfig.arch, image_size: int | None = None, pretrained: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        model: keras.Model | None = None,
+        metadata: ModelMetadata | None = None,
+        *,
+        arch: str = TrainConfig.arch,
+        image_size: int | None = None,
+        pretrained: bool = True,
+    ):
         if metadata is None:
             if model is not None:
                 raise ValueError("a network needs its metadata (class order, input size, threshold)")
-            metadata = ModelMetadata(arch=arch, preprocessing=PreprocessingConfig(image_size=image_size or 128).to_dict())
+            metadata = ModelMetadata(
+                arch=arch, preprocessing=PreprocessingConfig(image_size=image_size or 128).to_dict()
+            )
         if model is None:
             model = build_model(metadata.arch, metadata.image_size, pretrained=pretrained)
         self.model = model  # the Keras network, as in the tutorial
@@ -255,8 +277,15 @@ class DeepfakeDetectorModel:
         return self.fake_probability_of(self.model.predict(images, batch_size=batch_size, **kwargs))
 
     # -- the tutorial's life cycle
-    def compile_model(self, learning_rate=1e-4, *, optimizer: str = "adam", weight_decay: float = 0.0,
-                      ema_momentum: float = 0.0, label_smoothing: float = 0.0) -> None:  # fmt: skip
+    def compile_model(
+        self,
+        learning_rate=1e-4,
+        *,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        ema_momentum: float = 0.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
         """Binary cross-entropy with accuracy, precision, recall and ROC AUC, fake positive.
 
         ``learning_rate`` may be a schedule. ``optimizer``: a name in ``recipes.OPTIMIZERS``, adam
@@ -264,8 +293,10 @@ class DeepfakeDetectorModel:
         written into the network when training ends.
         """
         if not self._output_is_fake:
-            raise ValueError(f"{self.name}: training labels are {list(labels.TRAINING_CLASS_ORDER)} "
-                             f"but this network's class order is {self.metadata.class_names}")  # fmt: skip
+            raise ValueError(
+                f"{self.name}: training labels are {list(labels.TRAINING_CLASS_ORDER)} "
+                f"but this network's class order is {self.metadata.class_names}"
+            )
         make_optimizer = OPTIMIZERS.load(optimizer)
         ema = dict(use_ema=True, ema_momentum=ema_momentum) if ema_momentum else {}
         self.model.compile(
@@ -307,7 +338,7 @@ class DeepfakeDetectorModel:
         return save_model(self.model, self.metadata, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "DeepfakeDetectorModel":
+    def load(cls, path: str | Path) -> DeepfakeDetectorModel:
         """A saved model; :class:`ModelFileError` (one line) if it is not one of ours."""
         return cls(*load_model(path))
 
@@ -331,8 +362,15 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     ``initial_best``: the best value of a run being resumed.
     """
 
-    def __init__(self, detector_model: DeepfakeDetectorModel, path: str | Path, monitor: str = "val_loss",
-                 verbose: int = 1, initial_best: float | None = None, higher_is_better: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        detector_model: DeepfakeDetectorModel,
+        path: str | Path,
+        monitor: str = "val_loss",
+        verbose: int = 1,
+        initial_best: float | None = None,
+        higher_is_better: bool = False,
+    ):
         super().__init__()
         self.detector_model, self.path, self.monitor = detector_model, Path(path), monitor
         self.higher_is_better = higher_is_better
@@ -351,19 +389,30 @@ class BestModelCheckpoint(keras.callbacks.Callback):
                 print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}", flush=True)
             return
         if self.verbose:
-            print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
-                  f"saving model to {self.path}", flush=True)  # fmt: skip
+            print(
+                f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                f"saving model to {self.path}",
+                flush=True,
+            )
         self.best = float(current)
         metadata = dataclasses.replace(
-            self.detector_model.metadata, threshold=0.5, flip_average=False,
+            self.detector_model.metadata,
+            threshold=0.5,
+            flip_average=False,
             threshold_rule=f"fixed 0.5 (best epoch so far, {self.monitor} {current:.4f}; "
-                           "the finished model's threshold is chosen on Validation)",
-            train_config={**self.detector_model.metadata.train_config, "best_epoch": epoch + 1, self.monitor: float(current)},
-        )  # fmt: skip
+            "the finished model's threshold is chosen on Validation)",
+            train_config={
+                **self.detector_model.metadata.train_config,
+                "best_epoch": epoch + 1,
+                self.monitor: float(current),
+            },
+        )
         save_model(self.model, metadata, self.path)
 
 
-def tutorial_callbacks(detector_model: DeepfakeDetectorModel, best: str | Path | None) -> list[keras.callbacks.Callback]:
+def tutorial_callbacks(
+    detector_model: DeepfakeDetectorModel, best: str | Path | None
+) -> list[keras.callbacks.Callback]:
     """The tutorial's callbacks, its recipe's (:func:`deepfake_detector.callbacks.make_callbacks`):
     early stopping (patience 10, best weights restored), the learning rate cut tenfold after 5
     epochs without progress, and the best epoch kept at ``best``."""

@@ -35,7 +35,9 @@ def build_seed_cnn(image_size: int = 128) -> keras.Model:
     x = layers.Dense(256, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
     x = layers.Dense(128, activation="relu")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER, dtype="float32")(x)  # float32 under mixed precision too
+    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER, dtype="float32")(
+        x
+    )  # float32 under mixed precision too
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
@@ -65,9 +67,14 @@ def mobilenet_v2_backbone(image_size: int = 128) -> keras.Model:
     x = _conv_bn(inputs, 32, 3, 2, "features_0")
     channels, index = 32, 1
     for expansion, out_channels, repeats, first_stride in (
-        (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
-    ):  # fmt: skip
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ):
         for repeat in range(repeats):
             stride = first_stride if repeat == 0 else 1
             name, block_input, part = f"features_{index}_conv", x, 0
@@ -94,7 +101,9 @@ def _detector(backbone: keras.Model, normalize, dropout: float, name: str) -> ke
     x = backbone(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER, dtype="float32")(x)  # float32 under mixed precision too
+    outputs = layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER, dtype="float32")(
+        x
+    )  # float32 under mixed precision too
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -114,8 +123,15 @@ def build_mobilenet_v2(image_size: int = 128, pretrained: bool = True, dropout: 
 
 
 #: EfficientNet-Lite0's inverted-residual stages: repeats, kernel, first stride, expansion, output channels.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 
 
 def efficientnet_lite0_backbone(image_size: int = 128) -> keras.Model:
@@ -159,7 +175,9 @@ def build_efficientnet_lite0(image_size: int = 128, pretrained: bool = True, dro
     if pretrained:
         imagenet.load_efficientnet_lite0(backbone)
     # EfficientNet-Lite's (x - 127) / 128 inside the model.
-    normalize = [layers.Rescaling(1.0 / imagenet.LITE_STD, offset=-imagenet.LITE_MEAN / imagenet.LITE_STD, name="lite_norm")]
+    normalize = [
+        layers.Rescaling(1.0 / imagenet.LITE_STD, offset=-imagenet.LITE_MEAN / imagenet.LITE_STD, name="lite_norm")
+    ]
     return _detector(backbone, normalize, dropout, "efficientnet_lite0_detector")
 
 
@@ -242,7 +260,9 @@ def flip_average_member(model: keras.Model) -> keras.Model | None:
     return members[0] if len(members) == 1 else None
 
 
-def build_model(arch: str, image_size: int = 128, pretrained: bool = True, mixed_precision: bool = False) -> keras.Model:
+def build_model(
+    arch: str, image_size: int = 128, pretrained: bool = True, mixed_precision: bool = False
+) -> keras.Model:
     """A fresh, uncompiled network of the named architecture (``recipes.ARCHITECTURES``).
 
     ``pretrained``: start the backbone from its ImageNet weights (the seed CNN has none).

@@ -39,8 +39,11 @@ class Plateau(Schedule):
     """The original recipe's: constant, cut tenfold after 5 epochs without a better val_loss."""
 
     def callbacks(self, config: TrainConfig) -> list[keras.callbacks.Callback]:
-        return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7,
-                                                  verbose=1 if config.verbose else 0)]  # fmt: skip
+        return [
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.1, patience=5, min_lr=1e-7, verbose=1 if config.verbose else 0
+            )
+        ]
 
 
 class WarmupCosine(Schedule):
@@ -50,9 +53,11 @@ class WarmupCosine(Schedule):
         total = max(1, config.epochs * steps_per_epoch)
         warmup = config.warmup_epochs * steps_per_epoch
         return keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else config.learning_rate, decay_steps=max(1, total - warmup),
-            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
-        )  # fmt: skip
+            0.0 if warmup else config.learning_rate,
+            decay_steps=max(1, total - warmup),
+            warmup_target=config.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
 
 
 def schedule_of(config: TrainConfig) -> Schedule:

@@ -26,8 +26,14 @@ SplitSource = Union[cache.SplitCache, cache.ArraySource, cache.Subset, "BlendedS
 log = logging.getLogger(__name__)
 
 
-def make_dataset(source: SplitSource, batch_size: int, training: bool, config: DataConfig = DataConfig(),
-                 shard: tuple[int, int] | None = None, blend_landmarks: np.ndarray | None = None) -> tf.data.Dataset:  # fmt: skip
+def make_dataset(
+    source: SplitSource,
+    batch_size: int,
+    training: bool,
+    config: DataConfig = DataConfig(),
+    shard: tuple[int, int] | None = None,
+    blend_landmarks: np.ndarray | None = None,
+) -> tf.data.Dataset:
     """Batches of (uint8 images, float32 targets) read from ``source`` by position.
 
     Training draws a fresh permutation of every position each epoch (a full shuffle of
@@ -75,9 +81,11 @@ def make_dataset(source: SplitSource, batch_size: int, training: bool, config: D
     if policy is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         augment_one = policy.augmenter()
-        dataset = tf.data.Dataset.zip((dataset.unbatch(), seeds)).map(
-            lambda pair, s: (augment_one(pair[0], s), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
-        ).batch(batch_size)
+        dataset = (
+            tf.data.Dataset.zip((dataset.unbatch(), seeds))
+            .map(lambda pair, s: (augment_one(pair[0], s), pair[1]), num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+        )
     # Known batches per epoch (re-batching forgets them): the progress bar and the schedule's length.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-elements // batch_size)))
     options = tf.data.Options()
@@ -94,8 +102,9 @@ def augmentation(name: str) -> Augmentation | None:
     return policy if policy.changes_images else None
 
 
-def _with_self_blends(batches: tf.data.Dataset, blend, seed: int, batch_size: int,
-                      paired: Augmentation | None = None) -> tf.data.Dataset:  # fmt: skip
+def _with_self_blends(
+    batches: tf.data.Dataset, blend, seed: int, batch_size: int, paired: Augmentation | None = None
+) -> tf.data.Dataset:
     """Each real image followed by its blend (fake): ``blend(image, position, seed)``, in
     parallel, rebatched. ``batches``: (images, targets, positions).
 
@@ -113,7 +122,9 @@ def _with_self_blends(batches: tf.data.Dataset, blend, seed: int, batch_size: in
             pair_targets = tf.constant([[float(REAL_INDEX)], [float(FAKE_INDEX)]])
             return tf.stack([image, tf.ensure_shape(blended, image.shape)]), pair_targets
 
-        images, targets = tf.cond(tf.equal(target[0], float(REAL_INDEX)), real_and_blend, lambda: (image[None], target[None]))
+        images, targets = tf.cond(
+            tf.equal(target[0], float(REAL_INDEX)), real_and_blend, lambda: (image[None], target[None])
+        )
         if paired is not None:
             images = tf.map_fn(lambda one: augment_pair(one, augment_seed), images, fn_output_signature=tf.uint8)
         return images, targets
@@ -138,8 +149,9 @@ def blender(source: SplitSource, landmarks: np.ndarray, other_faces: float):
     return blend
 
 
-def _donor(source: SplitSource, landmarks: np.ndarray, reals: np.ndarray, position: int, share: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+def _donor(
+    source: SplitSource, landmarks: np.ndarray, reals: np.ndarray, position: int, share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Another real image of ``source`` and its landmarks, ``share`` of the time; else None.
     Draws nothing from ``rng`` when ``share`` is 0, so self-blends alone stay as they were.
     Each donor is one more row read at random: cheap while the cache sits in the page cache

@@ -15,10 +15,10 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from deepfake_detector.errors import DeepfakeDetectorError, ImageError, ImageTooLargeError, UnsupportedFormatError
 from deepfake_detector.image_structure import (
@@ -60,10 +60,14 @@ EXIF_ORIENTATION = 0x0112
 #: The transposition that shows an image upright, for each EXIF orientation (as ``ImageOps.exif_transpose``,
 #: which also rewrites the EXIF block, and fails on a mistyped tag that has nothing to do with pixels).
 ORIENTATIONS = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
-}  # fmt: skip
+}
 #: TIFF tags of where JPEG-compressed pixel data lies: (offsets, byte counts) of strips, tiles,
 #: and an old-style JPEG's single stream.
 TIFF_JPEG_DATA_TAGS = ((273, 279), (324, 325), (513, 514))
@@ -81,7 +85,7 @@ RESAMPLE = RESAMPLE_FILTERS[DEFAULT_RESAMPLE]
 #: one level of the plain Lanczos result (mean 0.09). Training crops (at most 2x the input) never reach it.
 REDUCING_GAP = 8.0
 
-ImageSource = Union[bytes, str, Path, BinaryIO, Image.Image]
+ImageSource = bytes | str | Path | BinaryIO | Image.Image
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,20 @@ def video_page(analysis: VideoScore) -> dict:
             numbers = [track_of.get(id(face), 0) + 1 for face in frame.analysis.faces]
             draw_faces(picture, frame.analysis.faces, picture.width / frame.image_width, numbers)
         frames.append({"time_s": round(frame.sampled.time_s, 2), "image": data_url(picture)})
-    plot = {"threshold": analysis.prediction.threshold, "duration_s": analysis.facts.duration_s,
-            "tracks": [{"times": [f["time_s"] for f in t["frames"]], "scores": [f["fake_probability"] for f in t["frames"]]}
-                       for t in result["tracks"]]}  # fmt: skip
+    plot = {
+        "threshold": analysis.prediction.threshold,
+        "duration_s": analysis.facts.duration_s,
+        "tracks": [
+            {"times": [f["time_s"] for f in t["frames"]], "scores": [f["fake_probability"] for f in t["frames"]]}
+            for t in result["tracks"]
+        ],
+    }
     return {"result": result, "frames": frames, "plot": plot}
 
 
-def draw_faces(preview: Image.Image, face_scores: list[FaceScore], scale: float, numbers: list[int] | None = None) -> None:
+def draw_faces(
+    preview: Image.Image, face_scores: list[FaceScore], scale: float, numbers: list[int] | None = None
+) -> None:
     """Draw each face's box and its label (number, verdict, percentage) onto ``preview``, whose
     size is the scored image's times ``scale``; ``numbers`` default to 1, 2, ..."""
     draw = ImageDraw.Draw(preview)

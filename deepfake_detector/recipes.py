@@ -31,23 +31,44 @@ class Architecture(Entry):
 
 #: One fine-tuning recipe for both pretrained backbones.
 FINE_TUNING = dict(
-    epochs=15, learning_rate=6e-4, optimizer="adamw", weight_decay=0.02, schedule="cosine", warmup_epochs=1,
-    early_stopping_patience=0, label_smoothing=0.05, augment="full", flip_average=True, ema_momentum=0.998,
+    epochs=15,
+    learning_rate=6e-4,
+    optimizer="adamw",
+    weight_decay=0.02,
+    schedule="cosine",
+    warmup_epochs=1,
+    early_stopping_patience=0,
+    label_smoothing=0.05,
+    augment="full",
+    flip_average=True,
+    ema_momentum=0.998,
     framing="face",
-)  # fmt: skip
+)
 
 #: ``TrainConfig.arch``: the networks ``train.py --arch`` builds.
 ARCHITECTURES: Registry[Architecture] = Registry("architecture", Architecture)
-ARCHITECTURES.register("seed", help="the original 4-block CNN and recipe", pretrained=False,
-                       implementation="deepfake_detector.networks:build_seed_cnn")  # fmt: skip
+ARCHITECTURES.register(
+    "seed",
+    help="the original 4-block CNN and recipe",
+    pretrained=False,
+    implementation="deepfake_detector.networks:build_seed_cnn",
+)
 # The shipped model: 160 px input (the 128 px faces upscaled), blocks 0-3 frozen, which
 # makes its CPU step about as cheap as a fully trained 128 px step.
-ARCHITECTURES.register("mobilenet_v2", help="the recipe of the shipped model", pretrained=True,
-                       recipe={**FINE_TUNING, "image_size": 160, "frozen_blocks": 4},
-                       implementation="deepfake_detector.networks:build_mobilenet_v2")  # fmt: skip
-ARCHITECTURES.register("efficientnet_lite0", help="the same fine-tuning recipe on ImageNet EfficientNet-Lite0",
-                       pretrained=True, recipe=FINE_TUNING,
-                       implementation="deepfake_detector.networks:build_efficientnet_lite0")  # fmt: skip
+ARCHITECTURES.register(
+    "mobilenet_v2",
+    help="the recipe of the shipped model",
+    pretrained=True,
+    recipe={**FINE_TUNING, "image_size": 160, "frozen_blocks": 4},
+    implementation="deepfake_detector.networks:build_mobilenet_v2",
+)
+ARCHITECTURES.register(
+    "efficientnet_lite0",
+    help="the same fine-tuning recipe on ImageNet EfficientNet-Lite0",
+    pretrained=True,
+    recipe=FINE_TUNING,
+    implementation="deepfake_detector.networks:build_efficientnet_lite0",
+)
 #: The architectures that start from ImageNet weights; also their backbone sub-models' names.
 PRETRAINED_ARCHITECTURES = tuple(name for name, architecture in ARCHITECTURES.items() if architecture.pretrained)
 
@@ -86,19 +107,43 @@ AUGMENT = "deepfake_detector.augment:augment_image"
 #: sharp (better clean accuracy, far less robust to blur and resizing: models/README.md).
 AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation", Augmentation)
 NO_AUGMENTATION = AUGMENTATIONS.register("none", help="no augmentation").name
-AUGMENTATIONS.register("full", help="flip, shift, rescale, blur, JPEG", implementation=AUGMENT, rescale_probability=0.25,
-                       blur_probability=0.2, jpeg_probability=0.5, jpeg_quality=(30, 96))  # fmt: skip
-AUGMENTATIONS.register("light", help="flip, shift, JPEG", implementation=AUGMENT, jpeg_probability=0.4,
-                       jpeg_quality=(50, 96))  # fmt: skip
+AUGMENTATIONS.register(
+    "full",
+    help="flip, shift, rescale, blur, JPEG",
+    implementation=AUGMENT,
+    rescale_probability=0.25,
+    blur_probability=0.2,
+    jpeg_probability=0.5,
+    jpeg_quality=(30, 96),
+)
+AUGMENTATIONS.register(
+    "light", help="flip, shift, JPEG", implementation=AUGMENT, jpeg_probability=0.4, jpeg_quality=(50, 96)
+)
 # Self-blended training (``fakes``): "full" plus SBI's colour jitter, on real and fake alike.
-AUGMENTATIONS.register("selfblend", help="full plus colour jitter", implementation=AUGMENT, rescale_probability=0.25,
-                       blur_probability=0.2, jpeg_probability=0.5, jpeg_quality=(30, 96), color_probability=0.5)  # fmt: skip
+AUGMENTATIONS.register(
+    "selfblend",
+    help="full plus colour jitter",
+    implementation=AUGMENT,
+    rescale_probability=0.25,
+    blur_probability=0.2,
+    jpeg_probability=0.5,
+    jpeg_quality=(30, 96),
+    color_probability=0.5,
+)
 # SBI's own (its get_transforms): no blur or rescaling after the blend, JPEG q40-100 half
 # the time, colour a third of the time per kind; a face and its blend changed alike.
-AUGMENTATIONS.register("sbi", help="SBI's: flip, shift, colour, JPEG; a face and its blend alike", implementation=AUGMENT,
-                       jpeg_probability=0.5, jpeg_quality=(40, 101), color_probability=0.5, paired=True)  # fmt: skip
+AUGMENTATIONS.register(
+    "sbi",
+    help="SBI's: flip, shift, colour, JPEG; a face and its blend alike",
+    implementation=AUGMENT,
+    jpeg_probability=0.5,
+    jpeg_quality=(40, 101),
+    color_probability=0.5,
+    paired=True,
+)
 #: What every recipe trains self-blended fakes with (``TrainConfig.for_arch``).
 SELF_BLEND_AUGMENTATION = "selfblend"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Fakes(Entry):
@@ -112,13 +157,28 @@ class Fakes(Entry):
 
 #: ``TrainConfig.fakes``: what the fake class is trained on.
 FAKES: Registry[Fakes] = Registry("fakes", Fakes)
-DATASET_FAKES = FAKES.register("dataset", help="its own", dataset=True, blended=False,
-                               implementation="deepfake_detector.fake_sources:dataset_fakes").name  # fmt: skip
-FAKES.register("self-blended", help="each real face blended with an altered copy of itself, the dataset's fakes "
-                                    "unused: Test then measures fakes never seen", dataset=False, blended=True,
-               implementation="deepfake_detector.fake_sources:self_blended_fakes")  # fmt: skip
-FAKES.register("both", help="the dataset's fakes and self-blends", dataset=True, blended=True,
-               implementation="deepfake_detector.fake_sources:dataset_and_blended_fakes")  # fmt: skip
+DATASET_FAKES = FAKES.register(
+    "dataset",
+    help="its own",
+    dataset=True,
+    blended=False,
+    implementation="deepfake_detector.fake_sources:dataset_fakes",
+).name
+FAKES.register(
+    "self-blended",
+    help="each real face blended with an altered copy of itself, the dataset's fakes "
+    "unused: Test then measures fakes never seen",
+    dataset=False,
+    blended=True,
+    implementation="deepfake_detector.fake_sources:self_blended_fakes",
+)
+FAKES.register(
+    "both",
+    help="the dataset's fakes and self-blends",
+    dataset=True,
+    blended=True,
+    implementation="deepfake_detector.fake_sources:dataset_and_blended_fakes",
+)
 #: The name of the self-blended source in a multi-source run's ``--mix`` (``mixing.py``).
 SELF_BLENDED_SOURCE = "self-blended"
 
@@ -126,10 +186,14 @@ SELF_BLENDED_SOURCE = "self-blended"
 #: Each implementation is ``frame(path, image_size) -> (uint8 image, whether a face was found)``
 #: (``cache.open_split``).
 FRAMINGS: Registry[Entry] = Registry("framing")
-FRAMINGS.register("whole", help="the whole image, as the original tutorial did",
-                  implementation="deepfake_detector.cache:whole_image")  # fmt: skip
-FRAMINGS.register("face", help="its largest face, found and framed as the page frames faces (an image without one "
-                               "is used whole)", implementation="deepfake_detector.cache:largest_face")  # fmt: skip
+FRAMINGS.register(
+    "whole", help="the whole image, as the original tutorial did", implementation="deepfake_detector.cache:whole_image"
+)
+FRAMINGS.register(
+    "face",
+    help="its largest face, found and framed as the page frames faces (an image without one is used whole)",
+    implementation="deepfake_detector.cache:largest_face",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,35 +210,61 @@ class Strategy(Entry):
 
 #: ``TrainConfig.distribute``: how many devices and machines train.
 STRATEGIES: Registry[Strategy] = Registry("distribution", Strategy)
-STRATEGIES.register("none", help="one device", tf_name="default strategy",
-                    implementation="deepfake_detector.distribute:one_device")  # fmt: skip
-STRATEGIES.register("mirrored", help="every GPU of this machine (or the CPU)", tf_name="MirroredStrategy",
-                    implementation="deepfake_detector.distribute:mirrored")  # fmt: skip
-STRATEGIES.register("multiworker", help="one process per machine, configured by TF_CONFIG", cluster=True,
-                    tf_name="MultiWorkerMirroredStrategy", implementation="deepfake_detector.distribute:multiworker")  # fmt: skip
+STRATEGIES.register(
+    "none", help="one device", tf_name="default strategy", implementation="deepfake_detector.distribute:one_device"
+)
+STRATEGIES.register(
+    "mirrored",
+    help="every GPU of this machine (or the CPU)",
+    tf_name="MirroredStrategy",
+    implementation="deepfake_detector.distribute:mirrored",
+)
+STRATEGIES.register(
+    "multiworker",
+    help="one process per machine, configured by TF_CONFIG",
+    cluster=True,
+    tf_name="MultiWorkerMirroredStrategy",
+    implementation="deepfake_detector.distribute:multiworker",
+)
 
 #: ``TrainConfig.threshold_rule``: how the decision threshold is chosen on Validation. Each
 #: implementation is ``rule(y_true, fake_probability, sample_weight) -> threshold``
 #: (``metrics.choose_threshold``).
 THRESHOLD_RULES: Registry[Entry] = Registry("threshold rule")
-THRESHOLD_RULES.register("eer", help="where the false positive and false negative rates are equal",
-                         implementation="deepfake_detector.metrics:equal_error_threshold")  # fmt: skip
-THRESHOLD_RULES.register("balanced_accuracy", help="the score cut with the highest balanced accuracy",
-                         implementation="deepfake_detector.metrics:balanced_accuracy_threshold")  # fmt: skip
+THRESHOLD_RULES.register(
+    "eer",
+    help="where the false positive and false negative rates are equal",
+    implementation="deepfake_detector.metrics:equal_error_threshold",
+)
+THRESHOLD_RULES.register(
+    "balanced_accuracy",
+    help="the score cut with the highest balanced accuracy",
+    implementation="deepfake_detector.metrics:balanced_accuracy_threshold",
+)
 
 #: ``TrainConfig.optimizer``. Each implementation is ``make(learning_rate, weight_decay, **ema)``,
 #: returning a Keras optimizer (``model.DeepfakeDetectorModel.compile_model``).
 OPTIMIZERS: Registry[Entry] = Registry("optimizer")
-OPTIMIZERS.register("adam", help="Adam, the original recipe's (no weight decay)", implementation="deepfake_detector.optim:adam")
-OPTIMIZERS.register("adamw", help="AdamW: Adam with decoupled weight decay", implementation="deepfake_detector.optim:adamw")
+OPTIMIZERS.register(
+    "adam", help="Adam, the original recipe's (no weight decay)", implementation="deepfake_detector.optim:adam"
+)
+OPTIMIZERS.register(
+    "adamw", help="AdamW: Adam with decoupled weight decay", implementation="deepfake_detector.optim:adamw"
+)
 
 #: ``TrainConfig.schedule``: how the learning rate moves. Each implementation is an
 #: ``optim.Schedule`` class: the rate a run compiles with, and the callbacks that change it.
 SCHEDULES: Registry[Entry] = Registry("schedule")
-SCHEDULES.register("plateau", help="constant, cut tenfold after 5 epochs without a better val_loss (the original)",
-                   implementation="deepfake_detector.optim:Plateau")  # fmt: skip
-SCHEDULES.register("cosine", help="linear warm-up over warmup_epochs, then cosine decay to 0",
-                   implementation="deepfake_detector.optim:WarmupCosine")  # fmt: skip
+SCHEDULES.register(
+    "plateau",
+    help="constant, cut tenfold after 5 epochs without a better val_loss (the original)",
+    implementation="deepfake_detector.optim:Plateau",
+)
+SCHEDULES.register(
+    "cosine",
+    help="linear warm-up over warmup_epochs, then cosine decay to 0",
+    implementation="deepfake_detector.optim:WarmupCosine",
+)
 
 #: ``TrainConfig.verbose``: what Keras prints while it fits.
 VERBOSITY = {0: "silent", 1: "a progress bar", 2: "one line per epoch"}
@@ -227,8 +317,12 @@ class TrainConfig:
     threshold_rule: str = "eer"  # a name in THRESHOLD_RULES: how the decision threshold is chosen on Validation
     seed: int = 1337
     max_images_per_split: int | None = None  # for quick trials; None uses everything
-    steps_per_epoch: int | None = None  # cap on training steps per epoch (trials, benchmarks); Validation and Test stay whole
-    cache_dir: str | None = None  # where each split's decoded images are cached; None: the user's cache (cache.default_cache_dir)
+    steps_per_epoch: int | None = (
+        None  # cap on training steps per epoch (trials, benchmarks); Validation and Test stay whole
+    )
+    cache_dir: str | None = (
+        None  # where each split's decoded images are cached; None: the user's cache (cache.default_cache_dir)
+    )
     distribute: str = "none"  # a name in STRATEGIES: one device, every local GPU (or the CPU), or TF_CONFIG's workers
     cluster_timeout: float = 600.0  # multiworker: seconds to wait for every worker to start, then a clear error
     mixed_precision: bool = False  # mixed_float16 compute on GPUs; the output layer stays float32
@@ -236,7 +330,7 @@ class TrainConfig:
     verbose: int = 1  # Keras fit: 1 progress bar, 2 one line per epoch, 0 silent
 
     @classmethod
-    def for_arch(cls, arch: str, **overrides) -> "TrainConfig":
+    def for_arch(cls, arch: str, **overrides) -> TrainConfig:
         """The recipe defaults for an architecture, then ``overrides`` (None values ignored)."""
         recipe = dict(arch=arch)
         if arch in ARCHITECTURES:

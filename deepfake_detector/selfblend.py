@@ -261,17 +261,30 @@ def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, (target_mean - scale * rotation @ source_mean)[:, None]]).astype(np.float32)
 
 
-def _aligned_donor(image: np.ndarray, landmarks: np.ndarray, mask: np.ndarray, donor: np.ndarray,
-                   donor_landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def _aligned_donor(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    mask: np.ndarray,
+    donor: np.ndarray,
+    donor_landmarks: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Another face moved onto ``image``'s face by its landmarks, sometimes given its mean colour."""
     if donor.shape != image.shape or donor.dtype != np.uint8:
-        raise ValueError(f"a donor face must be {image.dtype} {image.shape} like the face, not {donor.dtype} {donor.shape}")
+        raise ValueError(
+            f"a donor face must be {image.dtype} {image.shape} like the face, not {donor.dtype} {donor.shape}"
+        )
     donor_landmarks = np.asarray(donor_landmarks, np.float32)
     if donor_landmarks.shape != (5, 2) or not _usable(donor_landmarks, *donor.shape[:2]):
         donor_landmarks = default_landmarks(donor.shape[:2])
     height, width = image.shape[:2]
-    source = cv2.warpAffine(donor, _similarity(donor_landmarks, landmarks), (width, height), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REFLECT_101)  # fmt: skip
+    source = cv2.warpAffine(
+        donor,
+        _similarity(donor_landmarks, landmarks),
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
     if rng.random() < DONOR_COLOUR_MATCH and mask.any():
         inside = mask > 0.5
         shift = image[inside].mean(0) - source[inside].mean(0)
@@ -327,8 +340,12 @@ def seam_width(mask: np.ndarray, landmarks: np.ndarray) -> float:
     return ramp / outline / float(np.linalg.norm(landmarks[1] - landmarks[0]))
 
 
-def self_blend(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-               donor: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def self_blend(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    rng: np.random.Generator,
+    donor: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """A self-blended fake of a real face and the weight of the source in each pixel.
 
     Args:

@@ -86,14 +86,24 @@ def create_server(app: Flask, host: str, port: int, config: ServerConfig = Serve
     limits: RequestLimits = app.extensions["request_limits"]
     # waitress refuses a larger Content-Length unread; up to it, the app answers with its own
     # message. Every buffer holds at least that much, so nothing spills to a temporary file.
-    body_cap = app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024  # the video cap: images have a smaller one, checked by the app
+    body_cap = (
+        app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024
+    )  # the video cap: images have a smaller one, checked by the app
     application = _returning_memory(app) if config.return_memory else app
     server = _Server(
-        application, host=host, port=port, threads=config.threads, ident=config.ident,
-        connection_limit=config.connection_limit, channel_timeout=config.channel_timeout,
-        cleanup_interval=config.cleanup_interval, asyncore_use_poll=True,  # select() stops at 1024 sockets
-        max_request_body_size=body_cap, inbuf_overflow=body_cap + 1, outbuf_overflow=body_cap + 1,
-    )  # fmt: skip
+        application,
+        host=host,
+        port=port,
+        threads=config.threads,
+        ident=config.ident,
+        connection_limit=config.connection_limit,
+        channel_timeout=config.channel_timeout,
+        cleanup_interval=config.cleanup_interval,
+        asyncore_use_poll=True,  # select() stops at 1024 sockets
+        max_request_body_size=body_cap,
+        inbuf_overflow=body_cap + 1,
+        outbuf_overflow=body_cap + 1,
+    )
     server.messages = {
         413: too_large_message(limits, app.extensions["video_limits"]),
         431: "the request's headers are too large",

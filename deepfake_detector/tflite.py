@@ -63,8 +63,9 @@ class TFLiteScorer:
     reads it back.
     """
 
-    def __init__(self, model, metadata: ModelMetadata, threads: int | None = None,
-                 model_path: str | Path | None = None):  # fmt: skip
+    def __init__(
+        self, model, metadata: ModelMetadata, threads: int | None = None, model_path: str | Path | None = None
+    ):
         from ai_edge_litert.interpreter import Interpreter
 
         start = time.perf_counter()

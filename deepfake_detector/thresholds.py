@@ -24,8 +24,9 @@ def predict_scores(model: keras.Model, source: SplitSource, batch_size: int = 12
     return model.predict(dataset, verbose=0).ravel().astype(np.float64)
 
 
-def choose_threshold_and_measure(detector_model: DeepfakeDetectorModel, validation: SplitSource, test: SplitSource,
-                                 rule: str) -> tuple[float, dict, np.ndarray]:  # fmt: skip
+def choose_threshold_and_measure(
+    detector_model: DeepfakeDetectorModel, validation: SplitSource, test: SplitSource, rule: str
+) -> tuple[float, dict, np.ndarray]:
     """The decision threshold chosen on Validation by ``rule``, both splits' metrics at it, and
     Test's P(fake) scores.
 
@@ -43,8 +44,9 @@ def choose_threshold_and_measure(detector_model: DeepfakeDetectorModel, validati
     return threshold, {"validation": numbers_only(val_metrics), "test": numbers_only(test_metrics)}, test_scores
 
 
-def choose_threshold_and_measure_sources(detector_model: DeepfakeDetectorModel, validations: dict[str, SplitSource],
-                                         tests: dict[str, SplitSource], rule: str):  # fmt: skip
+def choose_threshold_and_measure_sources(
+    detector_model: DeepfakeDetectorModel, validations: dict[str, SplitSource], tests: dict[str, SplitSource], rule: str
+):
     """Several sources: the threshold chosen by ``rule`` on the pooled Validation scores, each source
     counted alike (:func:`~deepfake_detector.metrics.source_weights`), and every source's metrics at it.
 
@@ -57,8 +59,12 @@ def choose_threshold_and_measure_sources(detector_model: DeepfakeDetectorModel, 
 
     val_scores = {name: fake_probability(source) for name, source in validations.items()}
     val_labels = [validations[name].labels for name in val_scores]
-    threshold = choose_threshold(np.concatenate(val_labels), np.concatenate(list(val_scores.values())), rule,
-                                 sample_weight=source_weights(val_labels))  # fmt: skip
+    threshold = choose_threshold(
+        np.concatenate(val_labels),
+        np.concatenate(list(val_scores.values())),
+        rule,
+        sample_weight=source_weights(val_labels),
+    )
     test_scores = {name: fake_probability(source) for name, source in tests.items()}
     measured = {"sources": {}}
     for name in tests:
@@ -67,7 +73,8 @@ def choose_threshold_and_measure_sources(detector_model: DeepfakeDetectorModel, 
             for split, sources, scores in (("validation", validations, val_scores), ("test", tests, test_scores))
         }
     pooled_test = np.concatenate([tests[name].labels for name in tests]), np.concatenate(list(test_scores.values()))
-    measured["validation"] = numbers_only(compute_metrics(np.concatenate(val_labels),
-                                                          np.concatenate(list(val_scores.values())), threshold))  # fmt: skip
+    measured["validation"] = numbers_only(
+        compute_metrics(np.concatenate(val_labels), np.concatenate(list(val_scores.values())), threshold)
+    )
     measured["test"] = numbers_only(compute_metrics(*pooled_test, threshold))
     return threshold, measured, *pooled_test

@@ -53,13 +53,18 @@ class TrackFace:
     sample: int
     frame: int
     time_s: float
-    face: "FaceScore"
+    face: FaceScore
     landmarks: np.ndarray | None = None  # 5 x 2, when the finder gives them
 
     def to_dict(self) -> dict:
-        return {"sample": self.sample, "frame": self.frame, "time_s": round(self.time_s, 3),
-                "box": self.face.box.as_list(), "fake_probability": self.face.prediction.fake_probability,
-                "label": self.face.prediction.label}  # fmt: skip
+        return {
+            "sample": self.sample,
+            "frame": self.frame,
+            "time_s": round(self.time_s, 3),
+            "box": self.face.box.as_list(),
+            "fake_probability": self.face.prediction.fake_probability,
+            "label": self.face.prediction.label,
+        }
 
 
 @dataclass
@@ -67,16 +72,22 @@ class Track:
     """One face followed through the sampled frames; scored by the mean of its frame scores."""
 
     faces: list[TrackFace] = field(default_factory=list)
-    prediction: "Prediction | None" = None
+    prediction: Prediction | None = None
 
     @property
     def fake_probability(self) -> float:
         return float(np.mean([face.face.prediction.fake_probability for face in self.faces]))
 
     def to_dict(self, index: int) -> dict:
-        return {"track": index, "fake_probability": self.prediction.fake_probability, "label": self.prediction.label,
-                "frames_seen": len(self.faces), "first_s": round(self.faces[0].time_s, 3),
-                "last_s": round(self.faces[-1].time_s, 3), "frames": [face.to_dict() for face in self.faces]}  # fmt: skip
+        return {
+            "track": index,
+            "fake_probability": self.prediction.fake_probability,
+            "label": self.prediction.label,
+            "frames_seen": len(self.faces),
+            "first_s": round(self.faces[0].time_s, 3),
+            "last_s": round(self.faces[-1].time_s, 3),
+            "frames": [face.to_dict() for face in self.faces],
+        }
 
 
 def overlap(a: FaceBox, b: FaceBox) -> float:
@@ -118,7 +129,10 @@ def landmark_distance(expected: _Position, face: TrackFace) -> float:
     points = _points(face)
     if points.shape != expected.points.shape:
         box = face.face.box
-        points, expected_points = np.array([[box.x + box.width / 2, box.y + box.height / 2]]), expected.points.mean(axis=0, keepdims=True)
+        points, expected_points = (
+            np.array([[box.x + box.width / 2, box.y + box.height / 2]]),
+            expected.points.mean(axis=0, keepdims=True),
+        )
     else:
         expected_points = expected.points
     return float(np.linalg.norm(points - expected_points, axis=1).mean() / math.sqrt(max(1, expected.box.area)))

@@ -73,8 +73,12 @@ log = logging.getLogger(__name__)
 
 def metadata_for(config: TrainConfig, name: str = "deepfake-detector") -> ModelMetadata:
     """What a network trained by ``config`` is, before its threshold is chosen."""
-    return ModelMetadata(arch=config.arch, class_names=list(labels.TRAINING_CLASS_ORDER),
-                         preprocessing=PreprocessingConfig(image_size=config.image_size).to_dict(), name=name)  # fmt: skip
+    return ModelMetadata(
+        arch=config.arch,
+        class_names=list(labels.TRAINING_CLASS_ORDER),
+        preprocessing=PreprocessingConfig(image_size=config.image_size).to_dict(),
+        name=name,
+    )
 
 
 def compile_model(model: keras.Model | DeepfakeDetectorModel, config: TrainConfig, steps_per_epoch: int) -> None:
@@ -85,9 +89,13 @@ def compile_model(model: keras.Model | DeepfakeDetectorModel, config: TrainConfi
     """
     if not isinstance(model, DeepfakeDetectorModel):
         model = DeepfakeDetectorModel(model, metadata_for(config))
-    model.compile_model(learning_rate_for(config, steps_per_epoch), optimizer=config.optimizer,
-                        weight_decay=config.weight_decay, ema_momentum=config.ema_momentum,
-                        label_smoothing=config.label_smoothing)  # fmt: skip
+    model.compile_model(
+        learning_rate_for(config, steps_per_epoch),
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        ema_momentum=config.ema_momentum,
+        label_smoothing=config.label_smoothing,
+    )
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -101,9 +109,16 @@ def check_config(config: TrainConfig) -> None:
             without a GPU, frozen blocks on an architecture without them, or a missing or
             malformed ``TF_CONFIG`` for multi-worker training.
     """
-    for registry, value in ((ARCHITECTURES, config.arch), (STRATEGIES, config.distribute), (FAKES, config.fakes),
-                            (AUGMENTATIONS, config.augment), (THRESHOLD_RULES, config.threshold_rule),
-                            (OPTIMIZERS, config.optimizer), (SCHEDULES, config.schedule), (FRAMINGS, config.framing)):  # fmt: skip
+    for registry, value in (
+        (ARCHITECTURES, config.arch),
+        (STRATEGIES, config.distribute),
+        (FAKES, config.fakes),
+        (AUGMENTATIONS, config.augment),
+        (THRESHOLD_RULES, config.threshold_rule),
+        (OPTIMIZERS, config.optimizer),
+        (SCHEDULES, config.schedule),
+        (FRAMINGS, config.framing),
+    ):
         registry.check(value, TrainingSetupError)
     cluster, fakes = STRATEGIES[config.distribute].cluster, FAKES[config.fakes]
     # Listing physical devices does not start the TF runtime, which multi-worker set-up needs untouched.
@@ -112,22 +127,34 @@ def check_config(config: TrainConfig) -> None:
             "mixed precision (mixed_float16) needs a GPU and none is visible; float16 is no faster on CPUs"
         )
     if not 0.0 <= config.ema_momentum < 1.0:
-        raise TrainingSetupError(f"the weight-average momentum must be at least 0 (off) and below 1, got {config.ema_momentum}")
+        raise TrainingSetupError(
+            f"the weight-average momentum must be at least 0 (off) and below 1, got {config.ema_momentum}"
+        )
     if Path(config.output).suffix != ".keras":
-        raise TrainingSetupError(f"--output {config.output}: a model file must end in .keras, or Keras cannot load it back")
+        raise TrainingSetupError(
+            f"--output {config.output}: a model file must end in .keras, or Keras cannot load it back"
+        )
     if fakes.dataset and fakes.blended and cluster:
-        raise TrainingSetupError("--fakes both cannot be split into equal shares across workers; "
-                                 "use dataset or self-blended with --distribute multiworker")  # fmt: skip
+        raise TrainingSetupError(
+            "--fakes both cannot be split into equal shares across workers; "
+            "use dataset or self-blended with --distribute multiworker"
+        )
     if not 0.0 <= config.other_faces <= 1.0:
-        raise TrainingSetupError(f"--other-faces is a share of the blended fakes, from 0 to 1, got {config.other_faces}")
+        raise TrainingSetupError(
+            f"--other-faces is a share of the blended fakes, from 0 to 1, got {config.other_faces}"
+        )
     if config.other_faces and not fakes.blended:
-        raise TrainingSetupError(f"--other-faces changes blended fakes, and --fakes {config.fakes} makes none; "
-                                 "use it with --fakes self-blended or both")  # fmt: skip
+        raise TrainingSetupError(
+            f"--other-faces changes blended fakes, and --fakes {config.fakes} makes none; "
+            "use it with --fakes self-blended or both"
+        )
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
         raise TrainingSetupError(f"steps per epoch must be at least 1, got {config.steps_per_epoch}")
     if config.frozen_blocks and not ARCHITECTURES[config.arch].pretrained:
-        raise TrainingSetupError(f"frozen blocks are an option of the pretrained backbones "
-                                 f"({', '.join(PRETRAINED_ARCHITECTURES)}); {config.arch} has none")  # fmt: skip
+        raise TrainingSetupError(
+            f"frozen blocks are an option of the pretrained backbones "
+            f"({', '.join(PRETRAINED_ARCHITECTURES)}); {config.arch} has none"
+        )
     if config.multi_source:
         check_sources(config)
     if cluster:
@@ -139,8 +166,10 @@ def check_sources(config: TrainConfig) -> None:
     the options a multi-source run does not take."""
     names, fakes = source_names(config.data_dirs), FAKES[config.fakes]
     if not fakes.dataset:
-        raise TrainingSetupError(f"--fakes {config.fakes} trains on one --data-dir; with several, use --fakes both "
-                                 "(self-blends as one more source) or dataset")  # fmt: skip
+        raise TrainingSetupError(
+            f"--fakes {config.fakes} trains on one --data-dir; with several, use --fakes both "
+            "(self-blends as one more source) or dataset"
+        )
     parse_mix(config.mix, names + ([SELF_BLENDED_SOURCE] if fakes.blended else []))
     if STRATEGIES[config.distribute].cluster:
         raise TrainingSetupError("a multi-source run trains on one machine; use --distribute none or mirrored")
@@ -149,8 +178,9 @@ def check_sources(config: TrainConfig) -> None:
 def build_training_model(config: TrainConfig) -> keras.Model:
     """The network to train (:func:`deepfake_detector.networks.build_model`); build it inside the
     strategy's scope. With ``mixed_precision``, float16 compute and a float32 output."""
-    return build_model(config.arch, config.image_size, pretrained=config.pretrained,
-                       mixed_precision=config.mixed_precision)  # fmt: skip
+    return build_model(
+        config.arch, config.image_size, pretrained=config.pretrained, mixed_precision=config.mixed_precision
+    )
 
 
 def single_device_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
@@ -230,9 +260,18 @@ class TrainModel:
     when started again with the same recipe.
     """
 
-    def __init__(self, dataset_url: str = KAGGLE_URL, dataset_download_dir: str | Path | None = None,
-                 dataset_file: str = ARCHIVE_NAME, dataset_dir: str | Path | None = None, train_dir: str = "Train",
-                 test_dir: str = "Test", val_dir: str = "Validation", *, config: TrainConfig | None = None):  # fmt: skip
+    def __init__(
+        self,
+        dataset_url: str = KAGGLE_URL,
+        dataset_download_dir: str | Path | None = None,
+        dataset_file: str = ARCHIVE_NAME,
+        dataset_dir: str | Path | None = None,
+        train_dir: str = "Train",
+        test_dir: str = "Test",
+        val_dir: str = "Validation",
+        *,
+        config: TrainConfig | None = None,
+    ):
         self.config = config or TrainConfig()
         folders = [dataset_download_dir] if dataset_download_dir is not None else self.config.data_dirs
         self.dataset_handlers = [
@@ -255,8 +294,9 @@ class TrainModel:
                 before any data is touched.
             deepfake_detector.errors.DatasetError: missing, unreadable or one-class data.
         """
-        config = dataclasses.replace(self.config, **{k: v for k, v in (("learning_rate", learning_rate),
-                                                                        ("epochs", epochs)) if v is not None})  # fmt: skip
+        config = dataclasses.replace(
+            self.config, **{k: v for k, v in (("learning_rate", learning_rate), ("epochs", epochs)) if v is not None}
+        )
         self.config = config
         check_config(config)
         run = start_run(config)
@@ -298,14 +338,25 @@ class TrainModel:
         splits = handler.splits()
         train_source, validation, blend_landmarks, class_weight = FAKES.load(config.fakes)(splits, config.data)
         # Shuffles, blends and augmentations from the run's seed, re-drawn for a resumed run.
-        train_ds = make_dataset(train_source, run.global_batch, True, dataclasses.replace(config.data, seed=run.seed),
-                                shard, blend_landmarks)  # fmt: skip
+        train_ds = make_dataset(
+            train_source,
+            run.global_batch,
+            True,
+            dataclasses.replace(config.data, seed=run.seed),
+            shard,
+            blend_landmarks,
+        )
         name = source_names([str(handler.find())])[0]
         return TrainingData(
-            train_ds, make_dataset(validation, run.global_batch, False, shard=shard), {name: validation},
-            {name: splits["Test"]}, class_weight, config.steps_per_epoch, config.steps_per_epoch or len(train_ds),
+            train_ds,
+            make_dataset(validation, run.global_batch, False, shard=shard),
+            {name: validation},
+            {name: splits["Test"]},
+            class_weight,
+            config.steps_per_epoch,
+            config.steps_per_epoch or len(train_ds),
             {"dataset": str(handler.find()), "splits": {split: source.info for split, source in splits.items()}},
-        )  # fmt: skip
+        )
 
     def _mixed_data(self, config: TrainConfig, run: Run) -> TrainingData:
         names, global_batch = source_names(config.data_dirs), run.global_batch
@@ -316,18 +367,38 @@ class TrainModel:
         landmarks = np.concatenate([split_landmarks(split["Train"]) for split in splits.values()]) if blends else None
         steps = config.steps_per_epoch or -(-len(train) // global_batch)
         plan = EpochPlan(train, shares, steps * global_batch, config.seed)
-        log.info("sources: %s; %d images an epoch: %s", ", ".join(names), plan.epoch_size,
-                 ", ".join(f"{name} {count}" for name, count in plan.counts().items()))  # fmt: skip
+        log.info(
+            "sources: %s; %d images an epoch: %s",
+            ", ".join(names),
+            plan.epoch_size,
+            ", ".join(f"{name} {count}" for name, count in plan.counts().items()),
+        )
         train_ds = make_mixed_dataset(plan, global_batch, run.first_epoch, config.epochs, config.data, landmarks)
         record = {
             "dataset": [str(handler.find()) for handler in self.dataset_handlers],
-            "sources": {name: {"shares": shares[name], "images_per_epoch": plan.counts()[name],
-                               "splits": {role: split.info for role, split in splits[name].items()}} for name in names},
-            "epoch_draw": {name: {"share": share, "images_per_epoch": plan.counts()[name]} for name, share in shares.items()},
+            "sources": {
+                name: {
+                    "shares": shares[name],
+                    "images_per_epoch": plan.counts()[name],
+                    "splits": {role: split.info for role, split in splits[name].items()},
+                }
+                for name in names
+            },
+            "epoch_draw": {
+                name: {"share": share, "images_per_epoch": plan.counts()[name]} for name, share in shares.items()
+            },
             "selection": f"the epoch with the highest mean of the sources' Validation ROC AUCs ({MEAN_AUC})",
-        }  # fmt: skip
-        return TrainingData(train_ds, None, {name: split["Validation"] for name, split in splits.items()},
-                            {name: split["Test"] for name, split in splits.items()}, None, steps, steps, record)  # fmt: skip
+        }
+        return TrainingData(
+            train_ds,
+            None,
+            {name: split["Validation"] for name, split in splits.items()},
+            {name: split["Test"] for name, split in splits.items()},
+            None,
+            steps,
+            steps,
+            record,
+        )
 
 
 def data_configs(data: DataConfig, folders: list) -> list[DataConfig]:
@@ -335,8 +406,10 @@ def data_configs(data: DataConfig, folders: list) -> list[DataConfig]:
     folder each, named by the dataset's folder, since a cache is named by its split's folder."""
     if len(folders) == 1 or not data.cache_dir:
         return [data] * len(folders)
-    return [dataclasses.replace(data, cache_dir=str(Path(data.cache_dir) / Path(folder).resolve().name))
-            for folder in folders]  # fmt: skip
+    return [
+        dataclasses.replace(data, cache_dir=str(Path(data.cache_dir) / Path(folder).resolve().name))
+        for folder in folders
+    ]
 
 
 def start_run(config: TrainConfig) -> Run:
@@ -367,9 +440,15 @@ def fit(config: TrainConfig, run: Run, data: TrainingData, output: Path):
         work_around_keras_multi_worker_gaps(detector_model.model)
     start = time.time()
     with run.strategy.scope():
-        fitted = detector_model.train_model(data.train_ds, data.val_ds, config.epochs, callbacks,
-                                            steps_per_epoch=data.steps_per_epoch, class_weight=data.class_weight,
-                                            verbose=config.verbose)  # fmt: skip
+        fitted = detector_model.train_model(
+            data.train_ds,
+            data.val_ds,
+            config.epochs,
+            callbacks,
+            steps_per_epoch=data.steps_per_epoch,
+            class_weight=data.class_weight,
+            verbose=config.verbose,
+        )
     train_seconds = time.time() - start
     fitted.history = run.backup.history  # every epoch, also those before a resume
     return fitted, detector_model, train_seconds
@@ -378,18 +457,25 @@ def fit(config: TrainConfig, run: Run, data: TrainingData, output: Path):
 def run_record(config: TrainConfig, run: Run, data: TrainingData, history: dict, train_seconds: float) -> dict:
     """What the saved model says of how it was trained: the recipe, the run and its data."""
     return {
-        **dataclasses.asdict(config), "epochs_run": len(history.get("loss", [])),
+        **dataclasses.asdict(config),
+        "epochs_run": len(history.get("loss", [])),
         "resumed_from_epoch": run.backup.initial_epoch + 1 if run.backup.initial_epoch else None,
-        "replicas": run.strategy.num_replicas_in_sync, "global_batch_size": run.global_batch,
-        "train_seconds": round(train_seconds, 1), **data.record, "history": history,
-    }  # fmt: skip
+        "replicas": run.strategy.num_replicas_in_sync,
+        "global_batch_size": run.global_batch,
+        "train_seconds": round(train_seconds, 1),
+        **data.record,
+        "history": history,
+    }
 
 
 def recipe_of(config: TrainConfig) -> dict:
     """The config fields that decide whether a backup can be resumed; where it is written and
     how chatty the run is do not."""
-    recipe = {k: v for k, v in dataclasses.asdict(config).items()
-              if k not in ("backup_dir", "verbose", "flip_average", "cache_dir", "cluster_timeout")}  # fmt: skip
+    recipe = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k not in ("backup_dir", "verbose", "flip_average", "cache_dir", "cluster_timeout")
+    }
     for added_later, default in (("other_faces", 0.0), ("mix", None), ("framing", "whole")):
         if recipe[added_later] == default:
             del recipe[added_later]  # backups written before it existed still resume
@@ -398,9 +484,16 @@ def recipe_of(config: TrainConfig) -> dict:
 
 def log_strategy(config: TrainConfig, strategy, global_batch: int, task: str | None) -> None:
     replicas = strategy.num_replicas_in_sync
-    log.info("distribute: %s (%s), %d replica(s)%s; global batch %d = %d per replica x %d",
-             config.distribute, STRATEGIES[config.distribute].tf_name, replicas,
-             f", this process is {task}" if task else "", global_batch, config.batch_size, replicas)  # fmt: skip
+    log.info(
+        "distribute: %s (%s), %d replica(s)%s; global batch %d = %d per replica x %d",
+        config.distribute,
+        STRATEGIES[config.distribute].tf_name,
+        replicas,
+        f", this process is {task}" if task else "",
+        global_batch,
+        config.batch_size,
+        replicas,
+    )
     if config.mixed_precision:
         log.info("mixed precision: mixed_float16 compute, float32 variables and output")
 
@@ -416,19 +509,34 @@ def build_detector_model(config: TrainConfig, strategy, output: Path, schedule_s
     return detector_model
 
 
-def training_callbacks(config: TrainConfig, detector_model: DeepfakeDetectorModel, output: Path,
-                       backup: ResumableBackup, data: TrainingData, global_batch: int) -> list:  # fmt: skip
+def training_callbacks(
+    config: TrainConfig,
+    detector_model: DeepfakeDetectorModel,
+    output: Path,
+    backup: ResumableBackup,
+    data: TrainingData,
+    global_batch: int,
+) -> list:
     """The recipe's callbacks, the best epoch kept, throughput logs, and the backup last (it
     records the logs of the callbacks before it). A multi-source run keeps the epoch with the
     best mean of the sources' Validation ROC AUCs; a single dataset, the lowest val_loss."""
     verbose = 1 if config.verbose else 0
     if not data.multi_source:
-        best = BestModelCheckpoint(detector_model, best_path(output), verbose=verbose,
-                                   initial_best=min(backup.saved_history().get("val_loss", []), default=math.inf))  # fmt: skip
+        best = BestModelCheckpoint(
+            detector_model,
+            best_path(output),
+            verbose=verbose,
+            initial_best=min(backup.saved_history().get("val_loss", []), default=math.inf),
+        )
         return [*make_callbacks(config, best), ThroughputLogger(global_batch), backup]
-    best = BestModelCheckpoint(detector_model, best_path(output), monitor=MEAN_AUC, verbose=verbose,
-                               initial_best=max(backup.saved_history().get(MEAN_AUC, []), default=-math.inf),
-                               higher_is_better=True)  # fmt: skip
+    best = BestModelCheckpoint(
+        detector_model,
+        best_path(output),
+        monitor=MEAN_AUC,
+        verbose=verbose,
+        initial_best=max(backup.saved_history().get(MEAN_AUC, []), default=-math.inf),
+        higher_is_better=True,
+    )
     validation = SourceValidation(data.validations, best, batch_size=2 * global_batch)
     return [validation, *make_callbacks(config), ThroughputLogger(global_batch), backup]
 
@@ -451,15 +559,21 @@ def finish_model(model: keras.Model, config: TrainConfig, output: Path, data: Tr
     final = DeepfakeDetectorModel(model, metadata_for(config, output.stem))
     if data.multi_source:
         threshold, metrics, test_labels, test_scores = choose_threshold_and_measure_sources(
-            final, data.validations, data.tests, config.threshold_rule)
+            final, data.validations, data.tests, config.threshold_rule
+        )
         rule = f"{config.threshold_rule} on the pooled Validation scores, each source weighted equally"
     else:
         (validation,), (test,) = data.validations.values(), data.tests.values()
         threshold, metrics, test_scores = choose_threshold_and_measure(final, validation, test, config.threshold_rule)
         test_labels, rule = test.labels, f"{config.threshold_rule} on Validation"
-    final.metadata = dataclasses.replace(final.metadata, threshold=threshold, threshold_rule=rule,
-                                         selection_rule=data.record.get("selection", ""),
-                                         flip_average=config.flip_average, metrics=metrics)  # fmt: skip
+    final.metadata = dataclasses.replace(
+        final.metadata,
+        threshold=threshold,
+        threshold_rule=rule,
+        selection_rule=data.record.get("selection", ""),
+        flip_average=config.flip_average,
+        metrics=metrics,
+    )
     return final, tutorial_metrics(test_labels, test_scores)
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
 
@@ -72,8 +72,14 @@ class UploadStore:
             self._count_existing()
         except OSError as error:  # the server still starts; each upload retries and logs
             log.warning("uploads will not be kept until %s can be written: %s", self.directory, error)
-        log.info("keeping uploads in %s: %.1f of %.1f MB and %d of %d files used",
-                 self.directory, self._bytes / 2**20, max_bytes / 2**20, self._files, max_files)  # fmt: skip
+        log.info(
+            "keeping uploads in %s: %.1f of %.1f MB and %d of %d files used",
+            self.directory,
+            self._bytes / 2**20,
+            max_bytes / 2**20,
+            self._files,
+            max_files,
+        )
 
     @property
     def stored_bytes(self) -> int:
@@ -116,7 +122,7 @@ class UploadStore:
             "sha256": digest,
             "format": image_format,
             "bytes": len(data),
-            "received": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "received": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         sidecar = (json.dumps(record, indent=1, allow_nan=False) + "\n").encode()
         size = self._allocated(len(data)) + self._allocated(len(sidecar))
@@ -125,9 +131,14 @@ class UploadStore:
                 return None
             if self._bytes + size > self.max_bytes or self._files + 2 > self.max_files:
                 if not self._full_warned:
-                    log.warning("uploads no longer kept: %s holds %.1f MB in %d files, the caps are %.1f MB and %d files",
-                                self.directory, self._bytes / 2**20, self._files, self.max_bytes / 2**20,
-                                self.max_files)  # fmt: skip
+                    log.warning(
+                        "uploads no longer kept: %s holds %.1f MB in %d files, the caps are %.1f MB and %d files",
+                        self.directory,
+                        self._bytes / 2**20,
+                        self._files,
+                        self.max_bytes / 2**20,
+                        self.max_files,
+                    )
                     self._full_warned = True
                 return None
             self._kept.add(digest)

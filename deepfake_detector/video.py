@@ -20,9 +20,10 @@ from __future__ import annotations
 import bisect
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator, Union
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -44,7 +45,7 @@ CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "matroska", "av
 VERDICT_HIGHEST_TRACK = "highest track score (a track's score is the mean of its frames)"
 VERDICT_WHOLE_FRAMES = "whole frames (no face found): the mean of the sampled frames"
 
-VideoSource = Union[bytes, str, Path, BinaryIO]
+VideoSource = bytes | str | Path | BinaryIO
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,15 @@ class VideoFacts:
     streams: int
 
     def to_dict(self) -> dict:
-        return {"container": self.container, "codec": self.codec, "width": self.width, "height": self.height,
-                "duration_s": round(self.duration_s, 3), "frames": self.frames, "fps": round(self.fps, 3)}  # fmt: skip
+        return {
+            "container": self.container,
+            "codec": self.codec,
+            "width": self.width,
+            "height": self.height,
+            "duration_s": round(self.duration_s, 3),
+            "frames": self.frames,
+            "fps": round(self.fps, 3),
+        }
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,9 @@ class VideoReader:
         except FileNotFoundError:
             raise
         except (av.FFmpegError, ValueError, OSError) as error:
-            raise VideoError("the file is not a video we can read (truncated, or not MP4, WebM, MOV, MKV or AVI)") from error
+            raise VideoError(
+                "the file is not a video we can read (truncated, or not MP4, WebM, MOV, MKV or AVI)"
+            ) from error
         try:
             self.stream = self._check_container()
         except BaseException:
@@ -130,7 +140,7 @@ class VideoReader:
         self._pts: list[int] = []
         self._keyframes: list[int] = []
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -140,7 +150,9 @@ class VideoReader:
         """The video stream, once the container's own facts are within the limits."""
         container, limits = self.container, self.limits
         if container.format.name not in CONTAINERS:
-            raise UnsupportedVideoError(f"{container.format.name} files are not supported; use MP4, WebM, MOV, MKV or AVI")
+            raise UnsupportedVideoError(
+                f"{container.format.name} files are not supported; use MP4, WebM, MOV, MKV or AVI"
+            )
         if len(container.streams) > limits.streams:
             raise VideoTooLargeError(f"the file has {len(container.streams)} streams; the limit is {limits.streams}")
         if not container.streams.video:
@@ -206,16 +218,28 @@ class VideoReader:
     def _facts(self) -> VideoFacts:
         stream, pts = self.stream, self._pts
         time_base = float(stream.time_base)
-        rate = float(stream.average_rate or stream.guessed_rate or 0) or (len(pts) - 1) / max((pts[-1] - pts[0]) * time_base, 1e-9)
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or (len(pts) - 1) / max(
+            (pts[-1] - pts[0]) * time_base, 1e-9
+        )
         seen = (pts[-1] - pts[0]) * time_base + (1 / rate if rate else 0.0)
         if seen > self.limits.seconds:
             raise VideoTooLargeError(f"the video is {seen:.0f} s long; the limit is {self.limits.seconds:.0f} s")
         declared = self._declared_seconds(stream)
         if (stream.frames and len(pts) < stream.frames - 2) or seen < declared * 0.9 - 0.5:
-            raise VideoError(f"the video is truncated: its frames stop at {seen:.1f} s of the {declared:.1f} s it declares")
+            raise VideoError(
+                f"the video is truncated: its frames stop at {seen:.1f} s of the {declared:.1f} s it declares"
+            )
         context = stream.codec_context
-        return VideoFacts(CONTAINERS[self.container.format.name], context.name, context.width, context.height,
-                          seen, len(pts), rate, len(self.container.streams))  # fmt: skip
+        return VideoFacts(
+            CONTAINERS[self.container.format.name],
+            context.name,
+            context.width,
+            context.height,
+            seen,
+            len(pts),
+            rate,
+            len(self.container.streams),
+        )
 
     def plan(self, frames: int) -> list[int]:
         """Frame numbers (presentation order) of ``frames`` evenly spaced frames; checks what
@@ -280,8 +304,13 @@ class VideoReader:
     @staticmethod
     def _image(frame) -> Image.Image:
         image = frame.to_image()  # RGB
-        turn = {90: Image.Transpose.ROTATE_90, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270,
-                180: Image.Transpose.ROTATE_180, -180: Image.Transpose.ROTATE_180}.get(round(frame.rotation or 0))  # fmt: skip
+        turn = {
+            90: Image.Transpose.ROTATE_90,
+            -90: Image.Transpose.ROTATE_270,
+            270: Image.Transpose.ROTATE_270,
+            180: Image.Transpose.ROTATE_180,
+            -180: Image.Transpose.ROTATE_180,
+        }.get(round(frame.rotation or 0))
         return image.transpose(turn) if turn is not None else image
 
 
@@ -293,13 +322,17 @@ class FrameResult:
     """One sampled frame: when it is, and how the detector saw it."""
 
     sampled: SampledFrame
-    analysis: "ImageScore"
+    analysis: ImageScore
     thumbnail: Image.Image | None = None
     image_width: int = 0  # of the frame as scored (the boxes' scale)
 
     def to_dict(self) -> dict:
-        entry = {"sample": self.sampled.sample, "frame": self.sampled.frame, "time_s": round(self.sampled.time_s, 3),
-                 "faces": len(self.analysis.faces)}  # fmt: skip
+        entry = {
+            "sample": self.sampled.sample,
+            "frame": self.sampled.frame,
+            "time_s": round(self.sampled.time_s, 3),
+            "faces": len(self.analysis.faces),
+        }
         if not self.analysis.faces:  # scored whole
             entry["fake_probability"] = self.analysis.prediction.fake_probability
         return entry
@@ -309,7 +342,7 @@ class FrameResult:
 class VideoScore:
     """The verdict for a video (its highest track), its tracks and its sampled frames."""
 
-    prediction: "Prediction"
+    prediction: Prediction
     facts: VideoFacts
     tracks: list[Track]
     frames: list[FrameResult]
@@ -317,14 +350,26 @@ class VideoScore:
     verdict: str
 
     def to_dict(self) -> dict:
-        return {**self.prediction.to_dict(), "media": "video", "verdict": self.verdict,
-                "face_detection": self.face_detection, "video": self.facts.to_dict(),
-                "frames_sampled": len(self.frames), "sampled": [frame.to_dict() for frame in self.frames],
-                "tracks": [track.to_dict(index) for index, track in enumerate(self.tracks)]}  # fmt: skip
+        return {
+            **self.prediction.to_dict(),
+            "media": "video",
+            "verdict": self.verdict,
+            "face_detection": self.face_detection,
+            "video": self.facts.to_dict(),
+            "frames_sampled": len(self.frames),
+            "sampled": [frame.to_dict() for frame in self.frames],
+            "tracks": [track.to_dict(index) for index, track in enumerate(self.tracks)],
+        }
 
 
-def score_video(detector: "Detector", source: VideoSource, finder: FaceFinder | None = None, frames: int = DEFAULT_FRAMES,
-                limits: VideoLimits = VideoLimits(), thumbnails: int = 0) -> VideoScore:  # fmt: skip
+def score_video(
+    detector: Detector,
+    source: VideoSource,
+    finder: FaceFinder | None = None,
+    frames: int = DEFAULT_FRAMES,
+    limits: VideoLimits = VideoLimits(),
+    thumbnails: int = 0,
+) -> VideoScore:
     """Sample ``frames`` frames, score each one's faces with ``detector.predict_faces``, link
     them into tracks and give the verdict.
 
@@ -341,11 +386,21 @@ def score_video(detector: "Detector", source: VideoSource, finder: FaceFinder | 
         for sampled in reader.frames(reader.plan(frames)):
             analysis = detector.predict_faces(sampled.image, recorder, max_faces=limits.faces_per_frame)
             reader.check_time()
-            found.append([TrackFace(sampled.sample, sampled.frame, sampled.time_s, face, recorder.landmarks.get(face.box))
-                          for face in analysis.faces])  # fmt: skip
+            found.append(
+                [
+                    TrackFace(sampled.sample, sampled.frame, sampled.time_s, face, recorder.landmarks.get(face.box))
+                    for face in analysis.faces
+                ]
+            )
             thumbnail = _thumbnail(sampled.image, thumbnails) if thumbnails else None
-            results.append(FrameResult(SampledFrame(sampled.sample, sampled.frame, sampled.time_s, None), analysis, thumbnail,
-                                       sampled.image.width))
+            results.append(
+                FrameResult(
+                    SampledFrame(sampled.sample, sampled.frame, sampled.time_s, None),
+                    analysis,
+                    thumbnail,
+                    sampled.image.width,
+                )
+            )
     tracks = link_tracks(found)
     for track in tracks:
         track.prediction = detector.prediction_for(track.fake_probability)

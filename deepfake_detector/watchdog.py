@@ -31,10 +31,15 @@ def main(argv: list[str]) -> int:
     ready, _, _ = select.select([sys.stdin], [], [], seconds)
     if ready:  # closed (or written): started, or gone
         return 0
-    silent = [f"{name} ({address})" for name, address in (task.split("=", 1) for task in tasks) if not listening(address)]
-    print(f"ERROR {message}: {', '.join(silent) or 'every task is listening, yet one is'} not listening; start every "
-          "task of TF_CONFIG (a task that exits at start leaves the others waiting), or raise --cluster-timeout",
-          file=sys.stderr, flush=True)  # fmt: skip
+    silent = [
+        f"{name} ({address})" for name, address in (task.split("=", 1) for task in tasks) if not listening(address)
+    ]
+    print(
+        f"ERROR {message}: {', '.join(silent) or 'every task is listening, yet one is'} not listening; start every "
+        "task of TF_CONFIG (a task that exits at start leaves the others waiting), or raise --cluster-timeout",
+        file=sys.stderr,
+        flush=True,
+    )
     os.kill(pid, signal.SIGKILL)
     return 1
 

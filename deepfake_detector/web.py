@@ -33,7 +33,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from deepfake_detector import faces, labels, preprocessing
 from deepfake_detector.detector import Detector, ImageScore
-from deepfake_detector.errors import CrossSiteRequestError, ImageError, ImageTooLargeError, ServerBusyError, UploadError, VideoError
+from deepfake_detector.errors import (
+    CrossSiteRequestError,
+    ImageError,
+    ImageTooLargeError,
+    ServerBusyError,
+    UploadError,
+    VideoError,
+)
 from deepfake_detector.previews import preview_data_url, video_page
 from deepfake_detector.uploads import UploadStore
 from deepfake_detector.video import DEFAULT_FRAMES, VideoLimits, VideoScore, looks_like_video, score_video
@@ -117,8 +124,11 @@ bp = Blueprint("web", __name__)
 
 
 def create_app(
-    detector: Detector, limits: RequestLimits = RequestLimits(), face_finder: faces.FaceFinder | None = None,
-    upload_store: UploadStore | None = None, video_limits: VideoLimits = VideoLimits(),
+    detector: Detector,
+    limits: RequestLimits = RequestLimits(),
+    face_finder: faces.FaceFinder | None = None,
+    upload_store: UploadStore | None = None,
+    video_limits: VideoLimits = VideoLimits(),
 ) -> Flask:
     """Build the app around an already loaded detector (tests hand in a tiny one).
 
@@ -129,14 +139,18 @@ def create_app(
     (:func:`_score_video`); it is never stored.
     """
     if not (TEMPLATES / "index.html").is_file():
-        raise FileNotFoundError(f"no {TEMPLATES / 'index.html'}: the page's templates/ and static/ belong "
-                                "at the top of the checkout, beside inference.py")  # fmt: skip
+        raise FileNotFoundError(
+            f"no {TEMPLATES / 'index.html'}: the page's templates/ and static/ belong "
+            "at the top of the checkout, beside inference.py"
+        )
     app = Flask(__name__, template_folder=str(TEMPLATES), static_folder=str(STATIC))
     app.request_class = InMemoryRequest
     app.config.update(
-        MAX_CONTENT_LENGTH=max(limits.upload_bytes, video_limits.upload_bytes), JSON_SORT_KEYS=False, MAX_FORM_MEMORY_SIZE=limits.field_bytes,
+        MAX_CONTENT_LENGTH=max(limits.upload_bytes, video_limits.upload_bytes),
+        JSON_SORT_KEYS=False,
+        MAX_FORM_MEMORY_SIZE=limits.field_bytes,
         MAX_FORM_PARTS=limits.files + limits.form_fields,
-    )  # fmt: skip
+    )
     app.extensions.update(
         detector=detector,
         request_limits=limits,
@@ -170,16 +184,21 @@ def _trace_grad_cam(detector: Detector) -> None:
 @bp.app_context_processor
 def page_facts() -> dict:
     extensions = current_app.extensions
-    return {"model": extensions["model_info"], "face_finder": extensions["face_finder"].name,
-            "keeps_uploads": extensions["upload_store"] is not None, "verdict_words": labels.VERDICT_WORDS}  # fmt: skip
+    return {
+        "model": extensions["model_info"],
+        "face_finder": extensions["face_finder"].name,
+        "keeps_uploads": extensions["upload_store"] is not None,
+        "verdict_words": labels.VERDICT_WORDS,
+    }
 
 
 @bp.before_app_request
 def start_timer():
     g.start = time.perf_counter()
     if request.method == "POST" and cross_site(request):  # before the body is parsed
-        error = CrossSiteRequestError("a page on another site cannot send uploads here: use this server's "
-                                      "own page, or call the API from a script")  # fmt: skip
+        error = CrossSiteRequestError(
+            "a page on another site cannot send uploads here: use this server's own page, or call the API from a script"
+        )
         if request.path.startswith("/api/"):
             return _json_error(str(error), error.http_status)
         return _page_error(str(error), error.http_status)
@@ -240,8 +259,13 @@ def _predict_files(uploads: list):
     for index, upload in enumerate(uploads):
         entry = {"index": index, "filename": upload.filename or ""}
         if time.perf_counter() > deadline:
-            results.append({**entry, "error": f"not scored: the request took over {limits.files_seconds:g} s; "
-                            "send this file again", "status": 503})  # fmt: skip
+            results.append(
+                {
+                    **entry,
+                    "error": f"not scored: the request took over {limits.files_seconds:g} s; send this file again",
+                    "status": 503,
+                }
+            )
             continue
         try:
             result, _, analysis = _score_image(upload.read(), explain_left)
@@ -295,8 +319,10 @@ def unexpected(error: Exception):
 
 def too_large_message(limits: RequestLimits, video_limits: VideoLimits) -> str:
     """What an upload over both caps is told (the server's own 413 says the same)."""
-    return (f"the upload is larger than {video_limits.upload_bytes // (1024 * 1024)} MB for a video "
-            f"or {limits.upload_bytes // (1024 * 1024)} MB for images")  # fmt: skip
+    return (
+        f"the upload is larger than {video_limits.upload_bytes // (1024 * 1024)} MB for a video "
+        f"or {limits.upload_bytes // (1024 * 1024)} MB for images"
+    )
 
 
 # ----------------------------------------------------------------------------- one upload
@@ -314,9 +340,12 @@ def _score_image(data: bytes, max_explained: int = 0) -> tuple[dict, Image.Image
     with extensions["large_image"] if image.width * image.height > limits.large_image_pixels else nullcontext():
         image = preprocessing.decode(image)
         analysis = extensions["detector"].predict_decoded_faces(
-            image, extensions["face_finder"], explain=max_explained > 0, max_faces=limits.faces_per_image,
+            image,
+            extensions["face_finder"],
+            explain=max_explained > 0,
+            max_faces=limits.faces_per_image,
             max_explained=max_explained,
-        )  # fmt: skip
+        )
     result = analysis.to_dict()
     if extensions["upload_store"] is not None:  # never raises: a full or broken disk costs no answer
         extensions["upload_store"].keep(data, image_format, {**result, "model": extensions["model_info"]["model"]})
@@ -372,8 +401,9 @@ def _score_video(stream: BinaryIO, thumbnail_width: int = 0) -> VideoScore:
     if not worker.acquire(timeout=video_limits.queue_seconds):
         raise ServerBusyError("another video is being scored; send this one again in a few seconds")
     try:
-        return score_video(extensions["detector"], stream, extensions["face_finder"], frames, video_limits,
-                           thumbnails=thumbnail_width)  # fmt: skip
+        return score_video(
+            extensions["detector"], stream, extensions["face_finder"], frames, video_limits, thumbnails=thumbnail_width
+        )
     finally:
         worker.release()
 

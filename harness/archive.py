@@ -19,17 +19,22 @@ from tqdm import tqdm
 
 #: (split, class folder, file prefix, count) of the Kaggle archive.
 KAGGLE_COUNTS = (
-    ("Train", "Real", "real", 70_001), ("Train", "Fake", "fake", 70_001),
-    ("Validation", "Real", "real", 19_787), ("Validation", "Fake", "fake", 19_641),
-    ("Test", "Real", "real", 5_413), ("Test", "Fake", "fake", 5_492),
-)  # fmt: skip
+    ("Train", "Real", "real", 70_001),
+    ("Train", "Fake", "fake", 70_001),
+    ("Validation", "Real", "real", 19_787),
+    ("Validation", "Fake", "fake", 19_641),
+    ("Test", "Real", "real", 5_413),
+    ("Test", "Fake", "fake", 5_492),
+)
 SIDE = 256
 
 
 def synthetic_jpeg(index: int, fake: bool, side: int = SIDE) -> bytes:
     """One reproducible smooth-noise JPEG; fakes get a sharp-edged patch so a model can tell them apart."""
     rng = np.random.default_rng([index, int(fake)])
-    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
+    coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(
+        (side, side), Image.Resampling.BICUBIC
+    )
     pixels = np.asarray(coarse, np.int16) + rng.integers(-12, 13, (side, side, 3), dtype=np.int16)
     if fake:
         y, x = rng.integers(side // 4, side // 2, 2)
@@ -53,12 +58,17 @@ def write_archive(path: str | Path, scale: float = 1.0, corrupt: int = 0, worker
     """Write the zip; returns {"images": N, "bytes": size}. JPEGs are stored, not deflated, as Kaggle's are."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tasks = [(f"Dataset/{split}/{folder}/{prefix}_{i}.jpg", i, folder == "Fake")
-             for split, folder, prefix, count in archive_counts(scale) for i in range(count)]  # fmt: skip
+    tasks = [
+        (f"Dataset/{split}/{folder}/{prefix}_{i}.jpg", i, folder == "Fake")
+        for split, folder, prefix, count in archive_counts(scale)
+        for i in range(count)
+    ]
     part = path.with_name(path.name + ".part")
     with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for name, payload in tqdm(pool.imap(_member, tasks, chunksize=256), total=len(tasks), desc=f"writing {path.name}", unit="img"):
+            for name, payload in tqdm(
+                pool.imap(_member, tasks, chunksize=256), total=len(tasks), desc=f"writing {path.name}", unit="img"
+            ):
                 archive.writestr(name, payload)
         for split in ("Train", "Validation", "Test"):
             for i in range(corrupt):

@@ -11,7 +11,7 @@ import io
 import re
 import struct
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -100,8 +100,15 @@ def lying_gif(image: Image.Image, keep_blocks: int = 2) -> bytes:
 def short_images(image: Image.Image) -> dict[str, bytes]:
     """One file per accepted format whose pixel data ends early: cut in the middle, and for the
     formats whose container can be closed again after the cut (JPEG, PNG, GIF), closed."""
-    formats = {"jpg": ("JPEG", {}), "progressive.jpg": ("JPEG", {"progressive": True}), "png": ("PNG", {}),
-               "webp": ("WEBP", {}), "bmp": ("BMP", {}), "gif": ("GIF", {}), "tiff": ("TIFF", {})}  # fmt: skip
+    formats = {
+        "jpg": ("JPEG", {}),
+        "progressive.jpg": ("JPEG", {"progressive": True}),
+        "png": ("PNG", {}),
+        "webp": ("WEBP", {}),
+        "bmp": ("BMP", {}),
+        "gif": ("GIF", {}),
+        "tiff": ("TIFF", {}),
+    }
     files = {}
     for name, (fmt, options) in formats.items():
         data = encode(image, fmt, **options)
@@ -164,11 +171,22 @@ def jpeg_in_tiff(side: int = 1024, scans: int = 99) -> bytes:
     """A grey TIFF whose one strip is a progressive JPEG of ``scans`` scans (compression 7). libtiff
     itself refuses more than 100 scans, so 99 is the costliest: 99 passes over every block."""
     strip = many_scans_jpeg(side, scans)
-    tags = [(256, 4, side), (257, 4, side), (258, 3, 8), (259, 3, 7), (262, 3, 1), (273, 4, 0), (277, 3, 1),
-            (278, 4, side), (279, 4, len(strip))]  # fmt: skip
+    tags = [
+        (256, 4, side),
+        (257, 4, side),
+        (258, 3, 8),
+        (259, 3, 7),
+        (262, 3, 1),
+        (273, 4, 0),
+        (277, 3, 1),
+        (278, 4, side),
+        (279, 4, len(strip)),
+    ]
     data_offset = 8 + 2 + 12 * len(tags) + 4
-    entries = b"".join(struct.pack("<HHI", tag, kind, 1) + struct.pack("<I", data_offset if tag == 273 else value)
-                       for tag, kind, value in tags)  # fmt: skip
+    entries = b"".join(
+        struct.pack("<HHI", tag, kind, 1) + struct.pack("<I", data_offset if tag == 273 else value)
+        for tag, kind, value in tags
+    )
     return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0) + strip
 
 
@@ -197,9 +215,13 @@ def mutants(seeds: dict[str, bytes], count: int, seed: int = 0) -> list[tuple[st
                 elif kind == 3:
                     data[position:position] = bytes(data[position : position + int(rng.integers(1, 64))])
                 elif kind == 4:
-                    data[position : position + 2] = bytes(rng.choice([b"\x00\x00", b"\xff\xff", b"\x7f\xff", b"\x00\x01"]))
+                    data[position : position + 2] = bytes(
+                        rng.choice([b"\x00\x00", b"\xff\xff", b"\x7f\xff", b"\x00\x01"])
+                    )
                 else:
-                    data[position : position + 4] = bytes(rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"]))
+                    data[position : position + 4] = bytes(
+                        rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"])
+                    )
             if rng.random() < 0.1:
                 data = data[: int(rng.integers(1, len(data) + 1))]
             out.append((f"{i}-{name}", bytes(data)))

@@ -33,18 +33,32 @@ def running_server(model_path: Path, *extra: str, timeout: float = 120.0, script
 
 
 @contextmanager
-def running_process(model_path: Path, *extra: str, timeout: float = 120.0, script: Path = REPO / "inference.py",
-                    env: dict[str, str] | None = None, root: Path = REPO):  # fmt: skip
+def running_process(
+    model_path: Path,
+    *extra: str,
+    timeout: float = 120.0,
+    script: Path = REPO / "inference.py",
+    env: dict[str, str] | None = None,
+    root: Path = REPO,
+):
     """Like :func:`running_server`, yielding ``(base URL, subprocess.Popen)``; ``env`` adds to
     or overrides the environment; ``root`` is the checkout whose package the server imports."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])), **(env or {})}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        **(env or {}),
+    }
     log = open(Path(tempfile.gettempdir()) / f"server-{port}.log", "w")
     process = subprocess.Popen(
         [sys.executable, str(script), "--model", str(model_path), "--port", str(port), *extra],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout

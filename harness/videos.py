@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,8 +30,10 @@ class FacePath:
 
     def corner(self, step: int, steps: int) -> tuple[int, int]:
         share = step / max(1, steps - 1)
-        return (round(self.start[0] + (self.end[0] - self.start[0]) * share),
-                round(self.start[1] + (self.end[1] - self.start[1]) * share))  # fmt: skip
+        return (
+            round(self.start[0] + (self.end[0] - self.start[0]) * share),
+            round(self.start[1] + (self.end[1] - self.start[1]) * share),
+        )
 
 
 def background(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -41,7 +43,9 @@ def background(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.asarray(small.resize((width, height), Image.Resampling.BILINEAR))
 
 
-def frames_with_faces(paths: Sequence[FacePath], count: int, width: int, height: int, seed: int = 0) -> Iterable[np.ndarray]:
+def frames_with_faces(
+    paths: Sequence[FacePath], count: int, width: int, height: int, seed: int = 0
+) -> Iterable[np.ndarray]:
     """``count`` RGB frames with each path's face pasted where it is at that step."""
     base = background(width, height, seed)
     tiles = []
@@ -58,8 +62,14 @@ def frames_with_faces(paths: Sequence[FacePath], count: int, width: int, height:
         yield frame
 
 
-def encode(frames: Iterable[np.ndarray], fps: int = 10, container: str = "mp4", codec: str = "libx264",
-           keyframe_interval: int | None = None, options: dict | None = None) -> bytes:  # fmt: skip
+def encode(
+    frames: Iterable[np.ndarray],
+    fps: int = 10,
+    container: str = "mp4",
+    codec: str = "libx264",
+    keyframe_interval: int | None = None,
+    options: dict | None = None,
+) -> bytes:
     """RGB frames encoded into a video file, in memory."""
     import av
 
@@ -148,7 +158,9 @@ def huge_frames(width: int = 7680, height: int = 4320, count: int = 2) -> bytes:
 
 #: Each hostile container's name and the status it must get.
 HOSTILE_STATUS = {
-    "cut_half.mkv": 400, "cut_header.mkv": 400, "cut_half.avi": 400,
+    "cut_half.mkv": 400,
+    "cut_header.mkv": 400,
+    "cut_half.avi": 400,
     "lying_frames.avi": 400,  # says 1000 frames, holds a few
     "lying_frames_huge.avi": 413,  # says 10 million frames
     "lying_duration.mkv": 413,  # says 115 days
@@ -156,7 +168,8 @@ HOSTILE_STATUS = {
     "many_streams.mkv": 413,
     "frame_bomb.mkv": 413,  # 100,000 frames of 640x360 in 3 MB
     "keyframe_bomb.mkv": 413,  # 500 s, one keyframe: 46 gigapixels to decode
-    "junk_after_ftyp.mp4": 400, "matroska_magic_only.webm": 400,
+    "junk_after_ftyp.mp4": 400,
+    "matroska_magic_only.webm": 400,
 }
 
 

@@ -224,20 +224,35 @@ class DataSet:
 
 DATASETS = {
     "lfw-faceswap": DataSet(
-        "face swaps in LFW photos, 128x128 JPEG q90", (LFW,), lfw_entries, 128, False,
+        "face swaps in LFW photos, 128x128 JPEG q90",
+        (LFW,),
+        lfw_entries,
+        128,
+        False,
         "f11aa11c12dd6a332907cee388cc8f6b5e8cc2e8c88dd2b8c2e5eab5b75e7978",
-        "another Pillow or libjpeg version encodes the same pixels to other bytes"),
+        "another Pillow or libjpeg version encodes the same pixels to other bytes",
+    ),
     "dfdc-faces": DataSet(
-        "DFDC video face crops, original bytes, split by source video", (DFDC,), dfdc_entries, None, True,
+        "DFDC video face crops, original bytes, split by source video",
+        (DFDC,),
+        dfdc_entries,
+        None,
+        True,
         "7c0a2c123e7f6894c99bcb47a5a484628d8b76f22a2c76f1da0686f3cf80ef31",
         "the reference copy's seeded choice of one fake per source video is not known, so other fakes may be chosen",
-        lambda entries: {"sources.csv": dfdc_sources_csv(entries)}),
+        lambda entries: {"sources.csv": dfdc_sources_csv(entries)},
+    ),
     "gan-faces": DataSet(
-        "GAN faces beside real portraits, 256x256 JPEG q90", (ROEISHC, GPHOTOS), gan_entries, 256, True,
+        "GAN faces beside real portraits, 256x256 JPEG q90",
+        (ROEISHC, GPHOTOS),
+        gan_entries,
+        256,
+        True,
         "1920b2e53d3c771a07b882a0b511e8908a8f0c18e0b685d3afae5b34f85b0929",
         "the reference copy's seeded sample of 75 faces per hmdghoul folder is not known; Pillow or libjpeg "
-        "versions may also encode differently"),
-}  # fmt: skip
+        "versions may also encode differently",
+    ),
+}
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -271,8 +286,9 @@ def fetch(source: Source, branch: str, base_url: str, cache_dir: Path, sha256: s
     except DatasetError as error:
         if "HTTP 404" not in str(error):
             raise
-        raise DatasetError(f"{error}; if {source.repo}'s branch is not {branch!r}, pass "
-                           f"--branch {source.repo}=NAME") from None  # fmt: skip
+        raise DatasetError(
+            f"{error}; if {source.repo}'s branch is not {branch!r}, pass --branch {source.repo}=NAME"
+        ) from None
 
 
 def unpacked(target: Path) -> Path:
@@ -349,38 +365,69 @@ def write_dataset(dataset: DataSet, entries: list[Entry], out: Path) -> str:
 def report(dataset: DataSet, entries: list[Entry], sums: str, out: Path) -> None:
     counts = Counter((entry.split, entry.label) for entry in entries)
     for split in SPLITS:
-        log.info("%-10s  %s %5d  %s %5d", split, REAL_FOLDER, counts[split, REAL_FOLDER], FAKE_FOLDER,
-                 counts[split, FAKE_FOLDER])  # fmt: skip
+        log.info(
+            "%-10s  %s %5d  %s %5d",
+            split,
+            REAL_FOLDER,
+            counts[split, REAL_FOLDER],
+            FAKE_FOLDER,
+            counts[split, FAKE_FOLDER],
+        )
     if hashlib.sha256(sums.encode()).hexdigest() == dataset.reference:
         log.info("%s: identical to the reference copy the README's figures were measured on", out)
     else:
-        log.warning("%s differs from the reference copy the README's figures were measured on: %s",
-                    out, dataset.differences)  # fmt: skip
+        log.warning(
+            "%s differs from the reference copy the README's figures were measured on: %s", out, dataset.differences
+        )
 
 
 # ----------------------------------------------------------------------------- the command
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m scripts.{PROG}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    described = (f"{name}: {dataset.description}, from {', '.join(s.repo for s in dataset.sources)}"
-                 for name, dataset in DATASETS.items())  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog=f"python -m scripts.{PROG}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    described = (
+        f"{name}: {dataset.description}, from {', '.join(s.repo for s in dataset.sources)}"
+        for name, dataset in DATASETS.items()
+    )
     parser.add_argument("dataset", choices=DATASETS, help="; ".join(described))
     parser.add_argument("--out", type=Path, help="folder to write; must not exist, or be empty (default: data/DATASET)")
-    parser.add_argument("--base-url", default=GITHUB_ZIPS,
-                        help=f"where branch zips are fetched, as BASE/OWNER/REPO/zip/refs/heads/BRANCH (default: "
-                             f"{GITHUB_ZIPS}); plain http only to 127.0.0.1 or localhost")  # fmt: skip
+    parser.add_argument(
+        "--base-url",
+        default=GITHUB_ZIPS,
+        help=f"where branch zips are fetched, as BASE/OWNER/REPO/zip/refs/heads/BRANCH (default: "
+        f"{GITHUB_ZIPS}); plain http only to 127.0.0.1 or localhost",
+    )
     branches = ", ".join(f"{s.repo}={s.branch}" for dataset in DATASETS.values() for s in dataset.sources)
-    parser.add_argument("--branch", action="append", default=[], metavar="OWNER/REPO=BRANCH",
-                        help=f"another branch of a source repository (defaults, unchecked: {branches})")  # fmt: skip
-    parser.add_argument("--archive", action="append", default=[], metavar="OWNER/REPO=ZIP",
-                        help="a source repository's zip, already downloaded, used instead of fetching it")  # fmt: skip
-    parser.add_argument("--sha256", action="append", default=[], metavar="OWNER/REPO=HEX",
-                        help="the expected SHA-256 of a source zip; any other is refused")  # fmt: skip
-    parser.add_argument("--cache-dir", type=Path,
-                        help="where downloaded zips are kept, and extracted while processing (default: the user's "
-                             "cache, deepfake-detector/sources)")  # fmt: skip
+    parser.add_argument(
+        "--branch",
+        action="append",
+        default=[],
+        metavar="OWNER/REPO=BRANCH",
+        help=f"another branch of a source repository (defaults, unchecked: {branches})",
+    )
+    parser.add_argument(
+        "--archive",
+        action="append",
+        default=[],
+        metavar="OWNER/REPO=ZIP",
+        help="a source repository's zip, already downloaded, used instead of fetching it",
+    )
+    parser.add_argument(
+        "--sha256",
+        action="append",
+        default=[],
+        metavar="OWNER/REPO=HEX",
+        help="the expected SHA-256 of a source zip; any other is refused",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where downloaded zips are kept, and extracted while processing (default: the user's "
+        "cache, deepfake-detector/sources)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the choices of fakes (default: 0)")
     return parser
 
@@ -413,8 +460,12 @@ def main(args: argparse.Namespace) -> int:
         entries = dataset.entries(trees, args.seed)
         if dataset.drop_duplicates:
             entries = dropped_duplicates(entries)
-        missing = [f"{s}/{c}" for s in SPLITS for c in (REAL_FOLDER, FAKE_FOLDER) if (s, c) not in
-                   {(entry.split, entry.label) for entry in entries}]  # fmt: skip
+        missing = [
+            f"{s}/{c}"
+            for s in SPLITS
+            for c in (REAL_FOLDER, FAKE_FOLDER)
+            if (s, c) not in {(entry.split, entry.label) for entry in entries}
+        ]
         if missing:
             raise DatasetError(f"the sources gave no files for {', '.join(missing)}; is it the right branch?")
         try:

@@ -69,8 +69,13 @@ def main(args: argparse.Namespace) -> Path:
         rows = [row if row.ndim == 3 else np.repeat(row[..., None], 3, axis=2) for row in rows]
         columns.append(np.concatenate(rows, axis=0))
         seams.append(seam_width(mask, landmarks))
-        logging.info("%s: mask peak %.2f, covers %.0f%%, seam %.2f eye distances wide",
-                     path.name, mask.max(), 100 * (mask > 0).mean(), seams[-1])  # fmt: skip
+        logging.info(
+            "%s: mask peak %.2f, covers %.0f%%, seam %.2f eye distances wide",
+            path.name,
+            mask.max(),
+            100 * (mask > 0).mean(),
+            seams[-1],
+        )
     logging.info("seam width: median %.2f, range %.2f-%.2f eye distances", np.median(seams), min(seams), max(seams))
 
     grid = np.concatenate(columns, axis=1)

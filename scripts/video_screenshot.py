@@ -24,11 +24,17 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    with tempfile.TemporaryDirectory() as folder, running_server(DEFAULT_MODEL_PATH) as url, sync_playwright() as playwright:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        running_server(DEFAULT_MODEL_PATH) as url,
+        sync_playwright() as playwright,
+    ):
         clip = Path(folder) / "two-faces.mp4"
         clip.write_bytes(make_clip(10, 50))
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                             args=["--headless", "--no-sandbox", "--disable-gpu"])  # fmt: skip
+        browser = playwright.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+            args=["--headless", "--no-sandbox", "--disable-gpu"],
+        )
         page = browser.new_page(viewport={"width": 760, "height": 900})
         page.goto(url)
         page.set_input_files("input[type=file]", str(clip))

@@ -41,9 +41,16 @@ def trained_model_path(tiny_dataset, tmp_path_factory) -> Path:
 
     output = tmp_path_factory.mktemp("model") / "tiny.keras"
     config = TrainConfig(
-        arch="seed", data_dir=str(tiny_dataset), output=str(output), image_size=IMAGE_SIZE,
-        epochs=8, batch_size=4, learning_rate=1e-4, early_stopping_patience=0, seed=7,
-    )  # fmt: skip
+        arch="seed",
+        data_dir=str(tiny_dataset),
+        output=str(output),
+        image_size=IMAGE_SIZE,
+        epochs=8,
+        batch_size=4,
+        learning_rate=1e-4,
+        early_stopping_patience=0,
+        seed=7,
+    )
     path, _ = train(config)
     return path
 

@@ -90,7 +90,9 @@ def clip(paths, container: str = "mp4", **options) -> bytes:
     from harness import videos
 
     codec = "mpeg4" if container == "avi" else "libx264"
-    return videos.encode(videos.frames_with_faces(paths, STEPS, WIDTH, HEIGHT), fps=10, container=container, codec=codec, **options)
+    return videos.encode(
+        videos.frames_with_faces(paths, STEPS, WIDTH, HEIGHT), fps=10, container=container, codec=codec, **options
+    )
 
 
 def moving(mark: bool = False):

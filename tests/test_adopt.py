@@ -56,25 +56,34 @@ def tutorial_model_path(tutorial_data, tmp_path_factory) -> Path:
 
     keras.utils.set_random_seed(3)
     train_data = keras.utils.image_dataset_from_directory(
-        tutorial_data / "Train", labels="inferred", color_mode="rgb", seed=42, batch_size=8,
+        tutorial_data / "Train",
+        labels="inferred",
+        color_mode="rgb",
+        seed=42,
+        batch_size=8,
         image_size=(TUTORIAL_SIZE, TUTORIAL_SIZE),
-    )  # fmt: skip
+    )
     assert train_data.class_names == ["Fake", "Real"]  # so the sigmoid is P(real)
-    model = keras.Sequential([
-        keras.layers.Input(shape=(TUTORIAL_SIZE, TUTORIAL_SIZE, 3)),
-        keras.layers.Rescaling(1.0 / 127, name="rescaling"),
-        keras.layers.Conv2D(8, (3, 3), strides=1, padding="same", activation="relu"),
-        keras.layers.BatchNormalization(),
-        keras.layers.MaxPooling2D(pool_size=(4, 4), strides=4),
-        keras.layers.Conv2D(8, (3, 3), strides=1, padding="same", activation="relu"),
-        keras.layers.BatchNormalization(),
-        keras.layers.MaxPooling2D(pool_size=(4, 4), strides=4),
-        keras.layers.Flatten(),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ])  # fmt: skip
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3), loss="binary_crossentropy",
-                  metrics=["accuracy", keras.metrics.Precision(), keras.metrics.Recall()])  # fmt: skip
+    model = keras.Sequential(
+        [
+            keras.layers.Input(shape=(TUTORIAL_SIZE, TUTORIAL_SIZE, 3)),
+            keras.layers.Rescaling(1.0 / 127, name="rescaling"),
+            keras.layers.Conv2D(8, (3, 3), strides=1, padding="same", activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.MaxPooling2D(pool_size=(4, 4), strides=4),
+            keras.layers.Conv2D(8, (3, 3), strides=1, padding="same", activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.MaxPooling2D(pool_size=(4, 4), strides=4),
+            keras.layers.Flatten(),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+        loss="binary_crossentropy",
+        metrics=["accuracy", keras.metrics.Precision(), keras.metrics.Recall()],
+    )
     model.fit(train_data, epochs=5, verbose=0)
     path = tmp_path_factory.mktemp("tutorial-model") / "deepfake_detector_model.keras"
     model.save(path)
@@ -99,7 +108,10 @@ def tutorial_p_real(model_path: Path, image_paths: list[Path]) -> np.ndarray:
     import keras
 
     model = keras.models.load_model(model_path)
-    arrays = [keras.utils.img_to_array(keras.utils.load_img(p, target_size=(TUTORIAL_SIZE, TUTORIAL_SIZE))) for p in image_paths]
+    arrays = [
+        keras.utils.img_to_array(keras.utils.load_img(p, target_size=(TUTORIAL_SIZE, TUTORIAL_SIZE)))
+        for p in image_paths
+    ]
     return np.array([model.predict(np.expand_dims(a, axis=0), verbose=0)[0][0] for a in arrays], np.float64)
 
 
@@ -115,7 +127,9 @@ def test_adopted_metadata_says_how_the_tutorial_used_the_model(adopted_path, tut
     assert metadata.name == "tutorial" and metadata.train_config["adopted_from"] == str(tutorial_model_path)
 
 
-def test_adopted_model_scores_as_the_tutorial_did_in_both_runtimes(adopted_path, tutorial_model_path, tutorial_data, tmp_path):
+def test_adopted_model_scores_as_the_tutorial_did_in_both_runtimes(
+    adopted_path, tutorial_model_path, tutorial_data, tmp_path
+):
     from deepfake_detector.detector import Detector
     from deepfake_detector.preprocessing import load_image
 
@@ -150,13 +164,24 @@ def test_loading_the_tutorials_file_names_the_adopt_command(tutorial_model_path)
     assert f"python export.py --model {tutorial_model_path} --format adopt --output NEW.keras" in message
 
 
-def test_adopt_with_data_dir_chooses_the_threshold_on_validation(adopted_path, tutorial_model_path, tutorial_data, tmp_path):
+def test_adopt_with_data_dir_chooses_the_threshold_on_validation(
+    adopted_path, tutorial_model_path, tutorial_data, tmp_path
+):
     from deepfake_detector import metrics
     from deepfake_detector.detector import Detector
     from deepfake_detector.model import read_metadata
 
     output = tmp_path / "chosen.keras"
-    argv = ["--model", str(tutorial_model_path), "--format", "adopt", "--output", str(output), "--data-dir", str(tutorial_data)]
+    argv = [
+        "--model",
+        str(tutorial_model_path),
+        "--format",
+        "adopt",
+        "--output",
+        str(output),
+        "--data-dir",
+        str(tutorial_data),
+    ]
     assert run_export(argv) == 0
     metadata = read_metadata(output)
     assert metadata.threshold_rule == "eer on Validation"
@@ -222,7 +247,16 @@ def test_adopt_refuses_what_it_cannot_adopt(adopted_path, tutorial_model_path, w
         assert error.startswith("export.py: ") and message in error and "\n" not in error, error
     assert not output.exists() and not (tmp_path / "new.h5").exists()
     # Flip averaging chooses its threshold from the training cache, resized with Lanczos.
-    argv = ["--model", str(adopted_path), "--format", "flip-averaged", "--data-dir", str(tmp_path), "--output", str(output)]
+    argv = [
+        "--model",
+        str(adopted_path),
+        "--format",
+        "flip-averaged",
+        "--data-dir",
+        str(tmp_path),
+        "--output",
+        str(output),
+    ]
     assert run_export(argv) == 2
     assert "resizes with 'nearest'" in capsys.readouterr().err and not output.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.keras", "other.keras", "photos"]  # no temp files left

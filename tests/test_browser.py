@@ -51,7 +51,9 @@ def test_upload_a_face_and_see_the_verdict(browser, page_url, tmp_path, fake_png
     errors = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(page_url)
-    assert page.evaluate("getComputedStyle(document.querySelector('main')).maxWidth") != "none"  # static/style.css served
+    assert (
+        page.evaluate("getComputedStyle(document.querySelector('main')).maxWidth") != "none"
+    )  # static/style.css served
     page.set_input_files("input[type=file]", str(face))
     page.click("button[type=submit]")
     page.wait_for_selector("#result")

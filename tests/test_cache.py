@@ -192,15 +192,27 @@ def test_training_draws_a_full_permutation_of_positions_every_epoch():
         assert sorted(p for batch in epoch for p in batch) == list(range(300))
         assert [len(b) for b in epoch] == [32] * 9 + [12]
     assert first != second  # reshuffled
-    assert _positions(make_dataset(_numbered(300), 32, training=True, config=DataConfig(seed=4))) == first  # reproducible from the seed
-    assert _positions(make_dataset(_numbered(300), 32, training=False)) == [list(range(i, min(i + 32, 300))) for i in range(0, 300, 32)]
+    assert (
+        _positions(make_dataset(_numbered(300), 32, training=True, config=DataConfig(seed=4))) == first
+    )  # reproducible from the seed
+    assert _positions(make_dataset(_numbered(300), 32, training=False)) == [
+        list(range(i, min(i + 32, 300))) for i in range(0, 300, 32)
+    ]
 
 
 def test_each_worker_reads_its_own_equal_share():
     from deepfake_detector.pipeline import make_dataset
 
-    shares = [[p for batch in _positions(make_dataset(_numbered(301), 16, training=True, config=DataConfig(seed=2), shard=(3, i))) for p in batch]
-              for i in range(3)]  # fmt: skip
+    shares = [
+        [
+            p
+            for batch in _positions(
+                make_dataset(_numbered(301), 16, training=True, config=DataConfig(seed=2), shard=(3, i))
+            )
+            for p in batch
+        ]
+        for i in range(3)
+    ]
     assert [len(share) for share in shares] == [100, 100, 100]
     assert len(set(shares[0]) | set(shares[1]) | set(shares[2])) == 300  # disjoint
 
@@ -214,14 +226,30 @@ def test_synthetic_archive_has_the_kaggle_layout_and_train_py_caches_it_once(tmp
 
     assert sum(count for *_, count in KAGGLE_COUNTS) == 190_335
     archive = tmp_path / "archive.zip"
-    written = write_archive(archive, scale=0.0001, corrupt=1, workers=1)  # 2-7 images per class folder, 1 broken per split
+    written = write_archive(
+        archive, scale=0.0001, corrupt=1, workers=1
+    )  # 2-7 images per class folder, 1 broken per split
     names = zipfile.ZipFile(archive).namelist()
     assert written["images"] == len(names)
     assert "Dataset/Train/Real/real_0.jpg" in names and "Dataset/Validation/Fake/fake_1.jpg" in names
     assert {name.split("/")[1] for name in names} == {"Train", "Validation", "Test"}
 
-    command = [sys.executable, str(REPO / "train.py"), "--archive", str(archive), "--data-dir", str(tmp_path / "data"),
-               "--output", str(tmp_path / "model.keras"), "--image-size", "32", "--epochs", "1", "--verbose", "0"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--archive",
+        str(archive),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "model.keras"),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--verbose",
+        "0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -245,8 +273,11 @@ def test_train_py_refuses_a_split_without_a_class_before_decoding_anything(tmp_p
         path.unlink()
     done = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--data-dir", str(root), "--output", str(tmp_path / "m.keras")],
-        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("train.py: ") and "Test/Fake has no images" in done.stderr
     assert not (root / ".cache").exists() or not any(p.is_dir() for p in (root / ".cache").iterdir())

@@ -286,7 +286,9 @@ def test_extract_refuses_a_zip_bomb_before_writing(tmp_path):
 def test_extract_refuses_more_than_the_free_space_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
     from deepfake_detector import download
 
-    archive = make_zip(tmp_path / "in" / "a.zip", {f"Dataset/{i}.bin": np.random.default_rng(i).bytes(20_000) for i in range(5)})
+    archive = make_zip(
+        tmp_path / "in" / "a.zip", {f"Dataset/{i}.bin": np.random.default_rng(i).bytes(20_000) for i in range(5)}
+    )
     target = tmp_path / "out" / "extracted"
     monkeypatch.setattr(download.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 50_000})())
     with pytest.raises(DatasetError, match="needs 0.00 GB .* free"):
@@ -471,15 +473,19 @@ def test_decode_images_nothing(tmp_path):
 def test_unzip_puts_the_dataset_where_the_caller_said(tmp_path):
     from deepfake_detector.data import DatasetHandler
 
-    make_zip(tmp_path / "data" / "dataset.zip", {f"Dataset/{split}/{cls}/x.jpg": b"x" for split in ("Train", "Validation", "Test")
-                                               for cls in ("Real", "Fake")} | {"readme.txt": b"hi"})  # fmt: skip
+    make_zip(
+        tmp_path / "data" / "dataset.zip",
+        {f"Dataset/{split}/{cls}/x.jpg": b"x" for split in ("Train", "Validation", "Test") for cls in ("Real", "Fake")}
+        | {"readme.txt": b"hi"},
+    )
     handler = DatasetHandler(dataset_download_dir=tmp_path / "data", dataset_dir=tmp_path / "data" / "Dataset")
     assert handler.unzip_dataset()
     assert (tmp_path / "data" / "Dataset" / "Test" / "Fake" / "x.jpg").read_bytes() == b"x"
     assert not (tmp_path / "data" / "extracted").exists() and handler.find() == tmp_path / "data" / "Dataset"
     assert handler.unzip_dataset()  # found there: nothing extracted again
-    without = DatasetHandler(dataset_download_dir=tmp_path / "other",
-                             config=DataConfig(archive=str(tmp_path / "data" / "dataset.zip")))
+    without = DatasetHandler(
+        dataset_download_dir=tmp_path / "other", config=DataConfig(archive=str(tmp_path / "data" / "dataset.zip"))
+    )
     assert without.unzip_dataset() and without.find() == tmp_path / "other" / "extracted" / "Dataset"
 
 
@@ -489,8 +495,9 @@ def test_the_tutorials_split_loaders_stream_labelled_batches(tmp_path):
     from tests.helpers import make_dataset
 
     data = make_dataset(tmp_path / "data", {"Train": 6, "Validation": 3, "Test": 4})
-    handler = DatasetHandler(dataset_download_dir=data, config=DataConfig(image_size=24, batch_size=4,
-                                                                         cache_dir=str(tmp_path / "cache")))
+    handler = DatasetHandler(
+        dataset_download_dir=data, config=DataConfig(image_size=24, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    )
     train, test, val = handler.load_split_data()  # the tutorial's order
     for dataset, count in ((train, 12), (test, 8), (val, 6)):
         assert dataset.class_names == ["Real", "Fake"]

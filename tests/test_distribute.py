@@ -30,8 +30,19 @@ def _env(**extra) -> dict:
 
 
 def _train_command(data_dir: Path, output: Path, *flags: str) -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), "--data-dir", str(data_dir), "--output", str(output),
-            "--image-size", str(SIZE), "--verbose", "2", *flags]  # fmt: skip
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(output),
+        "--image-size",
+        str(SIZE),
+        "--verbose",
+        "2",
+        *flags,
+    ]
 
 
 def _metadata(path: Path):
@@ -94,8 +105,11 @@ print("RESULTS " + json.dumps(results))
 def test_mirrored_over_two_devices_trains_like_one_device():
     done = subprocess.run(
         [sys.executable, "-c", MIRRORED_SCRIPT % {"size": SIZE}],
-        env=_env(), capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.split("RESULTS ", 1)[1])
     one, mirrored = results["none"], results["mirrored"]
@@ -136,11 +150,15 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
         scratch = tmp_path / f"tmp{index}"
         scratch.mkdir()
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(subprocess.Popen(
-            _train_command(data_dir, output, "--distribute", "multiworker", "--epochs", "1", "--batch-size", "4"),
-            env=_env(TF_CONFIG=json.dumps(tf_config), TMPDIR=str(scratch)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                _train_command(data_dir, output, "--distribute", "multiworker", "--epochs", "1", "--batch-size", "4"),
+                env=_env(TF_CONFIG=json.dumps(tf_config), TMPDIR=str(scratch)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = []
     try:
         for process in processes:
@@ -242,8 +260,14 @@ def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
         training.compile_model(model, config, steps_per_epoch=steps)
         backup = training.ResumableBackup(tmp_path / "backup", {"run": 1})
         backup.check_same_run()
-        model.fit(x, y, batch_size=8, epochs=config.epochs, verbose=0,
-                  callbacks=[*training.make_callbacks(config), backup, *extra_callbacks])
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=config.epochs,
+            verbose=0,
+            callbacks=[*training.make_callbacks(config), backup, *extra_callbacks],
+        )
         return backup
 
     with pytest.raises(_Preempted):
@@ -251,7 +275,8 @@ def test_cosine_learning_rate_continues_across_a_resume(tmp_path):
     backup = run()
     assert backup.initial_epoch == 2 and len(backup.history["loss"]) == 4
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=(config.epochs - 1) * steps, warmup_target=1e-3, warmup_steps=steps)
+        0.0, decay_steps=(config.epochs - 1) * steps, warmup_target=1e-3, warmup_steps=steps
+    )
     expected = [float(schedule(epoch * steps)) for epoch in (1, 2, 3, 4)]
     # A step count restarted at 0 would repeat the warm-up: 1e-3 after epoch 3, not 2.5e-4.
     np.testing.assert_allclose(backup.history["learning_rate"], expected, rtol=1e-5, atol=1e-9)
@@ -272,7 +297,9 @@ def test_weight_average_continues_across_a_resume(tmp_path):
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
         training.compile_model(model, config, steps_per_epoch=3)
         backup = training.ResumableBackup(backup_dir, {"run": 1})
-        model.fit(x, y, batch_size=8, epochs=config.epochs, shuffle=False, verbose=0, callbacks=[backup, *extra_callbacks])
+        model.fit(
+            x, y, batch_size=8, epochs=config.epochs, shuffle=False, verbose=0, callbacks=[backup, *extra_callbacks]
+        )
         return model.get_weights()
 
     unbroken = run(tmp_path / "unbroken")
@@ -306,7 +333,9 @@ def test_mixed_precision_is_refused_without_a_gpu(tmp_path, capsys):
         pytest.skip("this machine has a GPU")
     import train
 
-    args = train.get_args_parser().parse_args(["--mixed-precision", "--data-dir", str(tmp_path), "--output", str(tmp_path / "m.keras")])
+    args = train.get_args_parser().parse_args(
+        ["--mixed-precision", "--data-dir", str(tmp_path), "--output", str(tmp_path / "m.keras")]
+    )
     assert train.main(args) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("train.py: mixed precision (mixed_float16) needs a GPU") and "\n" not in error
@@ -361,9 +390,21 @@ def test_a_worker_whose_peer_never_starts_stops_with_a_clear_error(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
     process = subprocess.Popen(
-        _train_command(data_dir, tmp_path / "model.keras", "--distribute", "multiworker", "--epochs", "1", "--cluster-timeout", "15"),
-        env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        _train_command(
+            data_dir,
+            tmp_path / "model.keras",
+            "--distribute",
+            "multiworker",
+            "--epochs",
+            "1",
+            "--cluster-timeout",
+            "15",
+        ),
+        env=_env(TF_CONFIG=json.dumps(tf_config)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         log = process.communicate(timeout=240)[0]
     finally:

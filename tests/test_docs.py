@@ -16,28 +16,42 @@ def _cells(row: str) -> list[str]:
 
 
 def test_readme_accuracy_rows_match_their_committed_reports():
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
-            if line.startswith("|") and REPORT.search(line)]  # fmt: skip
+    rows = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("|") and REPORT.search(line)
+    ]
     assert len(rows) >= 2, "README's table should name the shipped model's and the original recipe's reports"
     for row in rows:
         report_path = ROOT / REPORT.search(row).group(1)
         report = json.loads(report_path.read_text())
-        expected = [report["accuracy"], report["roc_auc"], report["real_accuracy"], report["fake_accuracy"],
-                    report["perturbations"]["jpeg:50"]["roc_auc"]]  # fmt: skip
+        expected = [
+            report["accuracy"],
+            report["roc_auc"],
+            report["real_accuracy"],
+            report["fake_accuracy"],
+            report["perturbations"]["jpeg:50"]["roc_auc"],
+        ]
         assert _cells(row)[1:6] == [f"{value:.3f}" for value in expected], report_path.name
 
 
 def test_readme_per_source_rows_match_their_committed_reports():
     """The per-source table: each row names an evaluate.py report with several --data-dir and a source of it."""
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
-            if line.startswith("|") and SOURCES_REPORT.search(line)]  # fmt: skip
+    rows = [
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("|") and SOURCES_REPORT.search(line)
+    ]
     assert len(rows) >= 3, "README should show the shipped model on every shared data set"
     for row in rows:
         report = json.loads((ROOT / SOURCES_REPORT.search(row).group(1)).read_text())
         cells = _cells(row)
         measured = report["pooled"] if cells[1] == "pooled" else report["sources"][cells[1]]
-        expected = [measured["roc_auc"], measured["fake_accuracy"], measured["real_accuracy"], measured["tpr_at_fpr_1"],
-                    measured["perturbations"]["jpeg:50"]["roc_auc"]]  # fmt: skip
+        expected = [
+            measured["roc_auc"],
+            measured["fake_accuracy"],
+            measured["real_accuracy"],
+            measured["tpr_at_fpr_1"],
+            measured["perturbations"]["jpeg:50"]["roc_auc"],
+        ]
         assert cells[2:7] == [f"{value:.3f}" for value in expected], row
 
 

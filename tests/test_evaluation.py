@@ -156,7 +156,16 @@ def test_resize_keeps_size_but_loses_detail():
 
 def test_parse_spec():
     found = parse_spec("jpeg:30,50,75,90;blur:1,2;resize:0.5,0.25")
-    assert [p.name for p in found] == ["jpeg:30", "jpeg:50", "jpeg:75", "jpeg:90", "blur:1", "blur:2", "resize:0.5", "resize:0.25"]
+    assert [p.name for p in found] == [
+        "jpeg:30",
+        "jpeg:50",
+        "jpeg:75",
+        "jpeg:90",
+        "blur:1",
+        "blur:2",
+        "resize:0.5",
+        "resize:0.25",
+    ]
     assert found[0] == Perturbation("jpeg", 30) and parse_spec(" JPEG:50 ; jpeg:50 ") == [Perturbation("jpeg", 50)]
     for bad in ("", "noise:1", "jpeg", "jpeg:", "jpeg:abc", "jpeg:0", "jpeg:50.5", "blur:-1", "resize:2", "resize:nan"):
         with pytest.raises(PerturbationSpecError):
@@ -218,9 +227,19 @@ def run_evaluate(*args: str) -> subprocess.CompletedProcess:
 def test_evaluate_script_end_to_end(trained_model_path, tiny_dataset, tmp_path):
     report_path, plots = tmp_path / "report.json", tmp_path / "plots"
     result = run_evaluate(
-        "--model", str(trained_model_path), "--data-dir", str(tiny_dataset), "--json", str(report_path),
-        "--plots", str(plots), "--perturb", "jpeg:50;blur:1", "--batch-size", "8",
-    )  # fmt: skip
+        "--model",
+        str(trained_model_path),
+        "--data-dir",
+        str(tiny_dataset),
+        "--json",
+        str(report_path),
+        "--plots",
+        str(plots),
+        "--perturb",
+        "jpeg:50;blur:1",
+        "--batch-size",
+        "8",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert set(report) == CONTEXT_KEYS | set(METRIC_KEYS) | {"perturbations"}
@@ -264,7 +283,10 @@ def test_evaluate_script_missing_model(tiny_dataset, tmp_path, capsys):
     missing = tmp_path / "no_model.keras"
     args = evaluate.get_args_parser().parse_args(["--model", str(missing), "--data-dir", str(tiny_dataset)])
     assert evaluate.main(args) == 2
-    assert capsys.readouterr().err == f"evaluate.py: no model at {missing}; train one with `python train.py --data-dir DATA` or pass --model PATH\n"
+    assert (
+        capsys.readouterr().err
+        == f"evaluate.py: no model at {missing}; train one with `python train.py --data-dir DATA` or pass --model PATH\n"
+    )
 
 
 @pytest.mark.slow
@@ -274,8 +296,18 @@ def test_evaluate_script_one_row_per_source_and_a_pooled_row(trained_model_path,
     one = make_dataset(tmp_path / "one", {"Test": 6}, seed=1)
     two = make_dataset(tmp_path / "two", {"Test": 10}, seed=2)
     report_path = tmp_path / "report.json"
-    result = run_evaluate("--model", str(trained_model_path), "--data-dir", str(one), "--data-dir", str(two),
-                          "--json", str(report_path), "--perturb", "jpeg:50")  # fmt: skip
+    result = run_evaluate(
+        "--model",
+        str(trained_model_path),
+        "--data-dir",
+        str(one),
+        "--data-dir",
+        str(two),
+        "--json",
+        str(report_path),
+        "--perturb",
+        "jpeg:50",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert list(report["sources"]) == ["one", "two"] and report["split"] == "Test"

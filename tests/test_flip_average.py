@@ -24,10 +24,18 @@ def averaged_path(trained_model_path, tiny_dataset, tmp_path_factory):
     import export
 
     output = tmp_path_factory.mktemp("flip") / "tiny.flip.keras"
-    args = export.get_args_parser().parse_args([
-        "--model", str(trained_model_path), "--format", "flip-averaged",
-        "--data-dir", str(tiny_dataset), "--output", str(output),
-    ])  # fmt: skip
+    args = export.get_args_parser().parse_args(
+        [
+            "--model",
+            str(trained_model_path),
+            "--format",
+            "flip-averaged",
+            "--data-dir",
+            str(tiny_dataset),
+            "--output",
+            str(output),
+        ]
+    )
     assert export.main(args) == 0
     return output
 
@@ -48,7 +56,9 @@ def test_the_graph_averages_each_image_with_its_mirror(trained_model_path, faces
         flip_averaged(averaged)
 
 
-def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(averaged_path, trained_model_path, tiny_dataset, faces):
+def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(
+    averaged_path, trained_model_path, tiny_dataset, faces
+):
     from deepfake_detector import metrics
     from deepfake_detector.model import load_model, read_metadata
     from deepfake_detector.networks import flip_average_member, flip_averaged
@@ -109,7 +119,6 @@ def test_heatmaps_explain_the_member_and_mirror_with_the_image(averaged_path, fa
 
 def test_refusals(averaged_path, trained_model_path, tiny_dataset, tmp_path, capsys):
     import export
-
     from deepfake_detector.errors import ModelFileError
     from deepfake_detector.model import load_model, save_model
 
@@ -139,9 +148,16 @@ def test_the_mobilenet_recipe_saves_flip_averaged_models(tiny_dataset, tmp_path)
     assert TrainConfig.for_arch("mobilenet_v2").flip_average
     assert not TrainConfig.for_arch("seed").flip_average
     config = TrainConfig(
-        arch="seed", data_dir=str(tiny_dataset), output=str(tmp_path / "m.keras"), image_size=32,
-        epochs=1, batch_size=16, early_stopping_patience=0, flip_average=True, verbose=0,
-    )  # fmt: skip
+        arch="seed",
+        data_dir=str(tiny_dataset),
+        output=str(tmp_path / "m.keras"),
+        image_size=32,
+        epochs=1,
+        batch_size=16,
+        early_stopping_patience=0,
+        flip_average=True,
+        verbose=0,
+    )
     path, metrics = train(config)
     model, metadata = load_model(path)
     assert metadata.flip_average and metadata.train_config["flip_average"]

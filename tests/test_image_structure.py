@@ -16,12 +16,15 @@ from harness.hostile import commented_gif, cut_jpeg, encode, lying_png, many_sca
 PHOTO = noise(512, seed=4)
 
 
-@pytest.mark.parametrize("mode, options, scans", [
-    ("RGB", {}, 1),
-    ("RGB", {"progressive": True}, 10),  # libjpeg's progressive script for colour
-    ("L", {"progressive": True}, 6),  # and for grey
-    ("CMYK", {}, 1),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, options, scans",
+    [
+        ("RGB", {}, 1),
+        ("RGB", {"progressive": True}, 10),  # libjpeg's progressive script for colour
+        ("L", {"progressive": True}, 6),  # and for grey
+        ("CMYK", {}, 1),
+    ],
+)
 def test_whole_jpegs_are_complete_and_their_scans_counted(mode, options, scans):
     facts = jpeg_facts(encode(PHOTO.convert(mode), "JPEG", **options), max_segments=1000)
     assert facts.scans == scans and facts.complete
@@ -57,8 +60,14 @@ def test_many_scans_are_counted_and_the_walk_stops_at_its_limit():
 
 
 def test_png_raw_size_matches_what_the_pixel_data_inflates_to():
-    for image in (PHOTO, PHOTO.convert("L"), PHOTO.convert("RGBA"), PHOTO.convert("P"), PHOTO.convert("1"),
-                  Image.fromarray(np.full((33, 17), 40000, np.uint16))):  # fmt: skip
+    for image in (
+        PHOTO,
+        PHOTO.convert("L"),
+        PHOTO.convert("RGBA"),
+        PHOTO.convert("P"),
+        PHOTO.convert("1"),
+        Image.fromarray(np.full((33, 17), 40000, np.uint16)),
+    ):
         facts = png_facts(encode(image, "PNG"), 1000)
         assert facts.raw_size() == facts.inflated_size(limit=1 << 30), image.mode
 
@@ -72,7 +81,12 @@ def interlaced_png(width: int, height: int) -> bytes:
         if columns and rows:
             raw += (b"\x00" + bytes([200]) * columns) * rows
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 1)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def test_interlaced_png_size_counts_each_pass():

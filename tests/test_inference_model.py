@@ -46,8 +46,9 @@ def test_a_script_that_uses_inference_model_exits_cleanly(tmp_path):
         synthetic_image(i % 2 == 0, rng, size=160).save(paths[-1])
     (tmp_path / "script.py").write_text(TUTORIAL_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "script.py", *paths], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "script.py", *paths], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0 and "done" in done.stdout, done.stderr[-2000:]
     assert "terminate called" not in done.stderr and "FATAL" not in done.stderr
     assert "ModelFileError:" in done.stdout and "has no deepfake_detector.json" in done.stdout

@@ -25,13 +25,15 @@ def test_the_model_applies_its_saved_class_order():
     from deepfake_detector.model import DeepfakeDetectorModel
 
     inputs = keras.Input((4, 4, 3))
-    constant = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros",
-                                  bias_initializer=keras.initializers.Constant(np.log(9.0)))  # sigmoid = 0.9
+    constant = keras.layers.Dense(
+        1, activation="sigmoid", kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(np.log(9.0))
+    )  # sigmoid = 0.9
     network = keras.Model(inputs, constant(keras.layers.Flatten()(inputs)))
     images = np.zeros((2, 4, 4, 3), np.float32)
     ours = DeepfakeDetectorModel(network, ModelMetadata(arch="test", preprocessing={"image_size": 4}))
-    tutorial = DeepfakeDetectorModel(network, ModelMetadata(arch="test", class_names=["fake", "real"],
-                                                            preprocessing={"image_size": 4}))  # fmt: skip
+    tutorial = DeepfakeDetectorModel(
+        network, ModelMetadata(arch="test", class_names=["fake", "real"], preprocessing={"image_size": 4})
+    )
     np.testing.assert_allclose(ours.fake_probability(images), 0.9, rtol=1e-5)
     np.testing.assert_allclose(tutorial.fake_probability(images), 0.1, rtol=1e-4)
     assert ours.output_is_fake and not tutorial.output_is_fake
@@ -56,7 +58,9 @@ def test_trained_model_calls_fakes_fake_http_api(client, fake_png, real_png):
     assert real["label"] == "real" and real["fake_probability"] < 0.5
 
 
-@pytest.mark.parametrize("runtime", ["keras", pytest.param("tflite", marks=pytest.mark.slow)])  # tflite: two conversions
+@pytest.mark.parametrize(
+    "runtime", ["keras", pytest.param("tflite", marks=pytest.mark.slow)]
+)  # tflite: two conversions
 def test_saved_class_order_is_read_back(trained_model_path, fake_png, runtime):
     """A model whose class 1 is 'real' must have its output flipped, from the metadata alone."""
     model, metadata = load_model(trained_model_path)

@@ -108,7 +108,9 @@ def test_pooled_threshold_counts_every_source_alike():
     assert weights[:200].sum() == pytest.approx(1.0) and weights[400:410].sum() == pytest.approx(1.0)
     weighted = metrics.choose_threshold(np.r_[big_labels, small_labels], np.r_[big, small], "eer", weights)
     # The same as pooling with the small source repeated until it is as large as the big one.
-    repeated = metrics.choose_threshold(np.r_[big_labels, np.tile(small_labels, 20)], np.r_[big, np.tile(small, 20)], "eer")
+    repeated = metrics.choose_threshold(
+        np.r_[big_labels, np.tile(small_labels, 20)], np.r_[big, np.tile(small, 20)], "eer"
+    )
     plain = metrics.choose_threshold(np.r_[big_labels, small_labels], np.r_[big, small], "eer")
     assert weighted == pytest.approx(repeated) and weighted != pytest.approx(plain)
 
@@ -118,11 +120,24 @@ def test_a_multi_source_run_keeps_the_epoch_with_the_best_mean_validation_auc(tm
     from deepfake_detector.model import read_metadata
     from deepfake_detector.training import train
 
-    folders = [make_dataset(tmp_path / name, {"Train": 24, "Validation": 8, "Test": 8}, seed=i)
-               for i, name in enumerate(("one", "two", "three"))]  # fmt: skip
-    config = TrainConfig(arch="seed", data_dir=[str(f) for f in folders], mix="one=2", output=str(tmp_path / "m.keras"),
-                         image_size=32, epochs=4, batch_size=8, early_stopping_patience=0, seed=5, learning_rate=3e-6,
-                         cache_dir=str(tmp_path / "cache"), steps_per_epoch=4)  # fmt: skip
+    folders = [
+        make_dataset(tmp_path / name, {"Train": 24, "Validation": 8, "Test": 8}, seed=i)
+        for i, name in enumerate(("one", "two", "three"))
+    ]
+    config = TrainConfig(
+        arch="seed",
+        data_dir=[str(f) for f in folders],
+        mix="one=2",
+        output=str(tmp_path / "m.keras"),
+        image_size=32,
+        epochs=4,
+        batch_size=8,
+        early_stopping_patience=0,
+        seed=5,
+        learning_rate=3e-6,
+        cache_dir=str(tmp_path / "cache"),
+        steps_per_epoch=4,
+    )
     path, measured = train(config)
     metadata = read_metadata(path)
     history = metadata.train_config["history"]

@@ -64,14 +64,28 @@ def _rewrite_metadata(source: Path, target: Path, change) -> Path:
 def test_seed_cnn_has_the_original_layer_stack(seed_model):
     kinds = [layer.__class__.__name__ for layer in seed_model.layers]
     assert kinds == [
-        "InputLayer", "Rescaling",
-        "Conv2D", "BatchNormalization", "MaxPooling2D",
-        "Conv2D", "BatchNormalization", "MaxPooling2D",
-        "Conv2D", "BatchNormalization", "MaxPooling2D",
-        "Conv2D", "BatchNormalization", "MaxPooling2D",
+        "InputLayer",
+        "Rescaling",
+        "Conv2D",
+        "BatchNormalization",
+        "MaxPooling2D",
+        "Conv2D",
+        "BatchNormalization",
+        "MaxPooling2D",
+        "Conv2D",
+        "BatchNormalization",
+        "MaxPooling2D",
+        "Conv2D",
+        "BatchNormalization",
+        "MaxPooling2D",
         "Flatten",
-        "Dense", "Dropout", "Dense", "Dropout", "Dense", "Dense",
-    ]  # fmt: skip
+        "Dense",
+        "Dropout",
+        "Dense",
+        "Dropout",
+        "Dense",
+        "Dense",
+    ]
     convs = [layer for layer in seed_model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128, 256]
     assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
@@ -136,7 +150,7 @@ def test_round_trip_keeps_predictions_and_metadata(seed_model, saved):
     assert meta.versions["keras"] == keras.__version__
     created = dt.datetime.fromisoformat(meta.created)
     assert created.tzinfo is not None
-    assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 3600
+    assert abs((dt.datetime.now(dt.UTC) - created).total_seconds()) < 3600
     assert read_metadata(saved) == meta
 
 

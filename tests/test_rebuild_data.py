@@ -31,8 +31,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 LAYOUT = [f"{split}/{label}" for split in ("Train", "Validation", "Test") for label in ("Real", "Fake")]
 
 
-def jpeg(color: tuple[int, int, int], size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str = "JPEG",
-         mark: int | None = None) -> bytes:  # fmt: skip
+def jpeg(
+    color: tuple[int, int, int],
+    size: tuple[int, int] = (40, 30),
+    mode: str = "RGB",
+    fmt: str = "JPEG",
+    mark: int | None = None,
+) -> bytes:
     """A plain image (JPEG quality 75 unless ``fmt`` says otherwise); ``mark`` blackens one pixel, to tell apart."""
     image = Image.new("RGB", size, color)
     if mark is not None:
@@ -180,8 +185,16 @@ def dfdc_sources() -> tuple[dict[str, bytes], dict[str, list[str]]]:
     train = names_in(0.08, 0.56, videos, 3)
     validation, test = names_in(0.56, 0.62, videos, 1), names_in(0.62, 0.68, videos, 2)
     below, above = names_in(0.0, 0.08, videos, 1), names_in(0.68, 1.0, videos, 1)
-    fakes = {train[0]: ["f1a", "f1b", "f1c", "f1gone"], train[1]: [], train[2]: ["f3a"], validation[0]: ["f4a"],
-             test[0]: ["f5same"], test[1]: ["f8a"], below[0]: ["f6a"], above[0]: ["f7a"]}  # fmt: skip
+    fakes = {
+        train[0]: ["f1a", "f1b", "f1c", "f1gone"],
+        train[1]: [],
+        train[2]: ["f3a"],
+        validation[0]: ["f4a"],
+        test[0]: ["f5same"],
+        test[1]: ["f8a"],
+        below[0]: ["f6a"],
+        above[0]: ["f7a"],
+    }
     real_crops = {video: Path(video).stem for video in fakes if video != train[2]}  # train[2]: no real crop
     rows, crops = [["videoname", "original_width", "original_height", "label", "original"]], {}
     rng = np.random.default_rng(0)
@@ -213,17 +226,20 @@ def test_dfdc_faces_keeps_each_source_video_in_one_split_with_its_bytes(github, 
     (chosen,) = [name for _, label, name, video in rows[1:] if video == train[0] and label == "Fake"]
     assert chosen in ("f1a.jpg", "f1b.jpg", "f1c.jpg")  # one fake of the three with a crop, seeded
     expected = [
-        ["Train", "Real", f"{Path(train[0]).stem}.jpg", train[0]], ["Train", "Fake", chosen, train[0]],
+        ["Train", "Real", f"{Path(train[0]).stem}.jpg", train[0]],
+        ["Train", "Fake", chosen, train[0]],
         ["Train", "Real", f"{Path(train[1]).stem}.jpg", train[1]],  # a real video no fake was made from
         ["Train", "Fake", "f3a.jpg", train[2]],  # a fake whose real crop is missing
         ["Validation", "Real", f"{Path(validation).stem}.jpg", validation],
         ["Validation", "Fake", "f4a.jpg", validation],
         ["Test", "Real", f"{Path(test).stem}.jpg", test],  # f5same, the same bytes as this real crop, dropped
-        ["Test", "Real", f"{Path(test_too).stem}.jpg", test_too], ["Test", "Fake", "f8a.jpg", test_too],
-    ]  # fmt: skip
+        ["Test", "Real", f"{Path(test_too).stem}.jpg", test_too],
+        ["Test", "Fake", "f8a.jpg", test_too],
+    ]
     assert rows[1:] == sorted(expected, key=lambda row: (row[3], row[1] != "Real"))  # by source video, real first
-    assert files_under(out) == sorted([f"{split}/{label}/{name}" for split, label, name, _ in rows[1:]] +
-                                      ["SHA256SUMS", "sources.csv"])  # fmt: skip
+    assert files_under(out) == sorted(
+        [f"{split}/{label}/{name}" for split, label, name, _ in rows[1:]] + ["SHA256SUMS", "sources.csv"]
+    )
     for split, label, name, _ in rows[1:]:
         assert (out / split / label / name).read_bytes() == files[f"faces_224/{name}"]  # not re-encoded
     sums = checksums_are_right(out)
@@ -257,8 +273,11 @@ def test_dfdc_faces_choice_of_fake_follows_the_seed(tmp_path):
 
 def test_gan_faces_samples_each_folder_splits_by_file_name_and_reencodes_at_256_px(github, tmp_path, monkeypatch):
     monkeypatch.setattr(rebuild_data, "GPHOTOS_PER_FOLDER", 3)
-    numbers = [n for low, high in ((0, 0.7), (0.7, 0.85), (0.85, 1)) for n in
-               names_in(low, high, lambda i: f"roeishc/{i}.jpg", 2)]  # fmt: skip
+    numbers = [
+        n
+        for low, high in ((0, 0.7), (0.7, 0.85), (0.85, 1))
+        for n in names_in(low, high, lambda i: f"roeishc/{i}.jpg", 2)
+    ]
     numbers = [Path(n).stem.split("/")[-1] for n in numbers]
     roeishc = {"README.md": b"# real-or-fake\n", "TestData/502.jpg": jpeg((1, 2, 3))}  # unlabelled: not taken
     colors = {}
@@ -287,8 +306,13 @@ def test_gan_faces_samples_each_folder_splits_by_file_name_and_reencodes_at_256_
     assert set(roeishc_written) == set(colors)
     for name, split in roeishc_written.items():
         number = name.split("_")[1]
-        assert split == ("Train" if fraction(f"roeishc/{number}") < 0.7 else
-                         "Validation" if fraction(f"roeishc/{number}") < 0.85 else "Test")  # fmt: skip
+        assert split == (
+            "Train"
+            if fraction(f"roeishc/{number}") < 0.7
+            else "Validation"
+            if fraction(f"roeishc/{number}") < 0.85
+            else "Test"
+        )
         assert_reencoded(out / split / name, 256, colors[name], sources[name])
     gphotos = [name for name in written if "/gphotos_" in name]
     for folder, color in folder_colors.items():
@@ -313,10 +337,25 @@ def test_gan_faces_samples_each_folder_splits_by_file_name_and_reencodes_at_256_
 
 def test_a_missing_branch_exits_non_zero_with_one_line_naming_the_option(github, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.rebuild_data", "lfw-faceswap", "--out", str(tmp_path / "out"),
-         "--base-url", github.url, "--cache-dir", str(tmp_path / "cache")],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scripts.rebuild_data",
+            "lfw-faceswap",
+            "--out",
+            str(tmp_path / "out"),
+            "--base-url",
+            github.url,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("rebuild_data: download of ") and "HTTP 404" in lines[-1]

@@ -24,13 +24,27 @@ print("heavy:", sorted(name for name in ("tensorflow", "keras", "sklearn") if na
 """
 
 
-@pytest.mark.parametrize("argv", [["train.py"], ["inference.py"], ["inference.py", "serve"], ["inference.py", "predict"],
-                                  ["evaluate.py"], ["export.py"]], ids=" ".join)  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train.py"],
+        ["inference.py"],
+        ["inference.py", "serve"],
+        ["inference.py", "predict"],
+        ["evaluate.py"],
+        ["export.py"],
+    ],
+    ids=" ".join,
+)
 def test_help_does_not_import_tensorflow(argv):
     done = subprocess.run(
-        [sys.executable, "-c", HELP_PROBE, str(REPO / argv[0]), *argv[1:], "--help"], cwd=REPO, capture_output=True,
-        text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+        [sys.executable, "-c", HELP_PROBE, str(REPO / argv[0]), *argv[1:], "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "heavy: []"
@@ -38,7 +52,6 @@ def test_help_does_not_import_tensorflow(argv):
 
 def test_train_py_offers_the_recipes_choices_and_builds_the_config_from_them():
     import train
-
     from deepfake_detector.recipes import ARCHITECTURES, STRATEGIES, TrainConfig
 
     parser = train.get_args_parser()
@@ -61,8 +74,14 @@ def test_every_choice_has_an_implementation():
     from deepfake_detector.registry import Registry
 
     registries = [value for value in vars(recipes).values() if isinstance(value, Registry)]
-    assert {registry.kind for registry in registries} >= {"architecture", "augmentation", "distribution", "optimizer",
-                                                          "schedule", "threshold rule"}  # fmt: skip
+    assert {registry.kind for registry in registries} >= {
+        "architecture",
+        "augmentation",
+        "distribution",
+        "optimizer",
+        "schedule",
+        "threshold rule",
+    }
     for registry in registries:
         for entry in registry.values():
             if entry.implementation is not None:
@@ -90,12 +109,23 @@ def test_inference_py_serves_without_a_command_and_predicts_with_one():
     assert (predicted.command, predicted.paths, predicted.no_faces) == ("predict", ["a.jpg", "photos"], True)
 
 
-@pytest.mark.parametrize("argv, prog, message", [
-    (["--model", "missing.keras"], "inference.py", "missing.keras: no such model file"),
-    (["serve", "--keep-uploads", "--keep-uploads-max-mb", "-1"], "inference.py", "--keep-uploads-max-mb must be 0 or more"),
-    (["serve", "--keep-uploads", "--keep-uploads-max-files", "-1"], "inference.py", "--keep-uploads-max-files must be 0 or more"),
-    (["predict", "--model", "missing.keras", "a.jpg"], "inference.py predict", "missing.keras: no such model file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, prog, message",
+    [
+        (["--model", "missing.keras"], "inference.py", "missing.keras: no such model file"),
+        (
+            ["serve", "--keep-uploads", "--keep-uploads-max-mb", "-1"],
+            "inference.py",
+            "--keep-uploads-max-mb must be 0 or more",
+        ),
+        (
+            ["serve", "--keep-uploads", "--keep-uploads-max-files", "-1"],
+            "inference.py",
+            "--keep-uploads-max-files must be 0 or more",
+        ),
+        (["predict", "--model", "missing.keras", "a.jpg"], "inference.py predict", "missing.keras: no such model file"),
+    ],
+)
 def test_inference_py_fails_in_one_line_with_status_2(argv, prog, message, tmp_path, capsys, monkeypatch):
     import inference
 

@@ -218,7 +218,12 @@ def test_the_pipeline_follows_each_real_with_its_own_blend_labelled_fake():
             np.testing.assert_array_equal(images[i], source.images[position])
             assert targets[i] == 1
             i += 1
-    again = np.concatenate([b.numpy() for b, _ in make_dataset(source, 8, training=True, config=DataConfig(seed=3), blend_landmarks=landmarks)])
+    again = np.concatenate(
+        [
+            b.numpy()
+            for b, _ in make_dataset(source, 8, training=True, config=DataConfig(seed=3), blend_landmarks=landmarks)
+        ]
+    )
     np.testing.assert_array_equal(again, images)  # reproducible from the seed
     next_epoch = np.concatenate([b.numpy() for b, _ in dataset])
     assert not np.array_equal(next_epoch, images)  # new order and new blends every epoch
@@ -237,7 +242,11 @@ def test_a_paired_policy_changes_a_face_and_its_blend_alike():
     def pair_differences(augment: str) -> tuple[np.ndarray, np.ndarray]:
         # The datasets' seeds combine with TensorFlow's global one, which earlier tests move.
         tf.random.set_seed(0)
-        batches = list(make_dataset(source, 8, training=True, config=DataConfig(seed=3, augment=augment), blend_landmarks=landmarks))
+        batches = list(
+            make_dataset(
+                source, 8, training=True, config=DataConfig(seed=3, augment=augment), blend_landmarks=landmarks
+            )
+        )
         images = np.concatenate([b.numpy() for b, _ in batches]).astype(int)
         targets = np.concatenate([t.numpy()[:, 0] for _, t in batches])
         assert targets.tolist() == [0.0, 1.0] * 16
@@ -283,8 +292,12 @@ def test_the_donor_is_aligned_onto_the_face():
 
 def test_a_donor_of_another_size_is_refused():
     with pytest.raises(ValueError, match="donor face must be"):
-        self_blend(textured_image(0), default_landmarks((HEIGHT, WIDTH)), np.random.default_rng(0),
-                   donor=(textured_image(1, 48, 48), default_landmarks(48)))  # fmt: skip
+        self_blend(
+            textured_image(0),
+            default_landmarks((HEIGHT, WIDTH)),
+            np.random.default_rng(0),
+            donor=(textured_image(1, 48, 48), default_landmarks(48)),
+        )
 
 
 def test_each_face_is_blended_by_its_own_landmarks_and_other_faces_by_another_real_one(monkeypatch):
@@ -305,7 +318,11 @@ def test_each_face_is_blended_by_its_own_landmarks_and_other_faces_by_another_re
 
     def epoch(other_faces: float) -> tuple[np.ndarray, np.ndarray]:
         calls.clear()
-        batches = list(make_dataset(source, 8, training=True, config=DataConfig(seed=3, other_faces=other_faces), blend_landmarks=landmarks))
+        batches = list(
+            make_dataset(
+                source, 8, training=True, config=DataConfig(seed=3, other_faces=other_faces), blend_landmarks=landmarks
+            )
+        )
         return np.concatenate([b.numpy() for b, _ in batches]), np.concatenate([t.numpy()[:, 0] for _, t in batches])
 
     plain, plain_targets = epoch(0.0)
@@ -330,7 +347,9 @@ def test_each_face_is_blended_by_its_own_landmarks_and_other_faces_by_another_re
     first = validation.read(np.arange(10))
     np.testing.assert_array_equal(validation.read(np.array([9, 6])), first[[9, 6]])  # fixed
     np.testing.assert_array_equal(first[:5], reals.images)
-    plain_validation = BlendedSource(reals, np.broadcast_to(default_landmarks(48), (5, 5, 2)), seed=7).read(np.arange(10))
+    plain_validation = BlendedSource(reals, np.broadcast_to(default_landmarks(48), (5, 5, 2)), seed=7).read(
+        np.arange(10)
+    )
     assert all(not np.array_equal(first[5 + i], plain_validation[5 + i]) for i in range(5))
 
 
@@ -353,7 +372,9 @@ def test_landmarks_are_found_once_and_kept_beside_the_cache(tmp_path, monkeypatc
     root = make_dataset(tmp_path / "data", {"Train": 3})
     split = cache.open_split(root / "Train", tmp_path / "cache", DataConfig(image_size=32))
     calls = []
-    monkeypatch.setattr(selfblend, "face_landmarks", lambda image, finder=None: calls.append(1) or default_landmarks(32) + 1)
+    monkeypatch.setattr(
+        selfblend, "face_landmarks", lambda image, finder=None: calls.append(1) or default_landmarks(32) + 1
+    )
     monkeypatch.setattr("deepfake_detector.faces.default_finder", lambda name="retinaface": None)
     first = pipeline.split_landmarks(split)
     assert len(calls) == 3 and first.shape == (6, 5, 2)  # the 3 real images only

@@ -169,9 +169,12 @@ def hostile_corpus() -> dict[str, tuple[bytes, int | None]]:
         ("sixteen_40mp.png", grey_png(6324, 6324, depth=16), 200),
     ]:
         add(name, data, status)
-    seeds = {name: data for name, (data, _) in corpus.items() if name in ("baseline.jpg", "rotated.jpg", "image.webp",
-                                                                         "image.tiff", "image.bmp", "animated.gif",
-                                                                         "gray16.png")}  # fmt: skip
+    seeds = {
+        name: data
+        for name, (data, _) in corpus.items()
+        if name
+        in ("baseline.jpg", "rotated.jpg", "image.webp", "image.tiff", "image.bmp", "animated.gif", "gray16.png")
+    }
     for name, data in mutants({**seeds, "mistyped_exif.jpg": mistyped_exif_jpeg()}, count=8, seed=29):
         add(name, data)
     for i in range(40):
@@ -184,7 +187,9 @@ def hostile_corpus() -> dict[str, tuple[bytes, int | None]]:
 def video_corpus() -> dict[str, tuple[bytes, int]]:
     """Hostile containers (harness/videos.py) and the status each must get."""
     frames = [np.full((120, 160, 3), value, np.uint8) for value in range(0, 200, 10)]
-    return hostile_videos(encode_video(frames, container="matroska"), encode_video(frames, container="avi", codec="mpeg4"))
+    return hostile_videos(
+        encode_video(frames, container="matroska"), encode_video(frames, container="avi", codec="mpeg4")
+    )
 
 
 def test_every_hostile_case_gets_its_answer_and_the_server_stays_up(server):
@@ -225,7 +230,9 @@ def test_explained_faces_are_capped_per_request(server_url):
     assert len(explained) == 8
     lowest_explained = min(face["fake_probability"] for face in explained)
     assert all(face["fake_probability"] <= lowest_explained for face in one["faces"] if "heatmap" not in face)
-    many = requests.post(f"{server_url}/api/predict?explain=1", files=[("files", ("c.jpg", crowd()))] * 3, timeout=60).json()
+    many = requests.post(
+        f"{server_url}/api/predict?explain=1", files=[("files", ("c.jpg", crowd()))] * 3, timeout=60
+    ).json()
     counts = [sum("heatmap" in face for face in entry["faces"]) for entry in many["results"]]
     assert counts == [8, 0, 0]
 
@@ -264,15 +271,20 @@ def test_thousands_of_parts_get_their_own_message(server_url, field, message):
     filename = '; filename="a.png"' if field == "files" else ""
     part = f'--b\r\nContent-Disposition: form-data; name="{field}"{filename}\r\n\r\nx\r\n'.encode()
     body = part * 3000 + b"--b--\r\n"
-    response = requests.post(f"{server_url}/api/predict", data=body, timeout=30,
-                             headers={"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+    response = requests.post(
+        f"{server_url}/api/predict", data=body, timeout=30, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
     assert response.status_code == 413
     assert message in response.json()["error"] and "larger than" not in response.json()["error"]
 
 
 def test_many_files_in_one_request(server_url):
     valid = valid_images()
-    files = [("files", ("a.png", valid["rgb.png"])), ("files", ("bad.txt", b"nope")), ("files", ("b.jpg", valid["baseline.jpg"]))]
+    files = [
+        ("files", ("a.png", valid["rgb.png"])),
+        ("files", ("bad.txt", b"nope")),
+        ("files", ("b.jpg", valid["baseline.jpg"])),
+    ]
     body = requests.post(f"{server_url}/api/predict", files=files, timeout=30).json()
     results = body["results"]
     assert [r["index"] for r in results] == [0, 1, 2]
@@ -326,8 +338,10 @@ def test_a_body_over_the_cap_is_not_invited_by_100_continue(server_url):
     upload = requests.Request("POST", "http://x/", files={"file": ("a.png", valid_images()["rgb.png"])}).prepare()
 
     def head(length: int) -> bytes:
-        return (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {upload.headers['Content-Type']}\r\n"
-                f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n").encode()  # fmt: skip
+        return (
+            f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {upload.headers['Content-Type']}\r\n"
+            f"Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
 
     with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
         sock.sendall(head(150 * 1024 * 1024))

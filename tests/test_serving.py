@@ -45,8 +45,10 @@ def test_a_16_file_upload_never_touches_the_disk(trained_model_path, tmp_path):
         address = urlparse(url)
         seen: set[str] = set()
         with socket.create_connection((address.hostname, address.port), timeout=60) as sock:
-            sock.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())  # fmt: skip
+            sock.sendall(
+                f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            )
             sock.sendall(body[: len(body) // 2])
             time.sleep(0.5)  # half the body is in the server's buffer now
             seen |= open_files(process.pid)
@@ -98,7 +100,9 @@ def test_a_hundred_slow_clients_do_not_lock_others_out(trained_model_path):
         try:
             time.sleep(3)  # every slow connection is open and has sent a few bytes
             start = time.perf_counter()
-            response = session_from(OTHER_ADDRESS).post(f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10)
+            response = session_from(OTHER_ADDRESS).post(
+                f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10
+            )
             elapsed = time.perf_counter() - start
         finally:
             stop.set()
@@ -144,7 +148,9 @@ def documented_nginx_config() -> str:
     return re.search(r"```nginx\n(.*?)```", text, re.DOTALL).group(1)
 
 
-@pytest.mark.skipif(NGINX is None, reason="Debian's nginx is not installed here (scripts/install-test-tools.sh installs it; CI has it)")
+@pytest.mark.skipif(
+    NGINX is None, reason="Debian's nginx is not installed here (scripts/install-test-tools.sh installs it; CI has it)"
+)
 def test_nginx_with_the_documented_config_limits_one_address_and_serves_another(trained_model_path, tmp_path):
     site = documented_nginx_config()
     assert "listen 80;" in site and "server 127.0.0.1:5000;" in site
@@ -160,14 +166,20 @@ def test_nginx_with_the_documented_config_limits_one_address_and_serves_another(
             held = []
             for _ in range(10):
                 sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(OTHER_ADDRESS, 0))
-                sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                             b"Content-Length: 1000000\r\n\r\n--b\r\n")  # fmt: skip
+                sock.sendall(
+                    b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"Content-Length: 1000000\r\n\r\n--b\r\n"
+                )
                 held.append(sock)
             time.sleep(0.5)
             try:
-                refused = session_from(OTHER_ADDRESS).post(f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10)
+                refused = session_from(OTHER_ADDRESS).post(
+                    f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10
+                )
                 start = time.perf_counter()
-                served = session_from("127.0.0.1").post(f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10)
+                served = session_from("127.0.0.1").post(
+                    f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10
+                )
                 elapsed = time.perf_counter() - start
             finally:
                 for sock in held:
@@ -189,23 +201,36 @@ class running_nginx:
             f"{user}daemon off;\nworker_processes 1;\npid {self.folder}/nginx.pid;\n"
             f"error_log {self.folder}/error.log warn;\nevents {{ worker_connections 256; }}\n"
             "http {\n    access_log off;\n"
-            + "".join(f"    {kind}_temp_path {self.folder}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + "".join(
+                f"    {kind}_temp_path {self.folder}/{kind};\n"
+                for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            )
             + f"    include {self.folder}/site.conf;\n}}\n"
-        )  # fmt: skip
+        )
         self.port = int(re.search(r"listen 127\.0\.0\.1:(\d+);", site).group(1))
 
     def __enter__(self):
-        command = [NGINX, "-p", str(self.folder), "-e", str(self.folder / "error.log"), "-c", str(self.folder / "nginx.conf")]
+        command = [
+            NGINX,
+            "-p",
+            str(self.folder),
+            "-e",
+            str(self.folder / "error.log"),
+            "-c",
+            str(self.folder / "nginx.conf"),
+        ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.time() + 10
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self
-            except OSError:
+            except OSError as error:
                 if self.process.poll() is not None or time.time() > deadline:
                     self.__exit__()
-                    raise RuntimeError(f"nginx did not start: {(self.folder / 'error.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"nginx did not start: {(self.folder / 'error.log').read_text()[-2000:]}"
+                    ) from error
                 time.sleep(0.1)
 
     def __exit__(self, *exc):

@@ -18,7 +18,13 @@ class Face:
 
 def test_tracks_link_by_landmarks_when_boxes_do_not_overlap():
     def face(sample, x):
-        return TrackFace(sample, sample, float(sample), Face(x), np.array([[x + 10, 10], [x + 30, 10], [x + 20, 20], [x + 12, 30], [x + 28, 30]], float))
+        return TrackFace(
+            sample,
+            sample,
+            float(sample),
+            Face(x),
+            np.array([[x + 10, 10], [x + 30, 10], [x + 20, 20], [x + 12, 30], [x + 28, 30]], float),
+        )
 
     # 25 px a frame: the boxes barely overlap (IoU 0.23), the landmarks are 0.6 face sizes apart
     tracks = link_tracks([[face(0, 0), face(0, 200)], [face(1, 25), face(1, 175)], [face(2, 400)]])

@@ -19,8 +19,8 @@ def face() -> np.ndarray:
 def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name):
     import tensorflow as tf
 
-    from deepfake_detector.cache import ArraySource
     from deepfake_detector.augment import augment_image
+    from deepfake_detector.cache import ArraySource
     from deepfake_detector.pipeline import make_dataset
     from deepfake_detector.recipes import AUGMENTATIONS, DataConfig
 
@@ -39,8 +39,9 @@ def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name)
 
     images = np.stack([face] * 8)
     targets = np.array([0, 1] * 4)
-    batch_images, batch_targets = next(iter(make_dataset(ArraySource(images, targets), 8, training=True,
-                                                            config=DataConfig(augment=name, seed=1))))
+    batch_images, batch_targets = next(
+        iter(make_dataset(ArraySource(images, targets), 8, training=True, config=DataConfig(augment=name, seed=1)))
+    )
     assert batch_images.shape == images.shape and batch_images.dtype == tf.uint8
     assert sorted(batch_targets.numpy()[:, 0].tolist()) == sorted(targets.astype(float).tolist())
 
@@ -117,11 +118,23 @@ def test_the_model_cards_command_is_the_shipped_models_recipe():
     args = train.get_args_parser().parse_args(shlex.split(command)[2:])
     recipe = dataclasses.asdict(train.config_from(args))
     shipped = read_metadata(DEFAULT_MODEL_PATH)
-    where_and_how_loud = {"data_dir", "output", "backup_dir", "verbose", "archive", "sha256", "cache_dir", "cluster_timeout"}
+    where_and_how_loud = {
+        "data_dir",
+        "output",
+        "backup_dir",
+        "verbose",
+        "archive",
+        "sha256",
+        "cache_dir",
+        "cluster_timeout",
+    }
     # The data sets by name: the card reads them where scripts.rebuild_data writes them.
     assert [Path(d).name for d in recipe["data_dir"]] == [Path(d).name for d in shipped.train_config["data_dir"]]
-    differing = {k: (v, shipped.train_config.get(k)) for k, v in recipe.items()
-                 if k not in where_and_how_loud and shipped.train_config.get(k) != v}  # fmt: skip
+    differing = {
+        k: (v, shipped.train_config.get(k))
+        for k, v in recipe.items()
+        if k not in where_and_how_loud and shipped.train_config.get(k) != v
+    }
     assert differing == {}
     assert shipped.arch == "mobilenet_v2" and shipped.flip_average and shipped.image_size == recipe["image_size"]
     assert shipped.framing == "face"

@@ -89,7 +89,9 @@ def test_the_tutorials_main_blocks_train_and_serve(served_archive, tmp_path, mon
     # The tutorial's own call, self.model.predict(img_array), on images at the model's size: P(fake).
     from deepfake_detector.preprocessing import load_image
 
-    batch = np.stack([load_image(source / "Test" / folder / f"{folder.lower()}_0.png", 128) for folder in ("Real", "Fake")])
+    batch = np.stack(
+        [load_image(source / "Test" / folder / f"{folder.lower()}_0.png", 128) for folder in ("Real", "Fake")]
+    )
     predicted = inference_model.model.predict(batch)
     assert predicted.shape == (2, 1)
     np.testing.assert_allclose(predicted[:, 0], inference_model.detector.scores(batch), atol=1e-4)

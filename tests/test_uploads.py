@@ -12,7 +12,7 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,23 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGE_NAME = re.compile(r"[0-9a-f]{64}\.(jpg|png|webp|bmp|gif|tiff)")
 SIDECAR_NAME = re.compile(r"[0-9a-f]{64}\.json")
 HOSTILE_NAMES = [
-    "../../etc/passwd", "../../../../tmp/escape.png", "/etc/passwd", "/tmp/absolute.png", "a\x00b.png",
-    "x" * 300 + ".png", "ünïcødé 顔 😀.png", ".htaccess", "..\\..\\windows.png", "", ".", "..",
-    "uploads/../../x.png", "%2e%2e%2fencoded.png", "COM1", "a.json",
-]  # fmt: skip
+    "../../etc/passwd",
+    "../../../../tmp/escape.png",
+    "/etc/passwd",
+    "/tmp/absolute.png",
+    "a\x00b.png",
+    "x" * 300 + ".png",
+    "ünïcødé 顔 😀.png",
+    ".htaccess",
+    "..\\..\\windows.png",
+    "",
+    ".",
+    "..",
+    "uploads/../../x.png",
+    "%2e%2e%2fencoded.png",
+    "COM1",
+    "a.json",
+]
 
 
 def distinct_images(count: int, fmt: str = "PNG", size: int = 48) -> list[bytes]:
@@ -99,7 +112,7 @@ def test_every_decoded_format_has_a_plain_suffix():
 
 def test_an_upload_is_kept_under_its_hash_with_the_answer_it_got(detector, store, store_dir):
     jpeg = image_bytes(synthetic_image(True, np.random.default_rng(4), size=64), "JPEG", quality=90)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     body = post_api(make_app(detector, store).test_client(), jpeg, "holiday.PNG").get_json()
     digest = hashlib.sha256(jpeg).hexdigest()
     assert stored(store_dir) == ({f"{digest}.jpg"}, {f"{digest}.json"})  # the bytes decide the suffix, not the name
@@ -110,7 +123,7 @@ def test_an_upload_is_kept_under_its_hash_with_the_answer_it_got(detector, store
     assert record["format"] == "JPEG" and record["bytes"] == len(jpeg) and record["sha256"] == digest
     received = datetime.fromisoformat(record["received"])
     assert received.utcoffset() == timedelta(0)
-    assert before - timedelta(seconds=1) <= received <= datetime.now(timezone.utc)
+    assert before - timedelta(seconds=1) <= received <= datetime.now(UTC)
     assert "holiday" not in (store_dir / f"{digest}.json").read_text()
     assert store.stored_bytes == on_disk(store_dir)
 
@@ -189,7 +202,8 @@ def test_past_the_cap_uploads_are_answered_but_not_stored(detector, store_dir, c
     for response, data in zip(bodies[1:], images[1:]):
         expected = post_api(reference, data).get_json()
         assert {k: v for k, v in response.get_json().items() if k != "elapsed_ms"} == {
-            k: v for k, v in expected.items() if k != "elapsed_ms"}  # fmt: skip
+            k: v for k, v in expected.items() if k != "elapsed_ms"
+        }
     assert stored(store_dir)[0] == {hashlib.sha256(images[0]).hexdigest() + ".bmp"}
     assert store.stored_bytes <= store.max_bytes
     assert len([record for record in caplog.records if "no longer kept" in record.getMessage()]) == 1

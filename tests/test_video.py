@@ -23,6 +23,8 @@ from harness.videos import FacePath
 from tests.helpers import HEIGHT, SIDE, STEPS, WIDTH, astronaut, clip, crossing, moving, open_files
 
 REPO = Path(__file__).resolve().parent.parent
+
+
 @pytest.fixture(scope="module")
 def face_offset() -> tuple[float, float]:
     """Where RetinaFace's box centre sits inside a pasted face tile."""
@@ -54,8 +56,15 @@ def score(detector, data: bytes, frames: int = 16, **kwargs):
 def test_a_moving_face_is_one_track_seen_in_every_sampled_frame(detector, face_offset):
     result = score(detector, clip([moving()]))
     assert result["media"] == "video" and result["frames_sampled"] == 16
-    assert result["video"] == {"container": "mp4", "codec": "h264", "width": WIDTH, "height": HEIGHT,
-                               "duration_s": 4.0, "frames": STEPS, "fps": 10.0}  # fmt: skip
+    assert result["video"] == {
+        "container": "mp4",
+        "codec": "h264",
+        "width": WIDTH,
+        "height": HEIGHT,
+        "duration_s": 4.0,
+        "frames": STEPS,
+        "fps": 10.0,
+    }
     (track,) = result["tracks"]
     assert track["frames_seen"] == 16
     frames = [entry["frame"] for entry in track["frames"]]
@@ -76,7 +85,9 @@ def test_two_faces_that_cross_keep_their_tracks(detector, face_offset):
     for track in result["tracks"]:
         assert track["frames_seen"] == 16
         # the track that starts on the left stays the one pasted left to right, and so on
-        path = min(paths, key=lambda p: abs(expected_centre(p, 0, face_offset)[0] - box_centre(track["frames"][0]["box"])[0]))
+        path = min(
+            paths, key=lambda p: abs(expected_centre(p, 0, face_offset)[0] - box_centre(track["frames"][0]["box"])[0])
+        )
         for entry in track["frames"]:
             x, y = box_centre(entry["box"])
             expected_x, expected_y = expected_centre(path, entry["frame"], face_offset)
@@ -89,7 +100,9 @@ def test_a_clip_with_no_face_is_scored_on_whole_frames(detector):
     result = score(detector, blank, frames=8)
     assert result["tracks"] == [] and result["face_detection"] == "none"
     assert len(result["sampled"]) == 8 and all(entry["faces"] == 0 for entry in result["sampled"])
-    assert result["fake_probability"] == pytest.approx(np.mean([entry["fake_probability"] for entry in result["sampled"]]))
+    assert result["fake_probability"] == pytest.approx(
+        np.mean([entry["fake_probability"] for entry in result["sampled"]])
+    )
 
 
 @pytest.mark.parametrize("container", ["matroska", "avi", "mp4"])
@@ -105,7 +118,9 @@ def test_a_clip_cut_mid_stream_is_refused(detector, container):
 def test_every_container_is_read(detector, container):
     options = {"codec": "libvpx-vp9"} if container == "webm" else {}
     if options:
-        data = videos.encode(videos.frames_with_faces([moving()], STEPS, WIDTH, HEIGHT), fps=10, container="webm", codec="libvpx-vp9")
+        data = videos.encode(
+            videos.frames_with_faces([moving()], STEPS, WIDTH, HEIGHT), fps=10, container="webm", codec="libvpx-vp9"
+        )
     else:
         data = clip([moving()], container)
     result = score(detector, data, frames=8)
@@ -172,14 +187,31 @@ def test_cli_writes_a_row_per_track_and_per_face_per_frame(trained_model_path, t
     two.write_bytes(clip(crossing(), "matroska"))
     frames_csv = tmp_path / "frames.csv"
     process = subprocess.run(
-        [sys.executable, "inference.py", "predict", str(fake_clip), str(two), "--model", str(trained_model_path),
-         "--frames", "10", "--frames-csv", str(frames_csv)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "inference.py",
+            "predict",
+            str(fake_clip),
+            str(two),
+            "--model",
+            str(trained_model_path),
+            "--frames",
+            "10",
+            "--frames-csv",
+            str(frames_csv),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr[-2000:]
     rows = list(csv.DictReader(io.StringIO(process.stdout)))
     assert [(Path(row["path"]).name, row["track"], row["frames_seen"]) for row in rows] == [
-        ("fake.mp4", "0", "10"), ("two.mkv", "0", "10"), ("two.mkv", "1", "10")]  # fmt: skip
+        ("fake.mp4", "0", "10"),
+        ("two.mkv", "0", "10"),
+        ("two.mkv", "1", "10"),
+    ]
     assert rows[0]["label"] == "fake"
     per_frame = list(csv.DictReader(frames_csv.open()))
     assert len(per_frame) == 30 and all(len(row["box"].split()) == 4 for row in per_frame)
@@ -189,8 +221,13 @@ def test_cli_fails_on_a_cut_video_with_its_reason(trained_model_path, tmp_path):
     cut = tmp_path / "cut.mkv"
     data = clip([moving()], "matroska")
     cut.write_bytes(data[: len(data) // 2])
-    process = subprocess.run([sys.executable, "inference.py", "predict", str(cut), "--model", str(trained_model_path)],
-                             cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    process = subprocess.run(
+        [sys.executable, "inference.py", "predict", str(cut), "--model", str(trained_model_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 1
     assert "cut.mkv: the video is truncated" in process.stderr
 
@@ -210,8 +247,8 @@ def test_cli_fails_on_a_cut_video_with_its_reason(trained_model_path, tmp_path):
     ],
 )
 def test_limits_are_refused_with_a_reason(client, detector, limits, status, message):
-    from deepfake_detector.web import create_app
     from deepfake_detector.video import VideoLimits
+    from deepfake_detector.web import create_app
 
     app = create_app(detector, video_limits=VideoLimits(**limits))
     response = app.test_client().post("/api/predict", data={"file": (io.BytesIO(clip([moving()])), "clip.mp4")})
@@ -226,8 +263,8 @@ def test_bad_frame_counts_are_400(client, frames):
 
 
 def test_a_busy_video_worker_answers_503_with_retry_after(detector):
-    from deepfake_detector.web import create_app
     from deepfake_detector.video import VideoLimits
+    from deepfake_detector.web import create_app
 
     app = create_app(detector, video_limits=VideoLimits(queue_seconds=0.01))
     assert app.extensions["video_worker"].acquire(timeout=1)  # another video is being scored
@@ -246,7 +283,9 @@ def test_hostile_containers_are_refused_with_their_status():
     from deepfake_detector.video import VideoReader
 
     frames = [np.full((120, 160, 3), value, np.uint8) for value in range(0, 200, 10)]
-    corpus = videos.hostile_videos(videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4"))
+    corpus = videos.hostile_videos(
+        videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4")
+    )
     for name, (data, status) in corpus.items():
         with pytest.raises(VideoError) as caught:
             with VideoReader(data) as reader:
@@ -264,7 +303,9 @@ def test_evaluate_a_folder_of_videos(detector, tmp_path):
     for folder, mark in (("Real", False), ("Fake", True)):
         (tmp_path / folder).mkdir()
         for i in range(2):
-            (tmp_path / folder / f"{i}.mp4").write_bytes(clip([FacePath(astronaut(), (10 + 40 * i, 60), (210, 60 - 20 * i), SIDE, mark)]))
+            (tmp_path / folder / f"{i}.mp4").write_bytes(
+                clip([FacePath(astronaut(), (10 + 40 * i, 60), (210, 60 - 20 * i), SIDE, mark)])
+            )
     (tmp_path / "Fake" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(100))
     report = evaluate_video_folder(detector, tmp_path, frames=6)
     assert report["n_videos"] == 4 and report["n_skipped"] == 1 and report["accuracy"] == 1.0
@@ -277,9 +318,23 @@ def test_evaluate_py_reports_video_level_metrics(trained_model_path, tmp_path):
         (tmp_path / folder / "clip.mkv").write_bytes(clip([moving(mark)], "matroska"))
     report_path = tmp_path / "report.json"
     process = subprocess.run(
-        [sys.executable, "evaluate.py", "--data-dir", str(tmp_path), "--model", str(trained_model_path), "--frames", "4",
-         "--json", str(report_path)], cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "evaluate.py",
+            "--data-dir",
+            str(tmp_path),
+            "--model",
+            str(trained_model_path),
+            "--frames",
+            "4",
+            "--json",
+            str(report_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr[-2000:]
     assert "on 2 videos" in process.stdout
     import json
@@ -306,7 +361,9 @@ def test_the_real_server_scores_a_video_in_memory_and_refuses_hostile_ones(train
     scratch.mkdir()
     data = clip([moving(mark=True)])
     frames = [np.full((120, 160, 3), value, np.uint8) for value in range(0, 200, 10)]
-    hostile = videos.hostile_videos(videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4"))
+    hostile = videos.hostile_videos(
+        videos.encode(frames, container="matroska"), videos.encode(frames, container="avi", codec="mpeg4")
+    )
     with running_process(trained_model_path, env={"TMPDIR": str(scratch)}) as (url, process):
         before, seen, done = open_files(process.pid), set(), threading.Event()
 
@@ -327,6 +384,10 @@ def test_the_real_server_scores_a_video_in_memory_and_refuses_hostile_ones(train
         resident_before = memory_mb(process.pid)[0]
         for name, (body, status) in hostile.items():
             response = requests.post(f"{url}/api/predict", files={"file": (name, body)}, timeout=120)
-            assert response.status_code == status and response.json()["error"], (name, response.status_code, response.text[:200])
+            assert response.status_code == status and response.json()["error"], (
+                name,
+                response.status_code,
+                response.text[:200],
+            )
         assert memory_mb(process.pid)[1] - resident_before < 1024, "a hostile video cost over 1 GB"
     assert [path.name for path in scratch.iterdir() if not path.name.startswith("__autograph_generated_file")] == []

@@ -20,8 +20,18 @@ def test_api_answers_the_documented_json(client, detector, fake_png):
     response = post_api(client, fake_png)
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"label", "fake_probability", "threshold", "verdict", "face_detection", "faces_found",
-                         "faces_scored", "faces", "model", "elapsed_ms"}  # fmt: skip
+    assert set(body) == {
+        "label",
+        "fake_probability",
+        "threshold",
+        "verdict",
+        "face_detection",
+        "faces_found",
+        "faces_scored",
+        "faces",
+        "model",
+        "elapsed_ms",
+    }
     assert body["label"] in ("fake", "real")
     assert 0.0 <= body["fake_probability"] <= 1.0
     assert body["threshold"] == pytest.approx(detector.threshold)
@@ -96,7 +106,9 @@ def test_page_shows_verdict_and_percentage(client, detector, fake_png):
     html = response.get_data(as_text=True)
     expected = detector.predict(fake_png)
     assert f"{expected.fake_probability * 100:.1f}%" in html
-    assert f">{labels.VERDICT_WORDS[expected.label]}<" in html  # below the threshold: no sign of known fakes, not "Real"
+    assert (
+        f">{labels.VERDICT_WORDS[expected.label]}<" in html
+    )  # below the threshold: no sign of known fakes, not "Real"
     assert ">Real<" not in html
     assert "data:image/jpeg;base64," in html  # the uploaded image, re-encoded
 
@@ -148,7 +160,9 @@ def test_page_says_how_many_faces_were_found_and_scored(detector, fake_png):
     from deepfake_detector.web import RequestLimits, create_app
 
     client = create_app(detector, RequestLimits(faces_per_image=5), face_finder=GridFinder(12)).test_client()
-    html = client.post("/", data={"file": (io.BytesIO(fake_png), "x.png")}, content_type="multipart/form-data").get_data(as_text=True)
+    html = client.post(
+        "/", data={"file": (io.BytesIO(fake_png), "x.png")}, content_type="multipart/form-data"
+    ).get_data(as_text=True)
     assert "12 faces found, the 5 largest scored" in html and html.count("Face 5:") == 1 and "Face 6:" not in html
 
 
@@ -159,7 +173,9 @@ def test_uploads_are_parsed_into_memory_not_temporary_files(client, fake_png, mo
         raise AssertionError("a temporary file was made for the upload")
 
     monkeypatch.setattr(formparser, "SpooledTemporaryFile", refuse)  # Werkzeug's default: on disk above 500 KB
-    big = image_bytes(synthetic_image(True, np.random.default_rng(9), size=700), "BMP")  # 1.5 MB, over Werkzeug's 500 KB
+    big = image_bytes(
+        synthetic_image(True, np.random.default_rng(9), size=700), "BMP"
+    )  # 1.5 MB, over Werkzeug's 500 KB
     assert post_api(client, big, "big.bmp").status_code == 200
 
 
@@ -198,7 +214,10 @@ def test_apps_in_one_process_keep_their_own_detector_and_limits(detector, fake_p
     hurried = create_app(detector, RequestLimits(files_seconds=0.0), face_finder=GridFinder(0)).test_client()
     patient = create_app(detector, face_finder=GridFinder(3)).test_client()
     files = {"files": [(io.BytesIO(fake_png), "a.png")]}
-    assert hurried.post("/api/predict", data=files, content_type="multipart/form-data").get_json()["results"][0]["status"] == 503
+    assert (
+        hurried.post("/api/predict", data=files, content_type="multipart/form-data").get_json()["results"][0]["status"]
+        == 503
+    )
     body = post_api(patient, fake_png).get_json()
     assert body["faces_found"] == 3 and body["face_detection"] == "found"
     assert post_api(hurried, fake_png).get_json()["face_detection"] == "none"
@@ -229,7 +248,10 @@ def test_a_file_that_broke_the_decoder_costs_no_other_file_its_answer(client, fa
     from harness.hostile import mistyped_exif_jpeg, mutants
 
     broken = [data for _, data in mutants({"m.jpg": mistyped_exif_jpeg()}, count=30, seed=1)]
-    files = [(io.BytesIO(data), f"{i}.jpg") for i, data in enumerate([fake_png, mistyped_exif_jpeg(), *broken[:12], fake_png])]
+    files = [
+        (io.BytesIO(data), f"{i}.jpg")
+        for i, data in enumerate([fake_png, mistyped_exif_jpeg(), *broken[:12], fake_png])
+    ]
     response = client.post("/api/predict", data={"files": files}, content_type="multipart/form-data")
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     results = response.get_json()["results"]
@@ -247,15 +269,18 @@ def test_request_paths_are_logged_escaped_on_one_line(client, caplog):
     assert any("/api/x\\n2025-01-01" in line for line in lines)
 
 
-@pytest.mark.parametrize("headers, status", [
-    ({"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, 403),
-    ({"Sec-Fetch-Site": "same-site"}, 403),
-    ({"Origin": "https://evil.example"}, 403),  # a browser too old to send Sec-Fetch-Site
-    ({"Origin": "null"}, 403),  # a sandboxed frame
-    ({"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}, 200),  # this server's own page
-    ({"Origin": "http://localhost:8080"}, 200),  # behind a proxy whose Host drops the port
-    ({}, 200),  # a script: curl, requests
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({"Origin": "https://evil.example"}, 403),  # a browser too old to send Sec-Fetch-Site
+        ({"Origin": "null"}, 403),  # a sandboxed frame
+        ({"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}, 200),  # this server's own page
+        ({"Origin": "http://localhost:8080"}, 200),  # behind a proxy whose Host drops the port
+        ({}, 200),  # a script: curl, requests
+    ],
+)
 def test_cross_site_posts_are_refused_and_scripts_keep_the_api(detector, fake_png, tmp_path, headers, status):
     from deepfake_detector.uploads import UploadStore
     from deepfake_detector.web import create_app

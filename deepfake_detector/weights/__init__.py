@@ -25,7 +25,7 @@ SHA256 = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def verified_path(name: str) -> Path:
     """The path of the shipped file ``name``, after checking its SHA-256 (once per process).
 
