@@ -53,51 +53,73 @@ def write_plots(
     scores = np.asarray(fake_probability, np.float64).ravel()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    real, fake = y_true == 0, y_true == 1
     suffix = f" - {title}" if title else ""
-    written = []
-
-    def save(figure: Figure, name: str) -> None:
-        _save(figure, out_dir / name)
-        written.append(out_dir / name)
-
-    if real.any() and fake.any():
-        figure = Figure(figsize=(5, 5))
-        ax = figure.subplots()
-        fpr, tpr, _ = metrics.roc_points(y_true, scores)
-        ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {skm.roc_auc_score(y_true, scores):.3f})")
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", label="chance")
-        ax.plot(
-            (scores[real] >= threshold).mean(), (scores[fake] >= threshold).mean(), "o", color="black",
-            label=f"threshold {threshold:.3f}",
-        )  # fmt: skip
-        ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
-               xlim=(0, 1), ylim=(0, 1.01), title=f"ROC, fake positive{suffix}")  # fmt: skip
-        ax.legend(loc="lower right")
-        save(figure, "roc.png")
+    figures = {}
+    if (y_true == 0).any() and (y_true == 1).any():
+        figures["roc.png"] = roc_figure(y_true, scores, threshold, suffix)
     else:
         log.warning("roc.png not written: a ROC curve needs both real and fake images")
+    figures["confusion_matrix.png"] = confusion_figure(y_true, scores, threshold, suffix)
+    figures["score_histogram.png"] = histogram_figure(y_true, scores, threshold, suffix)
+    for name, figure in figures.items():
+        _save(figure, out_dir / name)
+    return [out_dir / name for name in figures]
 
+
+def roc_figure(y_true: np.ndarray, scores: np.ndarray, threshold: float, suffix: str) -> Figure:
+    real, fake = y_true == 0, y_true == 1
+    figure = Figure(figsize=(5, 5))
+    ax = figure.subplots()
+    fpr, tpr, _ = metrics.roc_points(y_true, scores)
+    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {skm.roc_auc_score(y_true, scores):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="chance")
+    ax.plot(
+        (scores[real] >= threshold).mean(),
+        (scores[fake] >= threshold).mean(),
+        "o",
+        color="black",
+        label=f"threshold {threshold:.3f}",
+    )
+    ax.set(
+        xlabel="false positive rate (real called fake)",
+        ylabel="true positive rate (fake caught)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"ROC, fake positive{suffix}",
+    )
+    ax.legend(loc="lower right")
+    return figure
+
+
+def confusion_figure(y_true: np.ndarray, scores: np.ndarray, threshold: float, suffix: str) -> Figure:
     figure = Figure(figsize=(4.5, 4))
     ax = figure.subplots()
     matrix = skm.confusion_matrix(y_true, (scores >= threshold).astype(np.int64), labels=[0, 1])
     ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(1, matrix.max()))
     for (row, column), count in np.ndenumerate(matrix):
-        ax.text(column, row, str(count), ha="center", va="center",
-                color="white" if count > matrix.max() / 2 else "black", fontsize=14)  # fmt: skip
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(column, row, str(count), ha="center", va="center", color=color, fontsize=14)
     ticks = list(labels.TRAINING_CLASS_ORDER)
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=ticks, yticklabels=ticks, xlabel="predicted",
-           ylabel="true", title=f"confusion matrix at {threshold:.3f}{suffix}")  # fmt: skip
-    save(figure, "confusion_matrix.png")
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=ticks,
+        yticklabels=ticks,
+        xlabel="predicted",
+        ylabel="true",
+        title=f"confusion matrix at {threshold:.3f}{suffix}",
+    )
+    return figure
 
+
+def histogram_figure(y_true: np.ndarray, scores: np.ndarray, threshold: float, suffix: str) -> Figure:
     figure = Figure(figsize=(6, 4))
     ax = figure.subplots()
     bins = np.linspace(0.0, 1.0, 41)
-    for mask, name in ((real, labels.REAL), (fake, labels.FAKE)):
+    for mask, name in ((y_true == 0, labels.REAL), (y_true == 1, labels.FAKE)):
         if mask.any():
             ax.hist(scores[mask], bins=bins, alpha=0.6, label=f"{name} (n={int(mask.sum())})")
     ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
     ax.set(xlabel="fake_probability", ylabel="images", xlim=(0, 1), title=f"scores per class{suffix}")
     ax.legend()
-    save(figure, "score_histogram.png")
-    return written
+    return figure
