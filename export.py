@@ -65,28 +65,11 @@ def export(args: argparse.Namespace) -> int:
 
     model, why = default_model(PROG, args.model)
     print(f"model: {model} ({why})")
-    if args.format == "flip-averaged":
-        from deepfake_detector.export import add_flip_average
+    from deepfake_detector.export import export as export_model
 
-        path, metrics = add_flip_average(model, args.data_dir, args.output)
-        val, test = metrics["validation"], metrics["test"]
-        print(
-            f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
-            f"accuracy {test['accuracy']:.4f} (threshold {test['threshold']:.3f})"
-        )
-    elif args.format == "adopt":
-        from deepfake_detector.adopt import adopt_tutorial_model
-
-        path, metadata = adopt_tutorial_model(model, args.output, args.data_dir)
-        val = metadata.metrics.get("validation")
-        print(
-            f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule})"
-            + (f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else "")
-        )
-    else:
-        from deepfake_detector.export import export as export_folder
-
-        path = export_folder(model, args.format, args.output)
+    path, measured = export_model(model, args.format, args.output, args.data_dir)
+    if measured:
+        print(measured)
     print(f"exported {model} as {args.format} to {path}")
     return 0
 

@@ -31,7 +31,6 @@ from deepfake_detector.faces import FaceBox, FaceFinder
 from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata, load_model
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, ImageSource, load_image, open_image
 from deepfake_detector.recipes import RUNTIMES
-from deepfake_detector.tflite import TFLiteScorer
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +121,7 @@ class Detector:
         """``threads``: the TFLite runtime's compute threads (default: every CPU). ``model_path``:
         the file the model came from, which lets the TFLite runtime reuse its cached conversion.
         ``origin``: where the model comes from, in words (shown on the page and by ``/healthz``)."""
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        scorer = RUNTIMES.check(runtime).load()
         self.model = model
         self.detector_model = DeepfakeDetectorModel(model, metadata)  # applies the class order
         self.runtime = runtime
@@ -135,9 +133,7 @@ class Detector:
         self.threshold = float(metadata.threshold)
         self._explainer = None  # Grad-CAM, built on first use by heatmaps()
         self._explainer_lock = threading.Lock()
-        spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8)
-        self._forward = tf.function(self._scores, input_signature=[spec], reduce_retracing=True)
-        self._lite = TFLiteScorer(model, metadata, threads, model_path) if runtime == "tflite" else None
+        self._scorer = scorer(model, metadata, threads, model_path)
         if warm_up:
             self.scores(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
 
@@ -164,14 +160,9 @@ class Detector:
             origin=origin,
         )
 
-    def _scores(self, images: tf.Tensor) -> tf.Tensor:
-        return self.detector_model.fake_probability(tf.cast(images, tf.float32))[:, 0]
-
     def scores(self, images: np.ndarray) -> np.ndarray:
         """``fake_probability`` for a batch of preprocessed uint8 images (N x S x S x 3)."""
-        if self._lite is not None:
-            return self._lite(np.asarray(images, np.uint8))
-        return self._forward(tf.convert_to_tensor(images, tf.uint8)).numpy().astype(np.float64)
+        return self._scorer(np.asarray(images, np.uint8))
 
     def prediction_for(self, fake_probability: float) -> Prediction:
         fake_probability = float(fake_probability)
@@ -284,3 +275,20 @@ class Detector:
             "runtime": self.runtime,
             "origin": self.origin,
         }
+
+
+class KerasScorer:
+    """The ``"keras"`` runtime: a traced ``tf.function`` over the network and the class order
+    saved with it, P(fake) for a uint8 batch of any size."""
+
+    def __init__(self, model, metadata: ModelMetadata, threads: int | None = None, model_path=None):
+        self.detector_model = DeepfakeDetectorModel(model, metadata)
+        size = metadata.image_size
+        spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
+        self._forward = tf.function(self._scores, input_signature=[spec], reduce_retracing=True)
+
+    def _scores(self, images: tf.Tensor) -> tf.Tensor:
+        return self.detector_model.fake_probability(tf.cast(images, tf.float32))[:, 0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self._forward(tf.convert_to_tensor(images, tf.uint8)).numpy().astype(np.float64)

@@ -61,7 +61,7 @@ from deepfake_detector.model import (
 )
 from deepfake_detector.networks import flip_averaged
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, NEAREST_RESAMPLE
-from deepfake_detector.recipes import THRESHOLD_RULES, DataConfig, TrainConfig
+from deepfake_detector.recipes import EXPORT_FORMATS, THRESHOLD_RULES, DataConfig, TrainConfig
 from deepfake_detector.tflite import OUTPUT_NAME, fake_probability_outputs, tflite_flatbuffer
 from deepfake_detector.thresholds import choose_threshold_and_measure
 
@@ -147,15 +147,44 @@ def export_tflite(model_path: str | Path, output: str | Path) -> Path:
     return Path(output)
 
 
-#: The formats that are folders (``recipes.EXPORT_FORMATS`` also has the .keras ones), and their writers.
-FOLDER_FORMATS = {"savedmodel": export_savedmodel, "tflite": export_tflite}
+def export(
+    model_path: str | Path, fmt: str, output: str | Path, data_dir: str | Path | None = None
+) -> tuple[Path, str]:
+    """Export in ``fmt`` (a ``recipes.EXPORT_FORMATS`` name) to ``output``.
+
+    Returns:
+        The path written, and a line saying what was measured on the way ("" when nothing was).
+    """
+    return EXPORT_FORMATS.load(fmt, ExportError)(model_path, output, data_dir)
 
 
-def export(model_path: str | Path, fmt: str, output: str | Path) -> Path:
-    """Export in ``fmt`` (one of :data:`FOLDER_FORMATS`) into the folder ``output``."""
-    if fmt not in FOLDER_FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FOLDER_FORMATS)}")
-    return FOLDER_FORMATS[fmt](model_path, output)
+# The writers of recipes.EXPORT_FORMATS: write(model_path, output, data_dir) -> (path, what was measured).
+
+
+def write_savedmodel(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
+    return export_savedmodel(model_path, output), ""
+
+
+def write_tflite(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
+    return export_tflite(model_path, output), ""
+
+
+def write_flip_averaged(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
+    path, metrics = add_flip_average(model_path, data_dir, output)
+    val, test = metrics["validation"], metrics["test"]
+    return path, (
+        f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
+        f"accuracy {test['accuracy']:.4f} (threshold {test['threshold']:.3f})"
+    )
+
+
+def write_adopted(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
+    from deepfake_detector.adopt import adopt_tutorial_model  # adopt scores folders: evaluation, detector
+
+    path, metadata = adopt_tutorial_model(model_path, output, data_dir)
+    val = metadata.metrics.get("validation")
+    measured = f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else ""
+    return path, f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule}){measured}"
 
 
 def add_flip_average(

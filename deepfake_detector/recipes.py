@@ -269,21 +269,39 @@ SCHEDULES.register(
 #: ``TrainConfig.verbose``: what Keras prints while it fits.
 VERBOSITY = {0: "silent", 1: "a progress bar", 2: "one line per epoch"}
 
-#: How a loaded model runs its network (``detector.Detector``).
-RUNTIMES = {
-    "tflite": "the model converted at start-up and run by LiteRT, fastest per upload",
-    "keras": "TensorFlow",
-}
+#: How a loaded model runs its network (``detector.Detector``). Each implementation is a scorer
+#: class: ``Scorer(model, metadata, threads, model_path)``, called on a uint8 batch, returns P(fake).
+RUNTIMES: Registry[Entry] = Registry("runtime")
+RUNTIMES.register(
+    "tflite",
+    help="the model converted at start-up and run by LiteRT, fastest per upload",
+    implementation="deepfake_detector.tflite:TFLiteScorer",
+)
+RUNTIMES.register("keras", help="TensorFlow", implementation="deepfake_detector.detector:KerasScorer")
 #: What ``python inference.py`` serves with; scripts that score in batches use "keras".
 SERVING_RUNTIME = "tflite"
 
-#: ``export.py --format``: what a saved model is exported as (``export.export``).
-EXPORT_FORMATS = {
-    "savedmodel": "a TensorFlow SavedModel folder for TensorFlow Serving",
-    "tflite": "a folder with model.tflite",
-    "flip-averaged": "a .keras model that averages each image's score with its mirror image's",
-    "adopt": "a .keras model of the original tutorial's code, given our metadata",
-}
+#: ``export.py --format``: what a saved model is exported as (``export.export``). Each
+#: implementation is ``write(model_path, output, data_dir) -> (path written, a line saying what it measured)``.
+EXPORT_FORMATS: Registry[Entry] = Registry("export format")
+EXPORT_FORMATS.register(
+    "savedmodel",
+    help="a TensorFlow SavedModel folder for TensorFlow Serving",
+    implementation="deepfake_detector.export:write_savedmodel",
+)
+EXPORT_FORMATS.register(
+    "tflite", help="a folder with model.tflite", implementation="deepfake_detector.export:write_tflite"
+)
+EXPORT_FORMATS.register(
+    "flip-averaged",
+    help="a .keras model that averages each image's score with its mirror image's",
+    implementation="deepfake_detector.export:write_flip_averaged",
+)
+EXPORT_FORMATS.register(
+    "adopt",
+    help="a .keras model of the original tutorial's code, given our metadata",
+    implementation="deepfake_detector.export:write_adopted",
+)
 
 
 @dataclass
