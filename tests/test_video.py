@@ -180,6 +180,7 @@ def test_page_shows_each_track_with_its_face_plot_and_frames(client):
     assert html.count('alt="Frame at') == 6 and html.count('alt="Face of track') == 2
 
 
+@pytest.mark.slow  # starts inference.py
 def test_cli_writes_a_row_per_track_and_per_face_per_frame(trained_model_path, tmp_path):
     fake_clip = tmp_path / "fake.mp4"
     fake_clip.write_bytes(clip([moving(mark=True)]))
@@ -217,6 +218,7 @@ def test_cli_writes_a_row_per_track_and_per_face_per_frame(trained_model_path, t
     assert len(per_frame) == 30 and all(len(row["box"].split()) == 4 for row in per_frame)
 
 
+@pytest.mark.slow  # starts inference.py
 def test_cli_fails_on_a_cut_video_with_its_reason(trained_model_path, tmp_path):
     cut = tmp_path / "cut.mkv"
     data = clip([moving()], "matroska")
@@ -278,6 +280,7 @@ def test_a_busy_video_worker_answers_503_with_retry_after(detector):
     assert page.status_code == 503 and 'role="alert"' in page.get_data(as_text=True)
 
 
+@pytest.mark.slow  # encodes frame bombs of 100,000 frames
 def test_hostile_containers_are_refused_with_their_status():
     from deepfake_detector.errors import VideoError
     from deepfake_detector.video import VideoReader
@@ -312,6 +315,7 @@ def test_evaluate_a_folder_of_videos(detector, tmp_path):
     assert report["skipped"][0]["path"].endswith("broken.mp4")
 
 
+@pytest.mark.slow  # starts evaluate.py
 def test_evaluate_py_reports_video_level_metrics(trained_model_path, tmp_path):
     for folder, mark in (("Real", False), ("Fake", True)):
         (tmp_path / folder).mkdir()
