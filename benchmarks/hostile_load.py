@@ -27,19 +27,7 @@ from PIL import Image
 
 from benchmarks.common import face_files, jpegs_256
 from deepfake_detector.detector import DEFAULT_MODEL_PATH
-from harness.hostile import (
-    commented_gif,
-    crowd_jpeg,
-    cut_jpeg,
-    encode,
-    grey_png,
-    jpeg_in_tiff,
-    lying_png,
-    many_scans_jpeg,
-    mistyped_exif_jpeg,
-    noise,
-    rle_bmp,
-)
+from harness import hostile
 from harness.server import REPO, cpu_seconds, memory_mb, running_process, session_from
 from harness.videos import HOSTILE_STATUS
 
@@ -167,13 +155,20 @@ def _head(sock) -> bytes:
 
 CROSS_SITE = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
 
+
+def one(filename: str, payload: str) -> Callable:
+    """A case that posts the payload once, as ``filename``."""
+    return lambda u, p, t: [post(u, {"file": (filename, getattr(p, payload))}, timeout=t)]
+
+
+def four(filename: str, payload: str) -> Callable:
+    """A case that posts the payload in 4 requests at once."""
+    return lambda u, p, t: concurrently(4, lambda: post(u, {"file": (filename, getattr(p, payload))}, timeout=t))
+
+
 CASES = [
-    Case("normal", "one 256x256 face JPEG", lambda u, p, t: [post(u, {"file": ("a.jpg", p.normal)}, timeout=t)]),
-    Case(
-        "crowd",
-        "1024x1024 JPEG tiled with 40 px faces",
-        lambda u, p, t: [post(u, {"file": ("c.jpg", p.crowd)}, timeout=t)],
-    ),
+    Case("normal", "one 256x256 face JPEG", one("a.jpg", "normal")),
+    Case("crowd", "1024x1024 JPEG tiled with 40 px faces", one("c.jpg", "crowd")),
     Case(
         "crowd-explain",
         "the same with ?explain=1",
@@ -189,77 +184,25 @@ CASES = [
         "4 such single requests at once",
         lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("c.jpg", p.crowd)}, "?explain=1", t)),
     ),
-    Case(
-        "scans",
-        "progressive JPEG, 10,000 scans of 40 MP (1.1 MB)",
-        lambda u, p, t: [post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t)],
-    ),
-    Case(
-        "scans-4-at-once",
-        "4 of them at once",
-        lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("s.jpg", p.many_scans)}, timeout=t)),
-    ),
-    Case(
-        "one-row-png",
-        "PNG: header 6324x6324, one row of data",
-        lambda u, p, t: [post(u, {"file": ("r.png", p.one_row_png)}, timeout=t)],
-    ),
-    Case(
-        "cut-jpeg",
-        "2048x2048 JPEG cut after 2 KB, EOI added",
-        lambda u, p, t: [post(u, {"file": ("j.jpg", p.cut_jpeg)}, timeout=t)],
-    ),
-    Case(
-        "flat-40mp-png",
-        "a real 40 MP RGBA PNG (170 KB)",
-        lambda u, p, t: [post(u, {"file": ("f.png", p.flat_png)}, timeout=t)],
-    ),
-    Case(
-        "flat-40mp-png-4-at-once",
-        "4 of them at once",
-        lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("f.png", p.flat_png)}, timeout=t)),
-    ),
+    Case("scans", "progressive JPEG, 10,000 scans of 40 MP (1.1 MB)", one("s.jpg", "many_scans")),
+    Case("scans-4-at-once", "4 of them at once", four("s.jpg", "many_scans")),
+    Case("one-row-png", "PNG: header 6324x6324, one row of data", one("r.png", "one_row_png")),
+    Case("cut-jpeg", "2048x2048 JPEG cut after 2 KB, EOI added", one("j.jpg", "cut_jpeg")),
+    Case("flat-40mp-png", "a real 40 MP RGBA PNG (170 KB)", one("f.png", "flat_png")),
+    Case("flat-40mp-png-4-at-once", "4 of them at once", four("f.png", "flat_png")),
     Case("parts", "3,000 form fields in one request", many_parts),
-    Case(
-        "wide-png",
-        "PNG of 39,999,999 x 1 grey pixels (39 KB)",
-        lambda u, p, t: [post(u, {"file": ("w.png", p.wide_png)}, timeout=t)],
-    ),
-    Case(
-        "wide-png-4-at-once",
-        "4 of them at once",
-        lambda u, p, t: concurrently(4, lambda: post(u, {"file": ("w.png", p.wide_png)}, timeout=t)),
-    ),
-    Case(
-        "tall-png",
-        "PNG of 1 x 39,999,999 grey pixels",
-        lambda u, p, t: [post(u, {"file": ("t.png", p.tall_png)}, timeout=t)],
-    ),
+    Case("wide-png", "PNG of 39,999,999 x 1 grey pixels (39 KB)", one("w.png", "wide_png")),
+    Case("wide-png-4-at-once", "4 of them at once", four("w.png", "wide_png")),
+    Case("tall-png", "PNG of 1 x 39,999,999 grey pixels", one("t.png", "tall_png")),
     Case(
         "mistyped-exif",
         "files request: a JPEG with a mistyped EXIF tag, and a normal one",
         lambda u, p, t: [post(u, [("files", ("m.jpg", p.mistyped_exif)), ("files", ("a.jpg", p.normal))], timeout=t)],
     ),
-    Case(
-        "rle-bmp",
-        "RLE8 BMP, 6000x6666, one pixel per row (27 KB)",
-        lambda u, p, t: [post(u, {"file": ("r.bmp", p.rle_bmp)}, timeout=t)],
-    ),
-    Case(
-        "gif-comments",
-        "GIF with 9.5 M one-byte comment sub-blocks (19 MB)",
-        lambda u, p, t: [post(u, {"file": ("g.gif", p.gif_comments)}, timeout=t)],
-    ),
-    Case(
-        "16-bit-40mp-png",
-        "a 40 MP 16-bit grey PNG",
-        lambda u, p, t: [post(u, {"file": ("s.png", p.sixteen_bit)}, timeout=t)],
-    ),
-    Case(
-        "tiff-scans",
-        "TIFF holding a 40 MP JPEG of 99 scans (libtiff stops at 100)",
-        lambda u, p, t: [post(u, {"file": ("s.tif", p.tiff_scans)}, timeout=t)],
-    ),
+    Case("rle-bmp", "RLE8 BMP, 6000x6666, one pixel per row (27 KB)", one("r.bmp", "rle_bmp")),
+    Case("gif-comments", "GIF with 9.5 M one-byte comment sub-blocks (19 MB)", one("g.gif", "gif_comments")),
+    Case("16-bit-40mp-png", "a 40 MP 16-bit grey PNG", one("s.png", "sixteen_bit")),
+    Case("tiff-scans", "TIFF holding a 40 MP JPEG of 99 scans (libtiff stops at 100)", one("s.tif", "tiff_scans")),
     Case("expect-30mb", "Expect: 100-continue, Content-Length 30 MB", expect_continue),
     Case(
         "cross-site",
@@ -281,19 +224,19 @@ CASES += [_video_case(name) for name in HOSTILE_STATUS]
 def make_payloads() -> Payloads:
     faces = [Image.open(path) for path in face_files("Test")[:64]]
     return Payloads(
-        crowd=crowd_jpeg(faces, side=1024, face_px=40),
-        many_scans=many_scans_jpeg(6324, 10_000),
-        one_row_png=lying_png(6324),
-        cut_jpeg=cut_jpeg(encode(noise(2048), "JPEG"), 2048),
-        flat_png=encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG"),
+        crowd=hostile.crowd_jpeg(faces, side=1024, face_px=40),
+        many_scans=hostile.many_scans_jpeg(6324, 10_000),
+        one_row_png=hostile.lying_png(6324),
+        cut_jpeg=hostile.cut_jpeg(hostile.encode(hostile.noise(2048), "JPEG"), 2048),
+        flat_png=hostile.encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG"),
         normal=jpegs_256(1)[0],
-        wide_png=grey_png(39_999_999, 1),
-        tall_png=grey_png(1, 39_999_999),
-        mistyped_exif=mistyped_exif_jpeg(),
-        rle_bmp=rle_bmp(6000, 6666),
-        gif_comments=commented_gif(9_500_000),
-        sixteen_bit=grey_png(6324, 6324, depth=16),
-        tiff_scans=jpeg_in_tiff(6324, 99),
+        wide_png=hostile.grey_png(39_999_999, 1),
+        tall_png=hostile.grey_png(1, 39_999_999),
+        mistyped_exif=hostile.mistyped_exif_jpeg(),
+        rle_bmp=hostile.rle_bmp(6000, 6666),
+        gif_comments=hostile.commented_gif(9_500_000),
+        sixteen_bit=hostile.grey_png(6324, 6324, depth=16),
+        tiff_scans=hostile.jpeg_in_tiff(6324, 99),
         videos=hostile_video_payloads(),
     )
 

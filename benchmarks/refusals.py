@@ -18,17 +18,7 @@ import time
 
 from deepfake_detector.errors import ImageError
 from deepfake_detector.preprocessing import load_image
-from harness.hostile import (
-    commented_gif,
-    cut_jpeg,
-    encode,
-    grey_png,
-    jpeg_in_tiff,
-    lying_png,
-    many_scans_jpeg,
-    noise,
-    rle_bmp,
-)
+from harness import hostile
 
 IMAGE_SIZE = 128
 
@@ -36,14 +26,14 @@ IMAGE_SIZE = 128
 def cases() -> dict[str, bytes]:
     """The hostile files, by what they are."""
     return {
-        "PNG declaring 50000x50000, a few bytes of data": lying_png(50_000),
-        "PNG declaring 6324x6324, one row of data": lying_png(6324),
-        "progressive JPEG, 40 MP, 10,000 scans": many_scans_jpeg(),
-        "JPEG cut after 2 KB": cut_jpeg(encode(noise(2048), "JPEG")),
-        "PNG 39,999,999 x 1": grey_png(39_999_999, 1),
-        "RLE BMP 6000x6666": rle_bmp(),
-        "GIF with 9.5 million comment sub-blocks": commented_gif(),
-        "TIFF holding a JPEG of 99 scans": jpeg_in_tiff(),
+        "PNG declaring 50000x50000, a few bytes of data": hostile.lying_png(50_000),
+        "PNG declaring 6324x6324, one row of data": hostile.lying_png(6324),
+        "progressive JPEG, 40 MP, 10,000 scans": hostile.many_scans_jpeg(),
+        "JPEG cut after 2 KB": hostile.cut_jpeg(hostile.encode(hostile.noise(2048), "JPEG")),
+        "PNG 39,999,999 x 1": hostile.grey_png(39_999_999, 1),
+        "RLE BMP 6000x6666": hostile.rle_bmp(),
+        "GIF with 9.5 million comment sub-blocks": hostile.commented_gif(),
+        "TIFF holding a JPEG of 99 scans": hostile.jpeg_in_tiff(),
     }
 
 

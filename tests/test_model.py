@@ -63,29 +63,8 @@ def _rewrite_metadata(source: Path, target: Path, change) -> Path:
 
 def test_seed_cnn_has_the_original_layer_stack(seed_model):
     kinds = [layer.__class__.__name__ for layer in seed_model.layers]
-    assert kinds == [
-        "InputLayer",
-        "Rescaling",
-        "Conv2D",
-        "BatchNormalization",
-        "MaxPooling2D",
-        "Conv2D",
-        "BatchNormalization",
-        "MaxPooling2D",
-        "Conv2D",
-        "BatchNormalization",
-        "MaxPooling2D",
-        "Conv2D",
-        "BatchNormalization",
-        "MaxPooling2D",
-        "Flatten",
-        "Dense",
-        "Dropout",
-        "Dense",
-        "Dropout",
-        "Dense",
-        "Dense",
-    ]
+    assert kinds[:14] == ["InputLayer", "Rescaling"] + ["Conv2D", "BatchNormalization", "MaxPooling2D"] * 4
+    assert kinds[14:] == ["Flatten", "Dense", "Dropout", "Dense", "Dropout", "Dense", "Dense"]
     convs = [layer for layer in seed_model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128, 256]
     assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)

@@ -107,6 +107,13 @@ def rebuild(github, tmp_path, *argv: str) -> int:
     return run(rebuild_data.PROG, rebuild_data.main, args)
 
 
+def rebuilt(github, tmp_path, name: str, folder: str | None = None) -> Path:
+    """Data set ``name`` rebuilt into ``tmp_path / folder`` (default: its name); the test fails unless it exits 0."""
+    out = tmp_path / (folder or name)
+    assert rebuild(github, tmp_path, name, "--out", str(out)) == 0
+    return out
+
+
 def checksums_are_right(folder: Path) -> str:
     sums = (folder / "SHA256SUMS").read_text()
     images = sorted(name for name in files_under(folder) if name.endswith(".jpg"))
@@ -158,8 +165,7 @@ def lfw_sources() -> tuple[dict[str, bytes], dict[str, tuple[tuple[int, int, int
 def test_lfw_faceswap_is_the_repositorys_split_as_128_px_jpeg_q90_with_checksums(github, tmp_path):
     files, made = lfw_sources()
     github.publish("Rees451/faces-fake-vs-real", "master", files)
-    out = tmp_path / "lfw-faceswap"
-    assert rebuild(github, tmp_path, "lfw-faceswap", "--out", str(out)) == 0
+    out = rebuilt(github, tmp_path, "lfw-faceswap")
     assert files_under(out) == sorted([*made, "SHA256SUMS"])
     for name, (color, source) in made.items():
         assert_reencoded(out / name, 128, color, source)
@@ -167,8 +173,7 @@ def test_lfw_faceswap_is_the_repositorys_split_as_128_px_jpeg_q90_with_checksums
     assert github.asked == ["/Rees451/faces-fake-vs-real/zip/refs/heads/master"]
     assert files_under(tmp_path / "cache") == ["Rees451-faces-fake-vs-real-master.zip"]  # nothing extracted is left
 
-    again = tmp_path / "again"
-    assert rebuild(github, tmp_path, "lfw-faceswap", "--out", str(again)) == 0
+    again = rebuilt(github, tmp_path, "lfw-faceswap", "again")
     assert (again / "SHA256SUMS").read_text() == sums  # byte for byte the same
     assert len(github.asked) == 1  # the zip came from the cache
 
@@ -217,8 +222,7 @@ def dfdc_sources() -> tuple[dict[str, bytes], dict[str, list[str]]]:
 def test_dfdc_faces_keeps_each_source_video_in_one_split_with_its_bytes(github, tmp_path):
     files, groups = dfdc_sources()
     github.publish("i-Shreyansh/DeepFake-Detection", "main", files)
-    out = tmp_path / "dfdc-faces"
-    assert rebuild(github, tmp_path, "dfdc-faces", "--out", str(out)) == 0
+    out = rebuilt(github, tmp_path, "dfdc-faces")
     train, (validation,), (test, test_too) = groups["train"], groups["validation"], groups["test"]
     with open(out / "sources.csv", newline="") as file:
         rows = list(csv.reader(file))
@@ -245,8 +249,7 @@ def test_dfdc_faces_keeps_each_source_video_in_one_split_with_its_bytes(github, 
     sums = checksums_are_right(out)
     assert "sources.csv" not in sums
 
-    again = tmp_path / "again"
-    assert rebuild(github, tmp_path, "dfdc-faces", "--out", str(again)) == 0
+    again = rebuilt(github, tmp_path, "dfdc-faces", "again")
     assert (again / "SHA256SUMS").read_text() == sums
     assert (again / "sources.csv").read_bytes() == (out / "sources.csv").read_bytes()
 
@@ -298,8 +301,7 @@ def test_gan_faces_samples_each_folder_splits_by_file_name_and_reencodes_at_256_
             generated[name] = jpeg(folder_colors[folder], (50, 50), mark=i)
     github.publish("roeishc/real-or-fake-face-image-classification", "main", roeishc)
     github.publish("hmdghoul/generated-faces", "main", generated)
-    out = tmp_path / "gan-faces"
-    assert rebuild(github, tmp_path, "gan-faces", "--out", str(out)) == 0
+    out = rebuilt(github, tmp_path, "gan-faces")
 
     written = [name for name in files_under(out) if name.endswith(".jpg")]
     roeishc_written = {name.split("/", 1)[1]: name.split("/")[0] for name in written if "/roeishc_" in name}
@@ -327,8 +329,7 @@ def test_gan_faces_samples_each_folder_splits_by_file_name_and_reencodes_at_256_
             assert_reencoded(out / name, 256, color, generated[f"images/{folder}/{source}"])
     sums = checksums_are_right(out)
 
-    again = tmp_path / "again"
-    assert rebuild(github, tmp_path, "gan-faces", "--out", str(again)) == 0
+    again = rebuilt(github, tmp_path, "gan-faces", "again")
     assert (again / "SHA256SUMS").read_text() == sums  # the same sample, the same bytes
 
 

@@ -12,21 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from harness.hostile import (
-    commented_gif,
-    crowd_jpeg,
-    cut_jpeg,
-    encode,
-    grey_png,
-    jpeg_in_tiff,
-    lying_png,
-    many_scans_jpeg,
-    mistyped_exif_jpeg,
-    mutants,
-    noise,
-    rle_bmp,
-    short_images,
-)
+from harness import hostile
 from harness.server import memory_mb, running_process
 from harness.videos import encode as encode_video
 from harness.videos import hostile_videos
@@ -54,7 +40,7 @@ def astronaut_face() -> Image.Image:
 
 def crowd() -> bytes:
     """512x512 tiled with the astronaut's face at 64 px: RetinaFace finds 64 faces."""
-    return crowd_jpeg([astronaut_face()], side=512, face_px=64)
+    return hostile.crowd_jpeg([astronaut_face()], side=512, face_px=64)
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -153,20 +139,20 @@ def hostile_corpus() -> dict[str, tuple[bytes, int | None]]:
         ("../../etc/passwd", png, 200),
         ("name\x00with\nnewline.png", png, ANY_ANSWER),  # how the client encodes the name decides
         ("crowd.jpg", crowd(), 200),
-        ("many_scans.jpg", many_scans_jpeg(), 413),  # 40 MP, 10,000 scans: 30 s of CPU if decoded
-        ("one_row.png", lying_png(), 400),  # says 6324x6324, holds one row
-        ("cut_after_2kb.jpg", cut_jpeg(encode(noise(2048), "JPEG")), 400),
-        ("flat_40mp.png", encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG"), 200),
-        *((f"short_{name}", data, 400) for name, data in short_images(noise(256, seed=5)).items()),
+        ("many_scans.jpg", hostile.many_scans_jpeg(), 413),  # 40 MP, 10,000 scans: 30 s of CPU if decoded
+        ("one_row.png", hostile.lying_png(), 400),  # says 6324x6324, holds one row
+        ("cut_after_2kb.jpg", hostile.cut_jpeg(hostile.encode(hostile.noise(2048), "JPEG")), 400),
+        ("flat_40mp.png", hostile.encode(Image.new("RGBA", (6324, 6324), (10, 200, 30, 128)), "PNG"), 200),
+        *((f"short_{name}", data, 400) for name, data in hostile.short_images(hostile.noise(256, seed=5)).items()),
         # issue 29's review
-        ("wide.png", grey_png(39_999_999, 1), 413),  # Lanczos built a kernel as wide as the image: 2 GB, 10 s
-        ("tall.png", grey_png(1, 39_999_999), 413),
-        ("wide16.png", grey_png(19_999_999, 1, depth=16), 413),
-        ("mistyped_exif.jpg", mistyped_exif_jpeg(), 200),  # exif_transpose raised TypeError: a 500
-        ("rle.bmp", rle_bmp(6000, 6666), 413),  # 27 KB, 5-9 s in PIL's Python decoder
-        ("comments.gif", commented_gif(9_500_000), 413),  # 19 MB of one-byte sub-blocks: 2 s and 1 GB
-        ("scans.tiff", jpeg_in_tiff(1024, 99), 413),  # a JPEG inside a TIFF escaped the scan limit
-        ("sixteen_40mp.png", grey_png(6324, 6324, depth=16), 200),
+        ("wide.png", hostile.grey_png(39_999_999, 1), 413),  # Lanczos built a kernel as wide as the image: 2 GB, 10 s
+        ("tall.png", hostile.grey_png(1, 39_999_999), 413),
+        ("wide16.png", hostile.grey_png(19_999_999, 1, depth=16), 413),
+        ("mistyped_exif.jpg", hostile.mistyped_exif_jpeg(), 200),  # exif_transpose raised TypeError: a 500
+        ("rle.bmp", hostile.rle_bmp(6000, 6666), 413),  # 27 KB, 5-9 s in PIL's Python decoder
+        ("comments.gif", hostile.commented_gif(9_500_000), 413),  # 19 MB of one-byte sub-blocks: 2 s and 1 GB
+        ("scans.tiff", hostile.jpeg_in_tiff(1024, 99), 413),  # a JPEG inside a TIFF escaped the scan limit
+        ("sixteen_40mp.png", hostile.grey_png(6324, 6324, depth=16), 200),
     ]:
         add(name, data, status)
     seeds = {
@@ -175,10 +161,10 @@ def hostile_corpus() -> dict[str, tuple[bytes, int | None]]:
         if name
         in ("baseline.jpg", "rotated.jpg", "image.webp", "image.tiff", "image.bmp", "animated.gif", "gray16.png")
     }
-    for name, data in mutants({**seeds, "mistyped_exif.jpg": mistyped_exif_jpeg()}, count=8, seed=29):
+    for name, data in hostile.mutants({**seeds, "mistyped_exif.jpg": hostile.mistyped_exif_jpeg()}, count=8, seed=29):
         add(name, data)
     for i in range(40):
-        add(f"noise{i}.jpg", rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes())
+        add(f"hostile.noise{i}.jpg", rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8).tobytes())
     for name, (data, status) in video_corpus().items():
         add(name, data, status)
     return corpus
