@@ -4,6 +4,7 @@
     python export.py --model models/deepfake_detector.keras --format tflite --output exports/tflite
     python export.py --model run.keras --format flip-averaged --data-dir data/lfw-faceswap --output run.flip.keras
     python export.py --model deepfake_detector_model.keras --format adopt --output models/tutorial.keras [--data-dir data]
+    python export.py --model M.keras --format int8 --data-dir data/lfw-faceswap --data-dir data/dfdc-faces --output M.int8.keras
 
 savedmodel: a TensorFlow SavedModel for TensorFlow Serving; its serving_default signature
 takes encoded image files (image_bytes: string [None]) and returns fake_probability
@@ -19,6 +20,10 @@ adopt: a .keras model trained by the original tutorial's train.py (which has no 
 saved as one of ours: classes as image_dataset_from_directory ordered them (Fake, Real), its
 input size, the nearest-neighbour resize of the tutorial's inference.py, threshold 0.5; with
 --data-dir, the threshold is chosen on its Validation split (EER) instead.
+int8: the same .keras model with an int8 TFLite copy inside for the web server, quantized after
+training and calibrated on Validation images of every --data-dir; the copy is kept only if its
+Test ROC AUC is within 0.002 of the float model's on every one (the figures go into the
+metadata either way; /healthz shows them). See deepfake_detector/quantize.py.
 """
 
 import argparse
@@ -55,7 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="flip-averaged (required) and adopt (optional): the dataset whose Validation split sets the threshold",
+        action="append",
+        help="flip-averaged (required) and adopt (optional): the dataset whose Validation split sets the threshold; "
+        "int8 (required, repeatable): the datasets it is calibrated on (Validation) and checked on (Test)",
     )
     return parser
 

@@ -273,6 +273,8 @@ class Detector:
             "image_size": self.image_size,
             "flip_average": bool(self.metadata.flip_average),
             "runtime": self.runtime,
+            "precision": getattr(self._scorer, "precision", "float32"),
+            "int8": self.metadata.int8 or None,
             "origin": self.origin,
         }
 

@@ -147,30 +147,34 @@ def export_tflite(model_path: str | Path, output: str | Path) -> Path:
     return Path(output)
 
 
-def export(
-    model_path: str | Path, fmt: str, output: str | Path, data_dir: str | Path | None = None
-) -> tuple[Path, str]:
+def export(model_path: str | Path, fmt: str, output: str | Path, data_dirs: list | None = None) -> tuple[Path, str]:
     """Export in ``fmt`` (a ``recipes.EXPORT_FORMATS`` name) to ``output``.
 
     Returns:
         The path written, and a line saying what was measured on the way ("" when nothing was).
     """
-    return EXPORT_FORMATS.load(fmt, ExportError)(model_path, output, data_dir)
+    return EXPORT_FORMATS.load(fmt, ExportError)(model_path, output, data_dirs or [])
 
 
-# The writers of recipes.EXPORT_FORMATS: write(model_path, output, data_dir) -> (path, what was measured).
+# The writers of recipes.EXPORT_FORMATS: write(model_path, output, data_dirs) -> (path, what was measured).
 
 
-def write_savedmodel(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
+def write_savedmodel(model_path: str | Path, output: str | Path, data_dirs: list) -> tuple[Path, str]:
     return export_savedmodel(model_path, output), ""
 
 
-def write_tflite(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
+def write_tflite(model_path: str | Path, output: str | Path, data_dirs: list) -> tuple[Path, str]:
     return export_tflite(model_path, output), ""
 
 
-def write_flip_averaged(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
-    path, metrics = add_flip_average(model_path, data_dir, output)
+def _one_data_dir(data_dirs: list, fmt: str) -> Path | None:
+    if len(data_dirs) > 1:
+        raise ExportError(f"{fmt} takes one --data-dir, not {len(data_dirs)}")
+    return data_dirs[0] if data_dirs else None
+
+
+def write_flip_averaged(model_path: str | Path, output: str | Path, data_dirs: list) -> tuple[Path, str]:
+    path, metrics = add_flip_average(model_path, _one_data_dir(data_dirs, "flip-averaged"), output)
     val, test = metrics["validation"], metrics["test"]
     return path, (
         f"validation roc_auc {val['roc_auc']:.4f} | test roc_auc {test['roc_auc']:.4f} "
@@ -178,10 +182,10 @@ def write_flip_averaged(model_path: str | Path, output: str | Path, data_dir=Non
     )
 
 
-def write_adopted(model_path: str | Path, output: str | Path, data_dir=None) -> tuple[Path, str]:
+def write_adopted(model_path: str | Path, output: str | Path, data_dirs: list) -> tuple[Path, str]:
     from deepfake_detector.adopt import adopt_tutorial_model  # adopt scores folders: evaluation, detector
 
-    path, metadata = adopt_tutorial_model(model_path, output, data_dir)
+    path, metadata = adopt_tutorial_model(model_path, output, _one_data_dir(data_dirs, "adopt"))
     val = metadata.metrics.get("validation")
     measured = f" | validation roc_auc {val['roc_auc']:.4f} accuracy {val['accuracy']:.4f}" if val else ""
     return path, f"threshold {metadata.threshold:.3f} ({metadata.threshold_rule}){measured}"
@@ -216,7 +220,9 @@ def add_flip_average(
     model, metadata = load_model(model_path)
     if metadata.flip_average:
         raise ModelFileError(f"{model_path}: already flip-averaged")
-    data = DataConfig(image_size=metadata.image_size, cache_dir=str(cache_dir) if cache_dir else None)
+    data = DataConfig(
+        image_size=metadata.image_size, framing=metadata.framing, cache_dir=str(cache_dir) if cache_dir else None
+    )
     splits = DatasetHandler(dataset_download_dir=data_dir, config=data).splits(("Validation", "Test"))
     rule = metadata.threshold_rule.removesuffix(" on Validation")
     if rule not in THRESHOLD_RULES:  # a fixed threshold (a best-epoch checkpoint, an adopted model)

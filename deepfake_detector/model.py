@@ -44,6 +44,7 @@ class ModelMetadata:
     threshold_rule: str = "fixed 0.5"
     selection_rule: str = ""  # which epoch was kept, when chosen by more than the last (multi-source runs)
     flip_average: bool = False  # the graph averages each image's score with its mirror image's
+    int8: dict = field(default_factory=dict)  # the int8 copy's check (quantize.py): figures, and whether it is served
     name: str = "deepfake-detector"
     train_config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -33,10 +34,12 @@ def fake_probability_outputs(model: keras.Model, metadata: ModelMetadata, images
     return {OUTPUT_NAME: tf.cast(probability, tf.float32)}
 
 
-def tflite_flatbuffer(model: keras.Model, metadata: ModelMetadata) -> bytes:
+def tflite_flatbuffer(model: keras.Model, metadata: ModelMetadata, calibration: np.ndarray | None = None) -> bytes:
     """The model as a TFLite flatbuffer: ``image`` uint8 ``[1, S, S, 3]`` -> ``fake_probability`` ``[1]``.
 
     The class order is applied inside, so the output is P(fake) whatever the training order.
+    With ``calibration`` (uint8 images, N x S x S x 3), post-training quantization: int8 weights
+    and activations, their ranges measured on those images; input and output stay as they are.
     """
     size = metadata.image_size
 
@@ -49,42 +52,23 @@ def tflite_flatbuffer(model: keras.Model, metadata: ModelMetadata) -> bytes:
     with tempfile.TemporaryDirectory(prefix="deepfake-detector-tflite-") as scratch:
         archive.write_out(scratch, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["serving_default"])
+        if calibration is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         return converter.convert()
 
 
-class TFLiteScorer:
-    """The network as TFLite, run by LiteRT (XNNPACK kernels); one image per ``invoke``.
+class LiteModel:
+    """One flatbuffer run by LiteRT (XNNPACK kernels), one image per ``invoke``: P(fake) for a uint8 batch.
 
     An interpreter is not thread-safe: calls take turns under a lock, which on a small CPU
     server costs nothing, since each call already uses every core.
-
-    Converting takes tens of seconds on a small CPU, so the flatbuffer of a model file is cached in
-    :func:`cache_dir`, keyed by the file's SHA-256 and the TensorFlow version; a later start
-    reads it back.
     """
 
-    def __init__(
-        self, model, metadata: ModelMetadata, threads: int | None = None, model_path: str | Path | None = None
-    ):
+    def __init__(self, flatbuffer: bytes, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        start = time.perf_counter()
-        threads = threads or os.cpu_count()
-        cached = _cache_file(model_path) if model_path is not None else None
-        interpreter = None
-        if cached is not None and cached.is_file():
-            try:
-                interpreter = Interpreter(model_content=cached.read_bytes(), num_threads=threads)
-                log.info("TFLite model read from the cache %s", cached)
-            except (OSError, ValueError, RuntimeError) as error:
-                log.warning("ignoring the unreadable cached TFLite model %s: %s", cached, error)
-        if interpreter is None:
-            flatbuffer = tflite_flatbuffer(model, metadata)
-            interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
-            log.info("converted to TFLite in %.1f s", time.perf_counter() - start)
-            if cached is not None:
-                _write_cache(cached, flatbuffer)
-        self._interpreter = interpreter
+        self._interpreter = Interpreter(model_content=flatbuffer, num_threads=threads or os.cpu_count())
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
@@ -98,6 +82,73 @@ class TFLiteScorer:
                 self._interpreter.invoke()
                 scores[index] = self._interpreter.get_tensor(self._output)[0]
         return scores
+
+
+#: An int8 copy's name inside a ``.keras`` file (written by :mod:`deepfake_detector.quantize`).
+INT8_ENTRY = "model.int8.tflite"
+
+
+def stored_int8(path: str | Path | None, metadata: ModelMetadata) -> bytes | None:
+    """The int8 flatbuffer a model file holds, when its metadata says it passed the check; else None."""
+    if path is None or not metadata.int8.get("served"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(INT8_ENTRY) if INT8_ENTRY in archive.namelist() else None
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+class TFLiteScorer:
+    """The ``"tflite"`` runtime: the model's int8 copy when its file holds one that passed
+    (:mod:`deepfake_detector.quantize`), otherwise the float network converted to TFLite.
+
+    Converting takes tens of seconds on a small CPU, so the float flatbuffer of a model file is
+    cached in :func:`cache_dir`, keyed by the file's SHA-256 and the TensorFlow version; a later
+    start reads it back.
+    """
+
+    def __init__(
+        self, model, metadata: ModelMetadata, threads: int | None = None, model_path: str | Path | None = None
+    ):
+        int8 = stored_int8(model_path, metadata)
+        if int8 is not None:
+            self.precision = "int8"
+            self._lite = LiteModel(int8, threads)
+            log.info("TFLite: the int8 copy in the model file (%s)", _int8_summary(metadata.int8))
+            return
+        if metadata.int8:
+            log.info("TFLite: the float model; the int8 copy was not kept (%s)", _int8_summary(metadata.int8))
+        self.precision = "float32"
+        self._lite = LiteModel(self._float_flatbuffer(model, metadata, model_path), threads)
+
+    @staticmethod
+    def _float_flatbuffer(model, metadata: ModelMetadata, model_path: str | Path | None) -> bytes:
+        start = time.perf_counter()
+        cached = _cache_file(model_path) if model_path is not None else None
+        if cached is not None and cached.is_file():
+            try:
+                flatbuffer = cached.read_bytes()
+                LiteModel(flatbuffer, 1)  # a damaged cache file fails here, not at the first upload
+                log.info("TFLite model read from the cache %s", cached)
+                return flatbuffer
+            except (OSError, ValueError, RuntimeError) as error:
+                log.warning("ignoring the unreadable cached TFLite model %s: %s", cached, error)
+        flatbuffer = tflite_flatbuffer(model, metadata)
+        log.info("converted to TFLite in %.1f s", time.perf_counter() - start)
+        if cached is not None:
+            _write_cache(cached, flatbuffer)
+        return flatbuffer
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self._lite(np.asarray(images, np.uint8))
+
+
+def _int8_summary(figures: dict) -> str:
+    return (
+        f"largest Test ROC AUC drop {figures.get('max_drop', float('nan')):+.4f} on {figures.get('worst_source')}; "
+        f"{figures.get('rule', '')}"
+    )
 
 
 def cache_dir() -> Path:
