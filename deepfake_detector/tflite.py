@@ -34,12 +34,15 @@ def fake_probability_outputs(model: keras.Model, metadata: ModelMetadata, images
     return {OUTPUT_NAME: tf.cast(probability, tf.float32)}
 
 
-def tflite_flatbuffer(model: keras.Model, metadata: ModelMetadata, calibration: np.ndarray | None = None) -> bytes:
+def tflite_flatbuffer(
+    model: keras.Model, metadata: ModelMetadata, calibration: np.ndarray | None = None, dynamic: bool = False
+) -> bytes:
     """The model as a TFLite flatbuffer: ``image`` uint8 ``[1, S, S, 3]`` -> ``fake_probability`` ``[1]``.
 
     The class order is applied inside, so the output is P(fake) whatever the training order.
     With ``calibration`` (uint8 images, N x S x S x 3), post-training quantization: int8 weights
-    and activations, their ranges measured on those images; input and output stay as they are.
+    and activations, their ranges measured on those images; with ``dynamic``, int8 weights and
+    activations quantized per call from their own range. Input and output stay as they are.
     """
     size = metadata.image_size
 
@@ -52,8 +55,9 @@ def tflite_flatbuffer(model: keras.Model, metadata: ModelMetadata, calibration: 
     with tempfile.TemporaryDirectory(prefix="deepfake-detector-tflite-") as scratch:
         archive.write_out(scratch, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(scratch, signature_keys=["serving_default"])
-        if calibration is not None:
+        if calibration is not None or dynamic:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if calibration is not None:
             converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         return converter.convert()
 

@@ -85,6 +85,17 @@ def test_finder_finds_the_astronaut_and_nothing_in_coffee(finder, astronaut, cof
     assert finder.find(coffee) == []
 
 
+def test_a_smaller_finder_input_scales_every_image_and_keeps_boxes_in_image_pixels(finder, astronaut):
+    from deepfake_detector.faces import RetinaFaceFinder, _shrunk
+
+    array, scale = _shrunk(astronaut, 1024, 0.5)
+    assert array.shape == (256, 256, 3) and scale == 0.5  # the 512 px astronaut at half size
+    assert _shrunk(astronaut, 200, 0.5)[1] == 200 / 512  # the long-side cap still holds
+    half = RetinaFaceFinder(input_scale=0.5).find(astronaut)
+    (full,) = finder.find(astronaut)
+    assert len(half) == 1 and abs(half[0].x - full.x) < 6 and abs(half[0].width - full.width) < 12
+
+
 def test_finder_finds_both_pasted_faces_where_they_are(finder, two_faces):
     boxes = finder.find(two_faces)
     assert len(boxes) == 2
