@@ -81,7 +81,7 @@ def write_int8(model_path: str | Path, output: str | Path, data_dirs: list | Non
         calibration_images=len(calibration),
         flatbuffer_bytes=len(int8_flatbuffer),
     )
-    saved = dataclasses.replace(metadata, int8=figures, created="", versions={}, name=Path(output).stem)
+    saved = dataclasses.replace(metadata, int8=figures)  # the same network: its name, date and versions stay
     save_model(model, saved, output)
     if figures["served"]:
         with zipfile.ZipFile(output, "a") as archive:
