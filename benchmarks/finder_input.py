@@ -33,7 +33,7 @@ def test_images(name: str, count: int) -> list[Image.Image]:
         files = sorted((root / "Test").glob("*/*.jpg"))
         if files:
             step = max(1, len(files) // count)
-            return [Image.open(path).convert("RGB") for path in files[::step][:count]]
+            return [open_image(path) for path in files[::step][:count]]  # the one decoding path
     return []
 
 

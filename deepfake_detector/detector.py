@@ -273,7 +273,7 @@ class Detector:
             "image_size": self.image_size,
             "flip_average": bool(self.metadata.flip_average),
             "runtime": self.runtime,
-            "precision": getattr(self._scorer, "precision", "float32"),
+            "precision": self._scorer.precision,
             "int8": self.metadata.int8 or None,
             "origin": self.origin,
         }
@@ -282,6 +282,8 @@ class Detector:
 class KerasScorer:
     """The ``"keras"`` runtime: a traced ``tf.function`` over the network and the class order
     saved with it, P(fake) for a uint8 batch of any size."""
+
+    precision = "float32"
 
     def __init__(self, model, metadata: ModelMetadata, threads: int | None = None, model_path=None):
         self.detector_model = DeepfakeDetectorModel(model, metadata)

@@ -19,10 +19,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from deepfake_detector.data import DatasetHandler
 from deepfake_detector.errors import ExportError
+from deepfake_detector.metrics import compute_metrics
 from deepfake_detector.mixing import source_names
 from deepfake_detector.model import load_model, save_model
 from deepfake_detector.recipes import DataConfig
@@ -69,7 +69,9 @@ def write_int8(model_path: str | Path, output: str | Path, data_dirs: list | Non
     }
     for name, split in splits.items():
         test = split["Test"]
-        float_auc, int8_auc = (roc_auc_score(test.labels, scores_of(lite, test)) for lite in (float_model, int8_model))
+        float_auc, int8_auc = (
+            compute_metrics(test.labels, scores_of(lite, test))["roc_auc"] for lite in (float_model, int8_model)
+        )
         figures["sources"][name] = {"float": round(float_auc, 5), "int8": round(int8_auc, 5), "n": len(test)}
         log.info("int8: %s Test ROC AUC %.4f float, %.4f int8", name, float_auc, int8_auc)
     drops = {name: measured["float"] - measured["int8"] for name, measured in figures["sources"].items()}

@@ -270,7 +270,8 @@ SCHEDULES.register(
 VERBOSITY = {0: "silent", 1: "a progress bar", 2: "one line per epoch"}
 
 #: How a loaded model runs its network (``detector.Detector``). Each implementation is a scorer
-#: class: ``Scorer(model, metadata, threads, model_path)``, called on a uint8 batch, returns P(fake).
+#: class: ``Scorer(model, metadata, threads, model_path)``, called on a uint8 batch, returns P(fake);
+#: its ``precision`` ("float32", "int8") is shown by ``/healthz``.
 RUNTIMES: Registry[Entry] = Registry("runtime")
 RUNTIMES.register(
     "tflite",

@@ -124,25 +124,25 @@ class TFLiteScorer:
         if metadata.int8:
             log.info("TFLite: the float model; the int8 copy was not kept (%s)", _int8_summary(metadata.int8))
         self.precision = "float32"
-        self._lite = LiteModel(self._float_flatbuffer(model, metadata, model_path), threads)
+        self._lite = self._float_model(model, metadata, model_path, threads)
 
     @staticmethod
-    def _float_flatbuffer(model, metadata: ModelMetadata, model_path: str | Path | None) -> bytes:
+    def _float_model(model, metadata: ModelMetadata, model_path: str | Path | None, threads: int | None) -> LiteModel:
+        """The float network as TFLite: read from the conversion cache, or converted (and cached)."""
         start = time.perf_counter()
         cached = _cache_file(model_path) if model_path is not None else None
         if cached is not None and cached.is_file():
             try:
-                flatbuffer = cached.read_bytes()
-                LiteModel(flatbuffer, 1)  # a damaged cache file fails here, not at the first upload
+                lite = LiteModel(cached.read_bytes(), threads)  # a damaged cache file fails here
                 log.info("TFLite model read from the cache %s", cached)
-                return flatbuffer
+                return lite
             except (OSError, ValueError, RuntimeError) as error:
                 log.warning("ignoring the unreadable cached TFLite model %s: %s", cached, error)
         flatbuffer = tflite_flatbuffer(model, metadata)
         log.info("converted to TFLite in %.1f s", time.perf_counter() - start)
         if cached is not None:
             _write_cache(cached, flatbuffer)
-        return flatbuffer
+        return LiteModel(flatbuffer, threads)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self._lite(np.asarray(images, np.uint8))
