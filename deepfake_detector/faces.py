@@ -149,8 +149,10 @@ _MAX_CANDIDATES = 10000  # highest scores kept before NMS
 
 def _network_input(array: np.ndarray) -> np.ndarray:
     """uint8 RGB H x W x 3 -> the network's 1 x 3 x H x W float32: BGR, minus the means."""
-    bgr = array[np.newaxis, ..., ::-1].astype(np.int16) - _BGR_MEAN
-    return bgr.astype(np.float32).transpose(0, 3, 1, 2)
+    planes = np.empty((1, 3, *array.shape[:2]), np.float32)  # whole numbers: exact in float32
+    for channel, mean in enumerate(_BGR_MEAN):
+        np.subtract(array[..., 2 - channel], mean, out=planes[0, channel], dtype=np.float32)
+    return planes
 
 
 @functools.lru_cache(maxsize=8)
@@ -176,10 +178,14 @@ def _decode(outputs: list[np.ndarray], width: int, height: int, min_score: float
     """
     import cv2
 
-    boxes, scores, points = (output[0].copy() for output in outputs)  # float32, one image
+    boxes, scores, points = (output[0] for output in outputs)  # float32, one image
     anchors = _anchors(width, height)
     if len(anchors) != len(boxes):
         raise RuntimeError(f"RetinaFace gave {len(boxes)} boxes for {len(anchors)} anchors on a {width}x{height} input")
+    # Only the anchors over the score are decoded (each one's arithmetic is its own, so the
+    # figures are those of decoding all of them and filtering after, as the reference does).
+    keep = np.flatnonzero(scores[:, 1] > min_score)  # (background, face) softmax
+    boxes, scores, points, anchors = boxes[keep], scores[keep, 1], points[keep], anchors[keep]
     centre, size = anchors[:, :2], anchors[:, 2:]
     boxes[:, :2] = centre + size * boxes[:, :2] * _CENTRE_VARIANCE
     boxes[:, 2:] = size * np.exp(boxes[:, 2:] * _SIZE_VARIANCE)
@@ -189,9 +195,6 @@ def _decode(outputs: list[np.ndarray], width: int, height: int, min_score: float
     boxes *= [width, height] * 2
     points *= [width, height] * 5
 
-    scores = scores[:, 1]  # (background, face) softmax
-    keep = np.where(scores > min_score)
-    boxes, scores, points = boxes[keep], scores[keep], points[keep]
     order = scores.argsort()[::-1][:_MAX_CANDIDATES]
     boxes, scores, points = boxes[order], scores[order], points[order]
     keep = cv2.dnn.NMSBoxes(boxes, scores, min_score, nms_threshold)
@@ -212,6 +215,7 @@ class RetinaFaceFinder:
     input_scale: float = 1.0  # every image scaled by this before the network (benchmarks.finder_input)
     nms_threshold: float = 0.4
     threads: int = 0  # onnxruntime intra-op threads; 0 lets it choose
+    spin: bool = False  # idle onnxruntime threads spin (its default) or sleep (see __post_init__)
     name: str = "retinaface-mobilenet0.25"
     #: Measured on 1060 LFW training crops: crop side / sqrt(w*h) median 2.35 (IQR 2.24-2.48);
     #: box centre at the crop centre (median offsets 0.000 and -0.007 box heights).
@@ -225,6 +229,10 @@ class RetinaFaceFinder:
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
+        # Idle threads sleep rather than spin: spinning ones keep the cores from the model that
+        # runs right after the finder (python -m benchmarks.finder_threads measures both).
+        for pool in ("intra_op", "inter_op"):
+            options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if self.spin else "0")
         options.log_severity_level = 3
         self._session = onnxruntime.InferenceSession(
             str(weights.verified_path(weights.RETINAFACE_ONNX)),

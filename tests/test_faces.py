@@ -363,3 +363,19 @@ def test_training_caches_the_same_face_pixels_the_detector_scores(detector, astr
     np.testing.assert_array_equal(cached.read(np.array([1]))[0], whole.crop)
     plain = cache.open_split(split, tmp_path / "cache", DataConfig(image_size=detector.image_size), processes=False)
     assert not np.array_equal(plain.read(np.array([0]))[0], cached.read(np.array([0]))[0])  # whole-image caches differ
+
+
+def test_network_input_is_bgr_minus_the_means_in_channel_planes():
+    from deepfake_detector.faces import _BGR_MEAN, _network_input
+
+    array = np.random.default_rng(5).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    expected = (array[np.newaxis, ..., ::-1].astype(np.int16) - _BGR_MEAN).astype(np.float32).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(_network_input(array), expected)
+
+
+def test_finder_threads_sleep_unless_asked_to_spin():
+    from deepfake_detector.faces import RetinaFaceFinder
+
+    for spin in (False, True):
+        entries = RetinaFaceFinder(spin=spin)._session.get_session_options().get_session_config_entry
+        assert entries("session.intra_op.allow_spinning") == str(int(spin))
