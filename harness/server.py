@@ -95,6 +95,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_until_idle(pid: int, window: float = 1.0, busy_share: float = 0.05, timeout: float = 300.0) -> float:
+    """Wait until a process has used under ``busy_share`` of a core for one ``window`` of seconds
+    (a server answers /healthz while it still traces in the background); the seconds waited."""
+    start = time.time()
+    while time.time() - start < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(window)
+        if cpu_seconds(pid) - before < busy_share * window:
+            break
+    return time.time() - start
+
+
 class _FromAddress(requests.adapters.HTTPAdapter):
     def __init__(self, address: str):
         self.address = address

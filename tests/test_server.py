@@ -346,3 +346,21 @@ def test_security_headers_from_the_real_server(server_url):
     for header in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy"):
         assert header in response.headers
     assert "Werkzeug" not in response.headers.get("Server", "")
+
+
+def test_wait_until_idle_waits_out_a_busy_start_and_not_an_idle_process():
+    """The benchmarks measure a server only once its start-up work (a background trace) is done."""
+    import subprocess
+    import sys
+
+    from harness.server import wait_until_idle
+
+    busy_then_idle = "import time\nend = time.time() + 1.2\nwhile time.time() < end: pass\ntime.sleep(30)"
+    for code, least, most in ((busy_then_idle, 1.0, 4.0), ("import time; time.sleep(30)", 0.0, 1.0)):
+        process = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            waited = wait_until_idle(process.pid, window=0.3, timeout=10)
+        finally:
+            process.kill()
+            process.wait()
+        assert least <= waited <= most, (code, waited)
