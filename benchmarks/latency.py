@@ -5,10 +5,10 @@
 By default two models: the shipped one, and one of the original recipe (``python train.py``'s
 4-block CNN at 128 px), built here untrained: its weights do not change what a request costs.
 For each model, our server (its default runtime; with ``--keras-runtime`` also ``--runtime
-keras``) and the baseline load the same model file; once each server answers /healthz and has
+keras``) and the baseline load the same model file. Once each server answers /healthz and has
 gone idle (ours traces Grad-CAM in the background for its first seconds, on a slow CPU up to a
-minute), the same 256x256 JPEGs are posted one at a time to each, alternating rounds. Prints p50/p99 per server (median over rounds) and the ratio
-of our p50 to the baseline's.
+minute), the same 256x256 JPEGs are posted one at a time to each, alternating rounds. Prints
+p50/p99 per server (median over rounds) and the ratio of our p50 to the baseline's.
 """
 
 from __future__ import annotations
