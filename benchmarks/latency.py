@@ -9,6 +9,10 @@ keras``) and the baseline load the same model file. Once each server answers /he
 gone idle (ours traces Grad-CAM in the background for its first seconds, on a slow CPU up to a
 minute), the same 256x256 JPEGs are posted one at a time to each, alternating rounds. Prints
 p50/p99 per server (median over rounds) and the ratio of our p50 to the baseline's.
+
+Then, with the servers stopped, the same uploads in process on the server's runtime
+(``benchmarks.latency_stages``: decode, find faces and crop, the model): the work no HTTP
+change can remove. Its ratio to the baseline's p50 is the best our server could reach.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from pathlib import Path
 import requests
 
 from benchmarks.common import REPO, jpegs_256, percentiles
-from deepfake_detector.detector import DEFAULT_MODEL_PATH
+from benchmarks.latency_stages import STAGES, one_round
+from deepfake_detector import faces
+from deepfake_detector.detector import DEFAULT_MODEL_PATH, Detector
+from deepfake_detector.recipes import SERVING_RUNTIME
 from harness.server import running_process, wait_until_idle
 
 TARGET, GOAL = 0.15, 0.1
@@ -73,6 +80,15 @@ def compare(model: str, images: list[bytes], rounds: int, keras_runtime: bool) -
     return {name: {k: statistics.median(r[k] for r in runs) for k in ("p50", "p99")} for name, runs in results.items()}
 
 
+def in_process(model: str, images: list[bytes], rounds: int) -> dict[str, float]:
+    """Median ms per upload of each stage of ``latency_stages`` on the server's runtime, no HTTP."""
+    detector = Detector.from_path(model, runtime=SERVING_RUNTIME)
+    finder = faces.default_finder()
+    one_round(detector, finder, images[:10])  # warm-up
+    runs = [one_round(detector, finder, images) for _ in range(rounds)]
+    return {stage: statistics.median(run[stage] for run in runs) for stage in STAGES}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", help="a .keras model (repeatable; default: shipped and original)")
@@ -87,6 +103,7 @@ def main() -> None:
         for model in models:
             print(f"\nmodel {model}", flush=True)
             summaries[model] = compare(model, images, args.rounds, args.keras_runtime)
+        stages = {model: in_process(model, images, args.rounds) for model in models}
     print(f"\n{args.requests} sequential 256x256 JPEG uploads x {args.rounds} rounds (median of rounds)")
     for model, summary in summaries.items():
         baseline = summary["baseline"]["p50"]
@@ -98,6 +115,12 @@ def main() -> None:
         ratio = summary["ours"]["p50"] / baseline
         verdict = "met" if ratio <= TARGET else "NOT met"
         print(f"{Path(model).name}: ours/baseline p50 = {ratio:.3f} (target <= {TARGET}: {verdict}; goal {GOAL})")
+        floor = stages[model]
+        print(
+            f"{Path(model).name}: in process, no HTTP: "
+            + " + ".join(f"{stage} {floor[stage]:.1f}" for stage in STAGES[:-1])
+            + f" = {floor['total']:.1f} ms; / baseline p50 = {floor['total'] / baseline:.3f}"
+        )
 
 
 if __name__ == "__main__":

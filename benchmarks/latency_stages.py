@@ -60,7 +60,11 @@ def main() -> None:
                 f"round {round_index + 1} {runtime:6s} " + "  ".join(f"{s} {stages[s]:6.1f}" for s in STAGES),
                 flush=True,
             )
-    flip = " (flip-averaged: two passes per face)" if detectors["tflite"].metadata.flip_average else ""
+    flip = (
+        " (flip-averaged: each face and its mirror image, one pass)"
+        if detectors["tflite"].metadata.flip_average
+        else ""
+    )
     print(
         f"\nmodel {args.model}{flip}, {args.images} 256x256 JPEGs x {args.rounds} rounds; "
         "median ms per image, median of rounds"

@@ -108,8 +108,8 @@ class TFLiteScorer:
     (:mod:`deepfake_detector.quantize`), otherwise the float network converted to TFLite.
 
     Converting takes tens of seconds on a small CPU, so the float flatbuffer of a model file is
-    cached in :func:`cache_dir`, keyed by the file's SHA-256 and the TensorFlow version; a later
-    start reads it back.
+    cached in :func:`cache_dir`, keyed by the file's SHA-256, the TensorFlow version and
+    :data:`CONVERSION`; a later start reads it back.
     """
 
     def __init__(
@@ -155,6 +155,11 @@ def _int8_summary(figures: dict) -> str:
     )
 
 
+#: Part of the cache key: raised whenever the same model file converts to a different graph
+#: (2: a flip-averaged network's member runs once, on the images and their mirror images).
+CONVERSION = 2
+
+
 def cache_dir() -> Path:
     """Where converted models are kept: the user's cache folder (:func:`files.user_cache_dir`)."""
     return user_cache_dir()
@@ -165,7 +170,7 @@ def _cache_file(model_path: str | Path) -> Path | None:
         digest = sha256_of(model_path)
     except OSError:
         return None
-    return cache_dir() / f"{digest[:32]}-tf{tf.__version__}.tflite"
+    return cache_dir() / f"{digest[:32]}-tf{tf.__version__}-c{CONVERSION}.tflite"
 
 
 def _write_cache(path: Path, content: bytes) -> None:

@@ -56,6 +56,55 @@ def test_the_graph_averages_each_image_with_its_mirror(trained_model_path, faces
         flip_averaged(averaged)
 
 
+def test_the_member_runs_once_on_the_images_and_their_mirrors(trained_model_path, faces):
+    """One pass over a batch of 2N (cheaper than two of N), the scores of the two-pass form."""
+    import keras
+
+    from deepfake_detector.model import load_model
+    from deepfake_detector.networks import MirrorMean, WithMirror, flip_averaged
+
+    model, _ = load_model(trained_model_path)
+    averaged = flip_averaged(model)
+    calls = []
+    model_call = model.call
+    model.call = lambda images, *args, **kwargs: calls.append(images.shape[0]) or model_call(images, *args, **kwargs)
+    try:
+        averaged(faces.astype("float32"))
+    finally:
+        del model.call
+    assert calls == [2 * len(faces)]
+    assert [type(layer) for layer in averaged.layers[1:]] == [WithMirror, type(model), MirrorMean]
+    assert isinstance(averaged.layers[0], keras.layers.InputLayer)
+
+
+@pytest.mark.slow
+def test_a_model_saved_in_the_two_pass_form_loads_in_the_one_pass_form(trained_model_path, faces, tmp_path):
+    """Models saved before the member ran once (the shipped one among them) call it twice:
+    loading rebuilds them around the same member, with the same scores."""
+    import dataclasses
+
+    import keras
+
+    from deepfake_detector.model import load_model, save_model
+    from deepfake_detector.networks import HorizontalFlip, WithMirror, flip_average_member
+
+    member, metadata = load_model(trained_model_path)
+    inputs = keras.Input(member.inputs[0].shape[1:], name="image")
+    mirrored = member(HorizontalFlip(name="mirror")(inputs))
+    outputs = keras.layers.Average(name="flip_average", dtype="float32")([member(inputs), mirrored])
+    two_pass = keras.Model(inputs, outputs, name=f"{member.name}_flip_averaged")
+    path = save_model(two_pass, dataclasses.replace(metadata, flip_average=True), tmp_path / "two_pass.keras")
+
+    loaded, loaded_metadata = load_model(path)
+    assert loaded_metadata.flip_average
+    assert any(isinstance(layer, WithMirror) for layer in loaded.layers)
+    assert not any(isinstance(layer, HorizontalFlip) for layer in loaded.layers)
+    assert flip_average_member(loaded) is not None
+    x = faces.astype("float32")
+    np.testing.assert_allclose(loaded(x).numpy(), two_pass(x).numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
 def test_export_cli_saves_it_with_a_threshold_chosen_again_on_validation(
     averaged_path, trained_model_path, tiny_dataset, faces
 ):
@@ -105,6 +154,7 @@ def test_both_runtimes_score_it_alike_and_mirror_images_alike(averaged_path, fac
     np.testing.assert_allclose(lite.scores(faces[:, :, ::-1].copy()), scores, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_heatmaps_explain_the_member_and_mirror_with_the_image(averaged_path, faces):
     from deepfake_detector.explain import Explainer
     from deepfake_detector.model import DeepfakeDetectorModel
@@ -117,6 +167,7 @@ def test_heatmaps_explain_the_member_and_mirror_with_the_image(averaged_path, fa
     np.testing.assert_allclose(explainer.heatmaps(faces[:, :, ::-1].copy()), maps[:, :, ::-1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_refusals(averaged_path, trained_model_path, tiny_dataset, tmp_path, capsys):
     import export
     from deepfake_detector.errors import ModelFileError
