@@ -81,6 +81,7 @@ def test_unreadable_files_are_skipped_and_counted_and_one_class_refused(split_di
         cache.open_split(split_dir, tmp_path / "cache", DataConfig(image_size=SIZE))
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_rows_as_threads(split_dir, tmp_path):
     threads = cache.open_split(split_dir, tmp_path / "a", DataConfig(image_size=SIZE), processes=False)
     processes = cache.open_split(split_dir, tmp_path / "b", DataConfig(image_size=SIZE), processes=True, workers=2)

@@ -198,6 +198,7 @@ def test_resolve_folder(tiny_dataset, tmp_path):
         evaluation.resolve_folder(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_folder_with_only_fake_images(detector, tiny_dataset, tmp_path):
     folder = tmp_path / "fakes"
     shutil.copytree(tiny_dataset / "Test" / "Fake", folder / "Fake")

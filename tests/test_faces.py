@@ -197,6 +197,7 @@ def test_no_face_scores_the_whole_image_and_says_so(detector, finder, coffee):
 # ----------------------------------------------------------------------------- heatmaps
 
 
+@pytest.mark.slow
 def test_heatmap_has_the_crop_shape_is_finite_and_follows_the_input(detector, finder, two_faces):
     result = detector.predict_faces(two_faces, finder, explain=True)
     first, second = (face.heatmap for face in result.faces)

@@ -34,6 +34,7 @@ def batches(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(images.numpy(), targets.numpy()) for images, targets in dataset]
 
 
+@pytest.mark.slow
 def test_each_epoch_draws_every_source_in_its_share_with_real_and_fake_balanced(three_sources):
     shares = mixing.parse_mix("big=2", ["big", "middle", "small"])
     assert shares == {"big": 2.0, "middle": 1.0, "small": 1.0}
@@ -66,6 +67,7 @@ def test_self_blends_are_a_source_of_pairs_made_from_every_sources_reals(three_s
     assert set(from_source.tolist()) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_resuming_a_multi_source_run_continues_the_same_sequence(three_sources):
     landmarks = np.broadcast_to(
         np.array([[5, 6], [11, 6], [8, 9], [6, 12], [10, 12]], np.float32), (len(three_sources), 5, 2)

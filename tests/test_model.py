@@ -88,6 +88,7 @@ def test_seed_cnn_output_is_a_probability(seed_model):
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_builds_without_weights():
     net = build_model("mobilenet_v2", 64, pretrained=False)
     assert tuple(net.inputs[0].shape) == (None, 64, 64, 3)
@@ -212,6 +213,7 @@ def test_image_size_not_matching_the_network(saved, tmp_path):
     _assert_one_line_with_path(info.value, path)
 
 
+@pytest.mark.slow
 def test_unloadable_network_error_is_one_line(saved, tmp_path):
     """Keras's own multi-line errors (weights of another shape) are folded onto one line."""
     other = save_model(build_model("seed", 48), _metadata(size=48), tmp_path / "other.keras")

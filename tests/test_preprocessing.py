@@ -304,6 +304,7 @@ def test_image_already_at_size_is_untouched():
 # ----------------------------------------------------------------------------- cost and completeness
 
 
+@pytest.mark.slow
 def test_short_pixel_data_is_refused_in_every_accepted_format():
     """Cut in the middle, or cut and closed again (a JPEG cut after 2 KB and given an EOI
     marker, a PNG whose header says 6324x6324 with one row of data): 400, never a grey or
@@ -316,6 +317,7 @@ def test_short_pixel_data_is_refused_in_every_accepted_format():
         assert type(error) is ImageError, name
 
 
+@pytest.mark.slow
 def test_a_jpeg_of_many_scans_is_refused_before_decoding(no_decoding):
     """Refused from its markers: ``no_decoding`` fails if any pixel is decoded (how fast the
     refusal is: ``python -m benchmarks.refusals``)."""

@@ -229,6 +229,7 @@ def test_converted_lite0_sees_a_cat_and_coffee(lite_state, lite_backbone):
     assert coffee[0] == 967, coffee  # espresso
 
 
+@pytest.mark.slow
 def test_lite0_detector_freezes_its_stem_and_first_blocks():
     from deepfake_detector.networks import backbone_of, build_model, feature_block, freeze_leading_blocks
 

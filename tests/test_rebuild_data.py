@@ -336,6 +336,7 @@ def test_gan_faces_samples_each_folder_splits_by_file_name_and_reencodes_at_256_
 # ----------------------------------------------------------------------------- failures
 
 
+@pytest.mark.slow
 def test_a_missing_branch_exits_non_zero_with_one_line_naming_the_option(github, tmp_path):
     done = subprocess.run(
         [

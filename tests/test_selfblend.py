@@ -194,6 +194,7 @@ def _which(image: np.ndarray, source) -> int:
     return max(matches)[1]
 
 
+@pytest.mark.slow
 def test_the_pipeline_follows_each_real_with_its_own_blend_labelled_fake():
     from deepfake_detector.pipeline import make_dataset
 
@@ -229,6 +230,7 @@ def test_the_pipeline_follows_each_real_with_its_own_blend_labelled_fake():
     assert not np.array_equal(next_epoch, images)  # new order and new blends every epoch
 
 
+@pytest.mark.slow
 def test_a_paired_policy_changes_a_face_and_its_blend_alike():
     import tensorflow as tf
 
@@ -300,6 +302,7 @@ def test_a_donor_of_another_size_is_refused():
         )
 
 
+@pytest.mark.slow
 def test_each_face_is_blended_by_its_own_landmarks_and_other_faces_by_another_real_one(monkeypatch):
     from deepfake_detector import pipeline
     from deepfake_detector.pipeline import BlendedSource, make_dataset

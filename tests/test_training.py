@@ -15,6 +15,7 @@ def face() -> np.ndarray:
     return np.asarray(synthetic_image(True, np.random.default_rng(5), 64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["full", "light"])
 def test_augmentation_is_seeded_label_preserving_and_keeps_the_image(face, name):
     import tensorflow as tf

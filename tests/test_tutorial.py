@@ -157,6 +157,7 @@ def test_python_train_py_writes_the_tutorials_files_and_prints_its_line(tiny_dat
     assert DEFAULT_MODEL_PATH.stat().st_mtime_ns == shipped_before
 
 
+@pytest.mark.slow
 def test_evaluate_py_extracts_a_dataset_archive_first(served_archive, tmp_path, trained_model_path, capsys):
     """The one command README gives for measuring a model on the Kaggle zip."""
     import evaluate

@@ -53,6 +53,7 @@ def score(detector, data: bytes, frames: int = 16, **kwargs):
 # ----------------------------------------------------------------------------- sampling and tracks
 
 
+@pytest.mark.slow
 def test_a_moving_face_is_one_track_seen_in_every_sampled_frame(detector, face_offset):
     result = score(detector, clip([moving()]))
     assert result["media"] == "video" and result["frames_sampled"] == 16
@@ -78,6 +79,7 @@ def test_a_moving_face_is_one_track_seen_in_every_sampled_frame(detector, face_o
     assert result["fake_probability"] == track["fake_probability"]
 
 
+@pytest.mark.slow
 def test_two_faces_that_cross_keep_their_tracks(detector, face_offset):
     paths = crossing()
     result = score(detector, clip(paths))
@@ -144,6 +146,7 @@ def test_sparse_keyframes_are_decoded_once_in_order(detector):
 # ----------------------------------------------------------------------------- labels end to end
 
 
+@pytest.mark.slow
 def test_a_fake_face_comes_out_fake_and_a_plain_one_real(detector):
     fake = score(detector, clip([moving(mark=True)]))
     real = score(detector, clip([moving()]))
@@ -171,6 +174,7 @@ def test_a_video_larger_than_the_image_cap_is_scored(client):
     assert response.status_code == 200, response.get_json()
 
 
+@pytest.mark.slow
 def test_page_shows_each_track_with_its_face_plot_and_frames(client):
     response = client.post("/", data={"file": (io.BytesIO(clip(crossing())), "clip.mp4"), "frames": "6"})
     assert response.status_code == 200
@@ -264,6 +268,7 @@ def test_bad_frame_counts_are_400(client, frames):
     assert response.status_code == 400 and "frames must be" in response.get_json()["error"]
 
 
+@pytest.mark.slow
 def test_a_busy_video_worker_answers_503_with_retry_after(detector):
     from deepfake_detector.video import VideoLimits
     from deepfake_detector.web import create_app
@@ -300,6 +305,7 @@ def test_hostile_containers_are_refused_with_their_status():
 # ----------------------------------------------------------------------------- evaluation
 
 
+@pytest.mark.slow
 def test_evaluate_a_folder_of_videos(detector, tmp_path):
     from deepfake_detector.evaluation import evaluate_video_folder
 
