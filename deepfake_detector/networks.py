@@ -266,9 +266,8 @@ def flip_averaged(model: keras.Model) -> keras.Model:
     Test-time flip averaging: training already shows every face both ways round, and the
     two views' errors are partly independent. Being part of the network, it reaches the
     Keras and TFLite runtimes and every export alike. The member runs once, on the images
-    and their mirror images as one batch (one pass costs less than two of half the size:
-    ``python -m benchmarks.latency_stages``). The member keeps its name and weights, so
-    :func:`flip_average_member` gets it back.
+    and their mirror images as one batch of 2N: fewer, larger operations than two passes.
+    The member keeps its name and weights, so :func:`flip_average_member` gets it back.
     """
     if flip_average_member(model) is not None:
         raise ValueError(f"{model.name} is already flip-averaged")
