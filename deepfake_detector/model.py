@@ -25,7 +25,7 @@ from deepfake_detector import __version__, labels
 from deepfake_detector.callbacks import make_callbacks
 from deepfake_detector.errors import ModelFileError
 from deepfake_detector.files import replacing
-from deepfake_detector.networks import build_model, current_form, flip_average_member
+from deepfake_detector.networks import build_model, flip_average_member
 from deepfake_detector.preprocessing import DEFAULT_RESAMPLE, PreprocessingConfig, resample_filter
 from deepfake_detector.recipes import OPTIMIZERS, TrainConfig
 
@@ -180,12 +180,10 @@ def load_model(path: str | Path) -> tuple[keras.Model, ModelMetadata]:
 
 def load_network(path: str | Path) -> keras.Model:
     """The Keras network of a ``.keras`` file, uncompiled, whatever its metadata; a one-line
-    :class:`ModelFileError` if Keras cannot load it. Our layers (``networks.WithMirror`` and the
-    others) are registered with Keras by importing :mod:`deepfake_detector.networks`, which this
-    module does; a flip-averaged network of the earlier form comes back in today's
-    (:func:`deepfake_detector.networks.current_form`)."""
+    :class:`ModelFileError` if Keras cannot load it. Our layers (``networks.HorizontalFlip``)
+    are registered with Keras by importing :mod:`deepfake_detector.networks`, which this module does."""
     try:
-        return current_form(keras.models.load_model(path, compile=False))
+        return keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a broken file
         raise ModelFileError(f"{path}: cannot load the network: {_one_line(error)}") from error
 

@@ -226,8 +226,7 @@ def freeze_leading_blocks(model: keras.Model, blocks: int) -> int:
 
 @keras.saving.register_keras_serializable(package="deepfake_detector")
 class HorizontalFlip(layers.Layer):
-    """The images mirrored left to right. Only models saved before :class:`WithMirror` hold it
-    (their graph called the member twice); :func:`current_form` rebuilds them."""
+    """The images mirrored left to right, always (``RandomFlip`` is random and training-only)."""
 
     def call(self, images):
         return keras.ops.flip(images, axis=-2)
@@ -236,10 +235,25 @@ class HorizontalFlip(layers.Layer):
         return input_shape
 
 
-@keras.saving.register_keras_serializable(package="deepfake_detector")
+def flip_averaged(model: keras.Model) -> keras.Model:
+    """``model``'s output averaged over each image and its mirror image, in one graph.
+
+    Test-time flip averaging: training already shows every face both ways round, and the
+    two views' errors are partly independent. Being part of the network, it reaches the
+    Keras and TFLite runtimes and every export alike. The member keeps its name and
+    weights, so :func:`flip_average_member` gets it back.
+    """
+    if flip_average_member(model) is not None:
+        raise ValueError(f"{model.name} is already flip-averaged")
+    inputs = keras.Input(model.inputs[0].shape[1:], name="image")
+    plain = model(inputs)
+    mirrored = model(HorizontalFlip(name="mirror")(inputs))
+    outputs = layers.Average(name="flip_average", dtype="float32")([plain, mirrored])
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
+
+
 class WithMirror(layers.Layer):
-    """A batch of N images followed by their mirror images (left to right): 2N images, so that
-    the member of a flip-averaged network sees both in one pass."""
+    """A batch of N images followed by their mirror images (left to right): 2N images."""
 
     def call(self, images):
         return keras.ops.concatenate([images, keras.ops.flip(images, axis=-2)], axis=0)
@@ -248,7 +262,6 @@ class WithMirror(layers.Layer):
         return (None if input_shape[0] is None else 2 * input_shape[0], *input_shape[1:])
 
 
-@keras.saving.register_keras_serializable(package="deepfake_detector")
 class MirrorMean(layers.Layer):
     """Each image's score averaged with its mirror image's: 2N scores in :class:`WithMirror`'s order, N out."""
 
@@ -260,35 +273,26 @@ class MirrorMean(layers.Layer):
         return (None if input_shape[0] is None else input_shape[0] // 2, *input_shape[1:])
 
 
-def flip_averaged(model: keras.Model) -> keras.Model:
-    """``model``'s output averaged over each image and its mirror image, in one graph.
+def one_pass(model: keras.Model) -> keras.Model:
+    """A :func:`flip_averaged` network rebuilt around the same member so that it runs once, on
+    the images and their mirror images as one batch of 2N, with the same scores; any other
+    network as it is.
 
-    Test-time flip averaging: training already shows every face both ways round, and the
-    two views' errors are partly independent. Being part of the network, it reaches the
-    Keras and TFLite runtimes and every export alike. The member runs once, on the images
-    and their mirror images as one batch of 2N: fewer, larger operations than two passes.
-    The member keeps its name and weights, so :func:`flip_average_member` gets it back.
+    What the TFLite conversion runs: there one pass over 2N took less time than two over N,
+    while the Keras runtime took more, so the saved form and the Keras runtime keep the two
+    passes.
     """
-    if flip_average_member(model) is not None:
-        raise ValueError(f"{model.name} is already flip-averaged")
+    member = flip_average_member(model)
+    if member is None:
+        return model
     inputs = keras.Input(model.inputs[0].shape[1:], name="image")
-    scores = model(WithMirror(name="mirror")(inputs))
-    outputs = MirrorMean(name="flip_average", dtype="float32")(scores)
-    return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
-
-
-def current_form(model: keras.Model) -> keras.Model:
-    """A flip-averaged network saved in the earlier form (the member called twice, on the images
-    and on their :class:`HorizontalFlip`) rebuilt as :func:`flip_averaged` builds it today,
-    around the same member; any other network as it is. Both forms compute the same scores."""
-    if any(isinstance(layer, HorizontalFlip) for layer in model.layers):
-        return flip_averaged(flip_average_member(model))
-    return model
+    scores = member(WithMirror(name="mirror")(inputs))
+    return keras.Model(inputs, MirrorMean(name="flip_average", dtype="float32")(scores), name=model.name)
 
 
 def flip_average_member(model: keras.Model) -> keras.Model | None:
     """The network inside a :func:`flip_averaged` model; None for any other model."""
-    if not any(isinstance(layer, (WithMirror, HorizontalFlip)) for layer in model.layers):
+    if not any(isinstance(layer, HorizontalFlip) for layer in model.layers):
         return None
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     return members[0] if len(members) == 1 else None

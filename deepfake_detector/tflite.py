@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from deepfake_detector.files import sha256_of, user_cache_dir, write_atomically
 from deepfake_detector.model import DeepfakeDetectorModel, ModelMetadata
+from deepfake_detector.networks import one_pass
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def tflite_flatbuffer(
     activations quantized per call from their own range. Input and output stay as they are.
     """
     size = metadata.image_size
+    model = one_pass(model)  # a flip-averaged network's member runs once, on the image and its mirror
 
     def predict(image: tf.Tensor) -> dict[str, tf.Tensor]:
         return fake_probability_outputs(model, metadata, image)

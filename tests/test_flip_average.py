@@ -56,52 +56,48 @@ def test_the_graph_averages_each_image_with_its_mirror(trained_model_path, faces
         flip_averaged(averaged)
 
 
-def test_the_member_runs_once_on_the_images_and_their_mirrors(trained_model_path, faces):
-    """One pass over a batch of 2N (cheaper than two of N), the scores of the two-pass form."""
-    import keras
-
+def test_one_pass_runs_the_member_once_on_the_images_and_their_mirrors(trained_model_path, faces):
+    """What the TFLite conversion runs: one pass over 2N, the scores of the saved two-pass form."""
     from deepfake_detector.model import load_model
-    from deepfake_detector.networks import MirrorMean, WithMirror, flip_averaged
+    from deepfake_detector.networks import MirrorMean, WithMirror, flip_average_member, flip_averaged, one_pass
 
     model, _ = load_model(trained_model_path)
     averaged = flip_averaged(model)
+    fast = one_pass(averaged)
     calls = []
     model_call = model.call
     model.call = lambda images, *args, **kwargs: calls.append(images.shape[0]) or model_call(images, *args, **kwargs)
     try:
-        averaged(faces.astype("float32"))
+        x = faces.astype("float32")
+        got = fast(x).numpy()
+        assert calls == [2 * len(faces)]
+        calls.clear()
+        expected = averaged(x).numpy()
+        assert calls == [len(faces)] * 2  # the saved form: two passes
     finally:
         del model.call
-    assert calls == [2 * len(faces)]
-    assert [type(layer) for layer in averaged.layers[1:]] == [WithMirror, type(model), MirrorMean]
-    assert isinstance(averaged.layers[0], keras.layers.InputLayer)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert [type(layer) for layer in fast.layers[1:]] == [WithMirror, type(model), MirrorMean]
+    assert flip_average_member(fast) is None and one_pass(model) is model
 
 
 @pytest.mark.slow
-def test_a_model_saved_in_the_two_pass_form_loads_in_the_one_pass_form(trained_model_path, faces, tmp_path):
-    """Models saved before the member ran once (the shipped one among them) call it twice:
-    loading rebuilds them around the same member, with the same scores."""
-    import dataclasses
+def test_the_tflite_conversion_runs_one_pass(averaged_path, faces):
+    """The converted graph holds the face and its mirror as one batch of two, with the Keras scores."""
+    from ai_edge_litert.interpreter import Interpreter
 
-    import keras
+    from deepfake_detector.detector import Detector
+    from deepfake_detector.model import load_model
+    from deepfake_detector.tflite import LiteModel, tflite_flatbuffer
 
-    from deepfake_detector.model import load_model, save_model
-    from deepfake_detector.networks import HorizontalFlip, WithMirror, flip_average_member
-
-    member, metadata = load_model(trained_model_path)
-    inputs = keras.Input(member.inputs[0].shape[1:], name="image")
-    mirrored = member(HorizontalFlip(name="mirror")(inputs))
-    outputs = keras.layers.Average(name="flip_average", dtype="float32")([member(inputs), mirrored])
-    two_pass = keras.Model(inputs, outputs, name=f"{member.name}_flip_averaged")
-    path = save_model(two_pass, dataclasses.replace(metadata, flip_average=True), tmp_path / "two_pass.keras")
-
-    loaded, loaded_metadata = load_model(path)
-    assert loaded_metadata.flip_average
-    assert any(isinstance(layer, WithMirror) for layer in loaded.layers)
-    assert not any(isinstance(layer, HorizontalFlip) for layer in loaded.layers)
-    assert flip_average_member(loaded) is not None
-    x = faces.astype("float32")
-    np.testing.assert_allclose(loaded(x).numpy(), two_pass(x).numpy(), atol=1e-6)
+    model, metadata = load_model(averaged_path)
+    flatbuffer = tflite_flatbuffer(model, metadata)
+    interpreter = Interpreter(model_content=flatbuffer)
+    shapes = [tuple(detail["shape"]) for detail in interpreter.get_tensor_details()]
+    size = metadata.image_size
+    assert (2, size, size, 3) in shapes and (1, size, size, 3) in shapes
+    expected = Detector(model, metadata, runtime="keras", warm_up=False).scores(faces)
+    np.testing.assert_allclose(LiteModel(flatbuffer)(faces), expected, atol=1e-4)
 
 
 @pytest.mark.slow
