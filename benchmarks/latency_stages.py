@@ -61,7 +61,7 @@ def main() -> None:
                 flush=True,
             )
     flip = (
-        " (flip-averaged: each face and its mirror image, one pass)"
+        " (flip-averaged: TFLite scores each face and its mirror image in one pass, Keras in two)"
         if detectors["tflite"].metadata.flip_average
         else ""
     )
